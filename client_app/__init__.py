@@ -1,0 +1,1 @@
+"""The Flower ClientApp: one node's local training and evaluation."""

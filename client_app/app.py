@@ -1,0 +1,78 @@
+"""ClientApp serving :class:`MnistClient`, a ``NumPyClient`` for one MNIST shard.
+
+The ServerApp drives the run with Flower's message-based FedAvg, so the two
+handlers below unpack each message, call the NumPyClient, and pack its answer:
+the NumPyClient keeps the plain ``fit`` / ``evaluate`` contract, the messages
+keep the current wire format.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+
+from task.config import Settings
+from task.models import build_model
+from task.shards import NodeData, load_node_data
+from task.training import evaluate, get_weights, pick_device, set_weights, train
+
+
+class MnistClient(NumPyClient):
+    """Trains and evaluates the run's model on this node's shard only."""
+
+    def __init__(self, settings: Settings, data: NodeData, partition_id: int) -> None:
+        self.settings = settings
+        self.data = data
+        self.partition_id = partition_id
+        self.device = pick_device(settings.device)
+        self.model = build_model(settings)
+
+    def get_parameters(self, config: dict) -> list[np.ndarray]:
+        return get_weights(self.model)
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        set_weights(self.model, parameters)
+        # Seed per node and round: reruns reproduce, nodes do not shuffle alike.
+        seed = self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 10_007 + self.partition_id
+        loss = train(self.model, self.data.train, self.settings, self.device, seed=seed)
+        return get_weights(self.model), len(self.data.train), {"train-loss": loss}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+        set_weights(self.model, parameters)
+        metrics = evaluate(self.model, self.data.test, self.device)
+        return metrics["loss"], len(self.data.test), metrics
+
+
+def client_from_context(context: Context) -> MnistClient:
+    """Build this node's client from the run config and the node config."""
+    settings = Settings.from_run_config(dict(context.run_config))
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    return MnistClient(settings, load_node_data(settings, partition_id, num_partitions), partition_id)
+
+
+app = ClientApp()
+
+
+@app.train()
+def handle_train(msg: Message, context: Context) -> Message:
+    client = client_from_context(context)
+    config = dict(msg.content["config"])
+    weights, num_examples, metrics = client.fit(msg.content["arrays"].to_numpy_ndarrays(), config)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(weights),
+            "metrics": MetricRecord({**metrics, "num-examples": num_examples}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    client = client_from_context(context)
+    loss, num_examples, metrics = client.evaluate(msg.content["arrays"].to_numpy_ndarrays(), dict(msg.content["config"]))
+    content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": num_examples})})
+    return Message(content=content, reply_to=msg)

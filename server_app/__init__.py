@@ -1,0 +1,1 @@
+"""The Flower ServerApp: FedAvg with centralized evaluation after every round."""

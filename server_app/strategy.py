@@ -1,0 +1,46 @@
+"""FedAvg that keeps each round's client metrics at hand and refuses to carry
+on when a whole round of training failed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+
+class RoundFailed(RuntimeError):
+    """No node returned a model in a training round."""
+
+
+class CheckedFedAvg(FedAvg):
+    """Flower's FedAvg (weighted by ``num-examples``) with two additions.
+
+    - The aggregated client metrics of each round are kept as they arrive, so
+      the history can be written round by round rather than only at the end.
+    - A round in which every node failed stops the run: plain FedAvg would keep
+      the old model and the run would look like it converged to nothing.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.train_metrics: dict[int, MetricRecord] = {}
+        self.evaluate_metrics: dict[int, MetricRecord] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        errors = [m.error.reason for m in replies if m.has_error()]
+        if replies and len(errors) == len(replies):
+            raise RoundFailed(f"Round {server_round}: all {len(replies)} nodes failed. First error: {errors[0]}")
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if metrics is not None:
+            self.train_metrics[server_round] = metrics
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.evaluate_metrics[server_round] = metrics
+        return metrics

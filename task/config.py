@@ -1,0 +1,143 @@
+"""The run configuration (``[tool.flwr.app.config]``), checked once, up front.
+
+Both apps build a :class:`Settings` from ``context.run_config`` before doing any
+work, so a bad value stops the run with a message that names the key, the value
+and what is allowed, instead of a traceback halfway through round 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from partitioning import PARTITIONERS
+
+MODELS = ("mlp", "autoencoder")
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing or outside what is allowed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a run, with the defaults of ``pyproject.toml``."""
+
+    model: str = "mlp"
+    num_server_rounds: int = 10
+    fraction_train: float = 0.1
+    fraction_evaluate: float = 0.1
+    min_available_nodes: int = 2
+    local_epochs: int = 1
+    batch_size: int = 10
+    learning_rate: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    max_grad_norm: float = 0.0
+    ae_hidden: str = "500,250"
+    ae_code_size: int = 30
+    partitioning: str = "iid"
+    samples_per_class: int = 0
+    seed: int = 42
+    device: str = "auto"
+    data_dir: str = ""
+    output_dir: str = "fedmnist-runs"
+    run_name: str = ""
+    central_epochs: int = 10
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
+        """Build from Flower's run config (dashed keys), checking every value."""
+        values = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            values[f.name] = _coerce(key, run_config[key], type(getattr(cls, f.name)))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The dashed-key form, as written to ``config.json``."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    @property
+    def ae_hidden_sizes(self) -> tuple[int, ...]:
+        return _parse_sizes(self.ae_hidden)
+
+    def validate(self) -> None:
+        _one_of("model", self.model, MODELS)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("device", self.device, DEVICES)
+        _one_of("partitioning", self.partitioning, tuple(PARTITIONERS))
+        for key in ("num-server-rounds", "local-epochs", "batch-size", "min-available-nodes", "central-epochs"):
+            value = getattr(self, key.replace("-", "_"))
+            if value < 1:
+                raise ConfigError(f"{key}={value} is not allowed: use a whole number >= 1.")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning-rate={self.learning_rate} is not allowed: use a number > 0.")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum={self.momentum} is not allowed: use 0 <= momentum < 1.")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max-grad-norm={self.max_grad_norm} is not allowed: use 0 (off) or a number > 0.")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction-train={self.fraction_train} is not allowed: use 0 < fraction-train <= 1.")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError(
+                f"fraction-evaluate={self.fraction_evaluate} is not allowed: use 0 <= fraction-evaluate <= 1 "
+                "(0 turns client-side evaluation off)."
+            )
+        if self.samples_per_class < 0:
+            raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")
+        sizes = self.ae_hidden_sizes
+        if not self.ae_code_size >= 1 or self.ae_code_size >= 784:
+            raise ConfigError(
+                f"ae-code-size={self.ae_code_size} is not allowed: the code must be smaller than "
+                "the 784 input pixels and at least 1."
+            )
+        widths = (784, *sizes, self.ae_code_size)
+        if any(b > a for a, b in zip(widths, widths[1:])):
+            raise ConfigError(
+                f"ae-hidden='{self.ae_hidden}' with ae-code-size={self.ae_code_size} does not narrow "
+                f"from 784 to the code ({' > '.join(map(str, widths))}): use widths that shrink."
+            )
+
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    """``"500,250"`` -> ``(500, 250)``; ``""`` -> ``()`` (encoder straight to the code)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(
+            f"ae-hidden='{text}' is not allowed: give comma-separated layer widths, e.g. '500,250'."
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"ae-hidden='{text}' is not allowed: every width must be >= 1.")
+    return sizes
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}='{value}' is unknown: choose one of {', '.join(allowed)}.")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Accept what TOML gives (``3`` for a float knob, ``3.0`` for an int one)."""
+    if kind is bool or isinstance(value, bool):
+        if isinstance(value, bool) and kind is bool:
+            return value
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a {kind.__name__}.")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+    elif kind is float and isinstance(value, (int, float)):
+        return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}={value!r} is not allowed: expected a {kind.__name__}.")

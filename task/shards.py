@@ -1,0 +1,70 @@
+"""One node's share of MNIST: its training shard and its held-out local test shard.
+
+The training shard comes from the 60,000 training images, the local test shard
+from the 10,000 test images split the same way (the tutorial's "local test
+images", used for local-versus-merged comparisons). The server still evaluates
+the global model on all 10,000 test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from partitioning import partition
+from task.config import ConfigError, Settings
+from task.data import Mnist, load_mnist
+from task.training import Batchable
+
+
+@dataclass
+class NodeData:
+    train: Batchable
+    test: Batchable
+    train_indices: np.ndarray
+
+
+def check_partition(partition_id: int, num_partitions: int) -> None:
+    if num_partitions < 1:
+        raise ConfigError(f"num-partitions={num_partitions} is not allowed: use a whole number >= 1.")
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            f"partition-id={partition_id} is outside [0, {num_partitions}) for num-partitions="
+            f"{num_partitions}: give each SuperNode --node-config "
+            f"\"partition-id=N num-partitions={num_partitions}\" with 0 <= N < {num_partitions}."
+        )
+
+
+def train_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
+    """Indices into the 60,000 training images, one array per node."""
+    mnist = mnist or load_mnist(settings.data_dir)
+    try:
+        return partition(
+            settings.partitioning, mnist.train_labels, num_partitions, settings.seed, settings.samples_per_class
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def test_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
+    """Indices into the 10,000 test images, one array per node (as many per class as fit)."""
+    mnist = mnist or load_mnist(settings.data_dir)
+    return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1)
+
+
+def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
+    check_partition(partition_id, num_partitions)
+    mnist = load_mnist(settings.data_dir)
+    train_idx = train_shards(settings, num_partitions, mnist)[partition_id]
+    test_idx = test_shards(settings, num_partitions, mnist)[partition_id]
+    return NodeData(
+        train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
+        test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
+        train_indices=train_idx,
+    )
+
+
+def server_test_set(settings: Settings) -> Batchable:
+    mnist = load_mnist(settings.data_dir)
+    return Batchable.from_uint8(mnist.test_images, mnist.test_labels)
