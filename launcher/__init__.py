@@ -1,0 +1,1 @@
+"""Run the app on Flower's real runtime, isolated: simulation (Ray) or loopback deployment."""

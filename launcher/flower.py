@@ -1,0 +1,270 @@
+"""Start and stop Flower's own processes, isolated from anything else on the machine.
+
+``flwr run .`` on its own starts a detached SuperLink on fixed ports that
+outlives the command and serves every later run, from any checkout, with the
+environment of whoever started it first. The helpers here give each job its
+own Flower home, free ports and child processes, and stop them afterwards.
+They drive the real runtime (``flower-superlink``, ``flower-supernode``,
+``flwr``); the simulation launcher and the deployment tests both use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class FlowerError(RuntimeError):
+    """A Flower process failed to start, or a run did not complete."""
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: own home, this venv first on PATH, quiet, offline."""
+    env = os.environ.copy()
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class FlowerHome:
+    """A throw-away ``FLWR_HOME`` with one named SuperLink connection."""
+
+    path: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return flower_env(self.path)
+
+    def add_connection(self, name: str, address: str) -> None:
+        (self.path / "config.toml").write_text(
+            f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n'
+        )
+
+    def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen:
+        """Start a Flower process in its own process group, logging to ``<name>.log``."""
+        log = open(self.path / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc.log_path = self.path / f"{name}.log"  # type: ignore[attr-defined]
+        self.processes.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """Stop every process started here, with everything it started (Ray included)."""
+        for proc in reversed(self.processes):
+            _stop_group(proc)
+        self.processes.clear()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.path / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def flower_home(keep: bool = False) -> Iterator[FlowerHome]:
+    path = Path(tempfile.mkdtemp(prefix="flwr-home-"))
+    home = FlowerHome(path)
+    try:
+        yield home
+    finally:
+        home.stop_all()
+        if not keep:
+            _rmtree(path)
+
+
+def start_superlink(home: FlowerHome, simulation: bool) -> str:
+    """Start ``flower-superlink`` on free loopback ports; return its address."""
+    port, control = free_port(), free_port()
+    args = [
+        "flower-superlink",
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--control-api-address",
+        f"127.0.0.1:{control}",
+        "--disable-runtime-dependency-installation",
+    ]
+    if simulation:
+        args.append("--simulation")
+    proc = home.spawn("superlink", args)
+    address = f"127.0.0.1:{port}"
+    _wait_healthy(proc, f"http://{address}/health", home, "superlink")
+    return address
+
+
+def start_supernode(home: FlowerHome, superlink: str, partition_id: int, num_partitions: int) -> subprocess.Popen:
+    """Start one ``flower-supernode`` serving the ClientApp for one partition."""
+    args = [
+        "flower-supernode",
+        "--insecure",
+        "--superlink",
+        superlink,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--node-config",
+        f"partition-id={partition_id} num-partitions={num_partitions}",
+    ]
+    return home.spawn(f"supernode-{partition_id}", args)
+
+
+def toml_value(value: object) -> str:
+    """A Python value written as a TOML value, for ``--run-config key=value``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def flwr_run(
+    home: FlowerHome,
+    connection: str,
+    run_config: dict[str, object],
+    federation_config: dict[str, object] | None = None,
+    app_dir: Path = PROJECT_ROOT,
+    echo: bool = True,
+    timeout: float = 3600,
+) -> int:
+    """Submit the app with ``flwr run --stream``, echo its log, and return the run id
+    once the run has finished. Raises :class:`FlowerError` unless it completed."""
+    args = ["flwr", "run", str(app_dir), connection, "--stream"]
+    if run_config:
+        args += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
+    if federation_config:
+        args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
+    proc = subprocess.Popen(args, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_id = None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        if run_id is None and "run" in line.lower():
+            run_id = _run_id_in(line)
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise FlowerError(f"flwr run did not finish within {timeout:.0f} s")
+    proc.wait()
+    if proc.returncode != 0 or run_id is None:
+        raise FlowerError(f"flwr run exited with {proc.returncode}:\n{''.join(lines[-30:])}")
+    status = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
+    if status != "finished:completed":
+        raise FlowerError(f"Run {run_id} ended as '{status}':\n{''.join(lines[-30:])}")
+    return run_id
+
+
+def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float = 600) -> str:
+    """Poll ``flwr list`` until the run has finished; return its status."""
+    deadline = time.monotonic() + timeout
+    status = "unknown"
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["flwr", "list", connection, "--run-id", str(run_id), "--format", "json"],
+            env=home.env,
+            capture_output=True,
+            text=True,
+        )
+        status = _status_in(out.stdout) or status
+        if status.startswith("finished"):
+            return status
+        time.sleep(1.0)
+    raise FlowerError(f"Run {run_id} still '{status}' after {timeout:.0f} s")
+
+
+def _status_in(text: str) -> str | None:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    for run in data.get("runs", []) if isinstance(data, dict) else []:
+        status = run.get("status")
+        if status:
+            return str(status)
+    return None
+
+
+def _run_id_in(line: str) -> int | None:
+    """``flwr run`` prints e.g. ``Successfully started run 1234``."""
+    words = line.replace(":", " ").split()
+    for a, b in zip(words, words[1:]):
+        if a.lower() == "run" and b.isdigit():
+            return int(b)
+    return None
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FlowerError(f"{name} exited with {proc.returncode}:\n{home.log_tail(name)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise FlowerError(f"{name} did not become healthy within {timeout:.0f} s:\n{home.log_tail(name)}")
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # children that outlived their parent (Ray workers) share its group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
