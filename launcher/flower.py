@@ -187,14 +187,14 @@ def flwr_run(
     proc.wait()
     if proc.returncode != 0 or run_id is None:
         raise FlowerError(f"flwr run exited with {proc.returncode}:\n{''.join(lines[-30:])}")
-    status = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
+    status, details = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
     if status != "finished:completed":
-        raise FlowerError(f"Run {run_id} ended as '{status}':\n{''.join(lines[-30:])}")
+        raise FlowerError(f"Run {run_id} ended as '{status}': {details}")
     return run_id
 
 
-def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float = 600) -> str:
-    """Poll ``flwr list`` until the run has finished; return its status."""
+def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float = 600) -> tuple[str, str]:
+    """Poll ``flwr list`` until the run has finished; return its status and details."""
     deadline = time.monotonic() + timeout
     status = "unknown"
     while time.monotonic() < deadline:
@@ -204,22 +204,21 @@ def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float 
             capture_output=True,
             text=True,
         )
-        status = _status_in(out.stdout) or status
+        status, details = _status_in(out.stdout) or (status, "")
         if status.startswith("finished"):
-            return status
+            return status, details
         time.sleep(1.0)
     raise FlowerError(f"Run {run_id} still '{status}' after {timeout:.0f} s")
 
 
-def _status_in(text: str) -> str | None:
+def _status_in(text: str) -> tuple[str, str] | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         return None
     for run in data.get("runs", []) if isinstance(data, dict) else []:
-        status = run.get("status")
-        if status:
-            return str(status)
+        if run.get("status"):
+            return str(run["status"]), str(run.get("status-details", ""))
     return None
 
 

@@ -17,7 +17,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from launcher.flower import FlowerError, flower_home, flwr_run, start_superlink
+from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, start_superlink
+from task.config import ConfigError, Settings
 
 CONNECTION = "local-simulation"
 
@@ -57,6 +58,21 @@ def _split_pairs(text: str) -> list[str]:
     return pairs
 
 
+def app_defaults(app_dir: Path = PROJECT_ROOT) -> dict[str, object]:
+    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml."""
+    with (app_dir / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+
+
+def check_run_config(run_config: dict[str, object]) -> Settings:
+    """Fail before starting Flower on keys the app does not declare or bad values."""
+    defaults = app_defaults()
+    unknown = sorted(set(run_config) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}: the app declares {', '.join(defaults)}.")
+    return Settings.from_run_config({**defaults, **run_config})
+
+
 def run_simulation(
     run_config: dict[str, object],
     num_supernodes: int,
@@ -66,6 +82,7 @@ def run_simulation(
     echo: bool = True,
 ) -> Path:
     """Run the app in simulation and return its run folder."""
+    check_run_config(run_config)
     output_dir = output_dir.expanduser().resolve()
     run_name = str(run_config.get("run-name") or f"{time.strftime('%Y%m%d-%H%M%S')}-{run_config.get('model', 'mlp')}")
     config = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
@@ -106,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run_simulation(
             run_config, args.num_supernodes, args.output_dir, args.cpus_per_client, args.gpus_per_client
         )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except FlowerError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

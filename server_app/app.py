@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
         device = pick_device(settings.device)
     except (ConfigError, DataError) as exc:
         log(ERROR, "Run not started: %s", exc)
-        raise SystemExit(1) from None
+        raise  # marks the run failed, with this message as its status details
 
     model = build_model(settings)
     run_dir = new_run_dir(settings.output_dir, settings.run_name, settings.model, context.run_id)
@@ -128,6 +128,5 @@ class HistoryRecorder:
         write_json(self.path, history)
 
 
-def _last_metrics(by_round: dict[int, MetricRecord], server_round: int) -> dict | None:
-    record = by_round.get(server_round)
-    return dict(record) if record is not None else None
+def _last_metrics(by_round: dict[int, dict], server_round: int) -> dict | None:
+    return by_round.get(server_round)

@@ -24,8 +24,8 @@ class CheckedFedAvg(FedAvg):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_metrics: dict[int, MetricRecord] = {}
-        self.evaluate_metrics: dict[int, MetricRecord] = {}
+        self.train_metrics: dict[int, dict] = {}
+        self.evaluate_metrics: dict[int, dict] = {}
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -36,11 +36,18 @@ class CheckedFedAvg(FedAvg):
             raise RoundFailed(f"Round {server_round}: all {len(replies)} nodes failed. First error: {errors[0]}")
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
-            self.train_metrics[server_round] = metrics
+            self.train_metrics[server_round] = self._with_counts(metrics, replies)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
-            self.evaluate_metrics[server_round] = metrics
+            self.evaluate_metrics[server_round] = self._with_counts(metrics, replies)
         return metrics
+
+    def _with_counts(self, metrics: MetricRecord, replies: list[Message]) -> dict:
+        """The weighted means plus how many nodes and examples they stand for."""
+        ok = [m for m in replies if not m.has_error()]
+        examples = sum(int(m.content["metrics"][self.weighted_by_key]) for m in ok)
+        return {**dict(metrics), "nodes": len(ok), "num-examples": examples}

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client_app.app import MnistClient, app
+from task.config import ConfigError, Settings
+from task.models import build_model
+from task.shards import load_node_data
+from task.training import get_weights
+
+
+@pytest.fixture
+def small_client() -> MnistClient:
+    settings = Settings(local_epochs=2, batch_size=10, learning_rate=0.1, device="cpu")
+    return MnistClient(settings, load_node_data(settings, partition_id=3, num_partitions=100), partition_id=3)
+
+
+def test_fit_trains_on_the_nodes_shard_only(small_client):
+    start = get_weights(build_model(small_client.settings))
+    weights, num_examples, metrics = small_client.fit(start, {"server-round": 1})
+    assert num_examples == 600
+    assert metrics["train-loss"] < 1.5
+    assert [w.shape for w in weights] == [w.shape for w in start]
+    assert any(not np.allclose(a, b) for a, b in zip(weights, start))
+
+
+def test_evaluate_uses_the_local_test_images_and_improves_after_fit(small_client):
+    start = get_weights(build_model(small_client.settings))
+    loss_before, n, before = small_client.evaluate(start, {})
+    trained, _, _ = small_client.fit(start, {"server-round": 1})
+    loss_after, _, after = small_client.evaluate(trained, {})
+    assert n == 100  # 10,000 test images over 100 nodes
+    assert after["accuracy"] > before["accuracy"] + 0.4
+    assert loss_after < loss_before
+
+
+def test_partition_id_outside_the_range_is_refused():
+    with pytest.raises(ConfigError, match=r"partition-id=5 is outside \[0, 5\)"):
+        load_node_data(Settings(), partition_id=5, num_partitions=5)
+
+
+def _message(kind: str, weights: list[np.ndarray]) -> Message:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    content = RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": 1})})
+    return Message(content=content, dst_node_id=2, message_type=kind)
+
+
+def _context(run_config: dict) -> Context:
+    return Context(
+        run_id=1,
+        node_id=2,
+        node_config={"partition-id": 0, "num-partitions": 50},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+def test_clientapp_answers_train_and_evaluate_messages():
+    run_config = {"local-epochs": 1, "device": "cpu"}
+    weights = get_weights(build_model(Settings()))
+    reply = app(_message(MessageType.TRAIN, weights), _context(run_config))
+    assert not reply.has_error()
+    assert reply.content["metrics"]["num-examples"] == 1200
+    assert len(reply.content["arrays"].to_numpy_ndarrays()) == len(weights)
+
+    reply = app(_message(MessageType.EVALUATE, weights), _context(run_config))
+    assert reply.content["metrics"]["num-examples"] == 200
+    assert 0 <= reply.content["metrics"]["accuracy"] <= 1

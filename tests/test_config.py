@@ -1,0 +1,46 @@
+import pytest
+
+from task.config import ConfigError, Settings
+
+
+def test_defaults_are_valid():
+    Settings.from_run_config({})
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("model", "cnn", "model='cnn' is unknown: choose one of mlp, autoencoder"),
+        ("partitioning", "dirichlet", "partitioning='dirichlet' is unknown"),
+        ("num-server-rounds", 0, "num-server-rounds=0 is not allowed"),
+        ("local-epochs", -1, "local-epochs=-1 is not allowed"),
+        ("batch-size", 0, "batch-size=0 is not allowed"),
+        ("learning-rate", 0.0, "learning-rate=0.0 is not allowed"),
+        ("learning-rate", -0.1, "learning-rate=-0.1 is not allowed"),
+        ("fraction-train", 0.0, "fraction-train=0.0 is not allowed: use 0 < fraction-train <= 1"),
+        ("fraction-train", 1.5, "fraction-train=1.5 is not allowed"),
+        ("momentum", 1.0, "momentum=1.0 is not allowed"),
+        ("ae-code-size", 784, "ae-code-size=784 is not allowed"),
+        ("ae-hidden", "500,x", "ae-hidden='500,x' is not allowed"),
+        ("batch-size", "ten", "batch-size='ten' is not allowed: expected a int"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_run_config({key: value})
+    assert expected in str(err.value)
+
+
+def test_an_autoencoder_that_widens_is_refused():
+    with pytest.raises(ConfigError, match="does not narrow"):
+        Settings.from_run_config({"ae-hidden": "1000,500", "ae-code-size": 30})
+
+
+def test_toml_numbers_are_accepted_for_either_kind():
+    s = Settings.from_run_config({"learning-rate": 1, "num-server-rounds": 3.0})
+    assert s.learning_rate == 1.0 and s.num_server_rounds == 3
+
+
+def test_round_trip_through_the_dashed_form():
+    s = Settings.from_run_config({"model": "autoencoder", "optimizer": "adam", "seed": 7})
+    assert Settings.from_run_config(s.to_run_config()) == s

@@ -1,0 +1,42 @@
+"""Flower's deployment runtime on loopback: one SuperLink and two SuperNodes,
+talking over HTTP, each SuperNode serving one partition through `--node-config`."""
+
+import json
+
+import pytest
+
+from launcher.flower import flower_home, flwr_run, start_superlink, start_supernode
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_round_over_superlink_and_two_supernodes(tmp_path):
+    with flower_home() as home:
+        address = start_superlink(home, simulation=False)
+        home.add_connection("loopback", address)
+        nodes = [start_supernode(home, address, partition_id=i, num_partitions=2) for i in range(2)]
+        run_id = flwr_run(
+            home,
+            "loopback",
+            {
+                "num-server-rounds": 1,
+                "fraction-train": 1.0,
+                "fraction-evaluate": 1.0,
+                "local-epochs": 1,
+                "output-dir": str(tmp_path),
+                "run-name": "deployed",
+            },
+            echo=False,
+        )
+        assert all(node.poll() is None for node in nodes)  # still serving after the run
+
+    run_dir = tmp_path / "deployed"
+    history = json.loads((run_dir / "history.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert history["status"] == "completed"
+    assert config["run-id"] == run_id and config["num-nodes"] == 2
+    # both nodes trained: 30,000 images each (60,000 over 2 partitions)
+    assert history["rounds"][1]["clients-train"]["nodes"] == 2
+    assert history["rounds"][1]["clients-train"]["num-examples"] == 30000
+    assert history["rounds"][1]["server"]["accuracy"] > 0.9
+    assert (run_dir / "model.pt").stat().st_size > 700_000

@@ -1,0 +1,51 @@
+"""`flwr run` in simulation for real: a SuperLink of its own, Ray, 10 virtual clients."""
+
+import json
+
+import pytest
+import torch
+
+from launcher.flower import FlowerError, flower_home, flwr_run, start_superlink
+from launcher.simulate import run_simulation
+from task.config import Settings
+from task.models import build_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_ten_clients_two_rounds_reach_85_percent(tmp_path):
+    run_dir = run_simulation(
+        {"num-server-rounds": 2, "fraction-train": 0.5, "local-epochs": 1, "run-name": "e2e"},
+        num_supernodes=10,
+        output_dir=tmp_path,
+        echo=False,
+    )
+    assert run_dir == tmp_path / "e2e"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["status"] == "completed"
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    accuracy = [r["server"]["accuracy"] for r in history["rounds"]]
+    assert accuracy[0] < 0.3 < 0.85 < accuracy[2]
+    assert accuracy[1] < accuracy[2]
+    assert history["rounds"][1]["clients-train"]["num-examples"] > 0
+    assert all(r["wall-time-s"] > 0 for r in history["rounds"])
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num-server-rounds"] == 2 and config["num-nodes"] == 10
+    model = build_model(Settings.from_run_config(config))
+    model.load_state_dict(torch.load(run_dir / "model.pt"))
+
+
+def test_a_bad_value_fails_the_run_with_its_message(tmp_path):
+    """Straight through `flwr run` (no launcher pre-check): the ServerApp refuses."""
+    with flower_home() as home:
+        home.add_connection("sim", start_superlink(home, simulation=True))
+        with pytest.raises(FlowerError, match=r"fraction-train=1.5 is not allowed"):
+            flwr_run(
+                home,
+                "sim",
+                {"fraction-train": 1.5, "output-dir": str(tmp_path)},
+                {"num-supernodes": 2},
+                echo=False,
+            )
+    assert not list(tmp_path.iterdir())  # nothing written for a run that never started

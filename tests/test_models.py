@@ -1,0 +1,33 @@
+import torch
+
+from task.config import Settings
+from task.models import MLP, Autoencoder, build_model
+
+
+def test_mlp_is_the_papers_2nn():
+    model = MLP()
+    assert model(torch.zeros(5, 784)).shape == (5, 10)
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+    # 784*200+200 + 200*200+200 + 200*10+10: the 199,210 parameters of McMahan et al.'s 2NN
+    assert sum(p.numel() for p in model.parameters()) == 199_210
+
+
+def test_autoencoder_shapes_and_pixel_range():
+    model = Autoencoder((500, 250), 30)
+    x = torch.rand(4, 784)
+    with torch.no_grad():
+        code = model.encode(x)
+        out = model.decode(code)
+    assert code.shape == (4, 30)
+
+    assert out.shape == (4, 784)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_build_model_is_seeded():
+    a = build_model(Settings(seed=1)).state_dict()
+    b = build_model(Settings(seed=1)).state_dict()
+    c = build_model(Settings(seed=2)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert isinstance(build_model(Settings(model="autoencoder")), Autoencoder)

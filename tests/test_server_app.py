@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from server_app.outputs import new_run_dir, resolve_output_dir, write_json, write_model
+from server_app.strategy import CheckedFedAvg, RoundFailed
+
+
+def _reply(value: float, num_examples: int, node: int) -> Message:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
+    ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord([np.full((2, 2), value, dtype=np.float32)]),
+            "metrics": MetricRecord({"train-loss": value, "num-examples": num_examples}),
+        }
+    )
+    return Message(content=content, reply_to=ask)
+
+
+def _error(node: int, reason: str) -> Message:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
+    ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(Error(code=0, reason=reason), reply_to=ask)
+
+
+def test_fedavg_weights_each_node_by_its_number_of_examples():
+    strategy = CheckedFedAvg()
+    arrays, metrics = strategy.aggregate_train(1, [_reply(1.0, 100, 1), _reply(4.0, 300, 2)])
+    (mean,) = arrays.to_numpy_ndarrays()
+    assert np.allclose(mean, (1.0 * 100 + 4.0 * 300) / 400)
+    assert metrics["train-loss"] == pytest.approx(3.25)
+    assert strategy.train_metrics[1] == {"train-loss": pytest.approx(3.25), "nodes": 2, "num-examples": 400}
+
+
+def test_a_round_where_every_node_failed_stops_the_run():
+    strategy = CheckedFedAvg()
+    with pytest.raises(RoundFailed, match="partition-id=7 is outside"):
+        strategy.aggregate_train(2, [_error(1, "partition-id=7 is outside [0, 2)"), _error(2, "x")])
+
+
+def test_one_failed_node_does_not_stop_the_round():
+    arrays, _ = CheckedFedAvg().aggregate_train(1, [_error(1, "boom"), _reply(2.0, 10, 2)])
+    assert np.allclose(arrays.to_numpy_ndarrays()[0], 2.0)
+
+
+def test_relative_output_dir_is_taken_from_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_output_dir("runs") == tmp_path / "runs"
+    assert resolve_output_dir("/abs/runs") == resolve_output_dir("/abs/runs").resolve()
+
+
+def test_run_folders_are_never_reused(tmp_path):
+    first = new_run_dir(str(tmp_path), "exp", "mlp", 1)
+    write_json(first / "history.json", {"status": "completed"})
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        new_run_dir(str(tmp_path), "exp", "mlp", 2)
+    assert json.loads((first / "history.json").read_text()) == {"status": "completed"}
+
+
+def test_model_file_loads_back(tmp_path):
+    state = {"w": torch.arange(4.0)}
+    write_model(tmp_path / "model.pt", state)
+    assert torch.equal(torch.load(tmp_path / "model.pt")["w"], state["w"])
+    assert not list(tmp_path.glob(".*.tmp"))
