@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a preset TOML file or 'key=value ...'; repeat to combine, later ones win",
     )
+    parser.add_argument("--report", action="store_true", help="write report.md (federated vs central) into the run folder")
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--gpus-per-client", type=float, default=0.0, help="e.g. 0.25 to share one GPU by 4 clients")
     args = parser.parse_args(argv)
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     print(f"\nRun folder: {run_dir}")
+    if args.report:
+        from report import make_report  # the report sits downstream of the run
+
+        print(f"Report: {make_report(run_dir)}")
     return 0
 
 

@@ -1,0 +1,52 @@
+"""FedAvg in one process: the project's own data, shards, model and training code,
+with the averaging done in a plain loop instead of Flower messages.
+
+Used to search configurations quickly (no Ray, no SuperLink); every result that
+the repo reports is then confirmed with a real `flwr run` (see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from task.config import Settings
+from task.models import build_model
+from task.shards import load_node_data, server_test_set
+from task.training import evaluate, get_weights, set_weights, train
+
+
+def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> dict:
+    """Run ``settings.num_server_rounds`` rounds; return accuracy by round and the
+    first round at or above ``target`` (None if never)."""
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    nodes = [load_node_data(settings, i, num_nodes) for i in range(num_nodes)]
+    test = server_test_set(settings)
+    model = build_model(settings)
+    weights = get_weights(model)
+    rng = np.random.default_rng(settings.seed)
+    per_round = max(1, int(num_nodes * settings.fraction_train))
+    accuracy, first_hit, started = [], None, time.monotonic()
+    for rnd in range(1, settings.num_server_rounds + 1):
+        chosen = rng.choice(num_nodes, per_round, replace=False)
+        total = sum(len(nodes[i].train) for i in chosen)
+        merged = [np.zeros_like(w) for w in weights]
+        for i in chosen:
+            set_weights(model, weights)
+            train(model, nodes[i].train, settings, device, seed=rnd * 1000 + int(i))
+            for acc, w in zip(merged, get_weights(model)):
+                acc += w * (len(nodes[i].train) / total)
+        weights = merged
+        set_weights(model, weights)
+        accuracy.append(evaluate(model, test, device)["accuracy"])
+        if first_hit is None and accuracy[-1] >= target:
+            first_hit = rnd
+    return {"accuracy": accuracy, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}
+
+
+def with_knobs(settings: Settings, **knobs) -> Settings:
+    return replace(settings, **knobs)
