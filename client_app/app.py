@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
-from task.config import Settings
+from task.config import ConfigError, Settings
 from task.models import build_model
 from task.shards import NodeData, load_node_data
 from task.training import evaluate, get_weights, pick_device, set_weights, train
@@ -48,8 +48,14 @@ class MnistClient(NumPyClient):
 def client_from_context(context: Context) -> MnistClient:
     """Build this node's client from the run config and the node config."""
     settings = Settings.from_run_config(dict(context.run_config))
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+    try:
+        partition_id = int(context.node_config["partition-id"])
+        num_partitions = int(context.node_config["num-partitions"])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"node config {dict(context.node_config)} lacks whole-number partition-id and num-partitions: "
+            'start the SuperNode with --node-config "partition-id=N num-partitions=M".'
+        ) from None
     return MnistClient(settings, load_node_data(settings, partition_id, num_partitions), partition_id)
 
 

@@ -67,3 +67,10 @@ def test_clientapp_answers_train_and_evaluate_messages():
     reply = app(_message(MessageType.EVALUATE, weights), _context(run_config))
     assert reply.content["metrics"]["num-examples"] == 200
     assert 0 <= reply.content["metrics"]["accuracy"] <= 1
+
+
+def test_a_supernode_without_its_partition_is_told_how_to_start():
+    context = _context({})
+    context.node_config = {}
+    with pytest.raises(ConfigError, match='--node-config "partition-id=N num-partitions=M"'):
+        app(_message(MessageType.TRAIN, get_weights(build_model(Settings()))), context)
