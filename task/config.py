@@ -27,7 +27,7 @@ class Settings:
 
     model: str = "mlp"
     num_server_rounds: int = 10
-    fraction_train: float = 0.1
+    fraction_train: float = 1.0
     fraction_evaluate: float = 0.1
     min_available_nodes: int = 2
     local_epochs: int = 1

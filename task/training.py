@@ -48,7 +48,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
-    return [v.detach().cpu().numpy() for v in model.state_dict().values()]
+    """Copies, not views: on the CPU ``.numpy()`` shares memory with the model, so
+    training it further would silently change weights already handed out."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:

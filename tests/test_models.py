@@ -31,3 +31,15 @@ def test_build_model_is_seeded():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert isinstance(build_model(Settings(model="autoencoder")), Autoencoder)
+
+
+def test_weights_handed_out_do_not_change_when_the_model_trains_on():
+    from task.training import get_weights
+
+    model = build_model(Settings())
+    weights = get_weights(model)
+    before = [w.copy() for w in weights]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all((w == b).all() for w, b in zip(weights, before))
