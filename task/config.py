@@ -27,10 +27,10 @@ class Settings:
 
     model: str = "mlp"
     num_server_rounds: int = 10
-    fraction_train: float = 1.0
+    fraction_train: float = 0.1
     fraction_evaluate: float = 0.1
     min_available_nodes: int = 2
-    local_epochs: int = 1
+    local_epochs: int = 5
     batch_size: int = 10
     learning_rate: float = 0.1
     momentum: float = 0.0
