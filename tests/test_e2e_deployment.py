@@ -35,8 +35,8 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert history["status"] == "completed"
     assert config["run-id"] == run_id and config["num-nodes"] == 2
-    # both nodes trained: 30,000 images each (60,000 over 2 partitions)
+    # both nodes trained, on 30,000 images each: the aggregate stands for all 60,000
     assert history["rounds"][1]["clients-train"]["nodes"] == 2
-    assert history["rounds"][1]["clients-train"]["num-examples"] == 30000
+    assert history["rounds"][1]["clients-train"]["num-examples"] == 60000
     assert history["rounds"][1]["server"]["accuracy"] > 0.9
     assert (run_dir / "model.pt").stat().st_size > 700_000
