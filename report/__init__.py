@@ -1,0 +1,9 @@
+"""Federated against central: ``report.md`` for a finished run folder.
+
+    python -m report RUN_DIR [--central-epochs N] [--nodes N] [--device cpu|cuda|auto]
+"""
+
+from report.build import make_report
+from report.run import ReportError
+
+__all__ = ["ReportError", "make_report"]

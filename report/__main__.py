@@ -1,0 +1,38 @@
+"""``python -m report RUN_DIR``: write report.md (federated vs central) into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from report.build import make_report
+from report.run import ReportError
+from task.config import ConfigError
+from task.data import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m report",
+        description="Compare a finished federated run with the same model trained centrally; "
+        "writes report.md and its figures into the run folder.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run folder (holding config.json, history.json, model.pt)")
+    parser.add_argument(
+        "--central-epochs", type=int, default=None, help="epochs of the central baseline (default: the run's central-epochs)"
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="nodes sampled for local vs merged (default 10)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: the run's device knob")
+    args = parser.parse_args(argv)
+    try:
+        path = make_report(args.run_dir, central_epochs=args.central_epochs, nodes=args.nodes, device=args.device)
+    except (ReportError, ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

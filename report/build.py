@@ -1,0 +1,258 @@
+"""report.md for one run folder: the federated model against a centrally trained one.
+
+Everything is computed first (central baseline, local models, figures); the
+files are then written together, each under a temporary name and renamed, so a
+failure half-way leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec.images import grid_png
+from report.central import CentralResult, Log, central_baseline, log_stderr
+from report.device import report_device
+from report.files import write_files
+from report.figures import curves_png, local_vs_merged_png
+from report.local_vs_merged import LocalVsMerged, compare_local_and_merged
+from report.metrics import better, format_gap, format_metric, metric_label
+from report.run import ReportError, Run, load_run
+from task.data import load_mnist
+from task.models import build_model
+from task.pca import PCA
+from task.shards import server_test_set
+
+REPORT_FILE = "report.md"
+CURVES_FILE = "report-curves.png"
+LOCAL_FILE = "report-local-vs-merged.png"
+RECON_FILE = "report-reconstructions.png"
+TARGET_ACCURACY = 0.97
+GRID_DIGITS = 10
+
+
+def make_report(
+    run_dir: str | Path,
+    *,
+    central_epochs: int | None = None,
+    nodes: int = 10,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    log: Log = log_stderr,
+) -> Path:
+    """Write ``report.md`` and its figures into ``run_dir``; return the report's path."""
+    if central_epochs is not None and central_epochs < 1:
+        raise ReportError(f"central epochs={central_epochs}: use 1 or more.")
+    if nodes < 1:
+        raise ReportError(f"nodes={nodes} for the local-vs-merged comparison: use 1 or more.")
+    run = load_run(Path(run_dir))
+    settings = run.settings if central_epochs is None else replace(run.settings, central_epochs=central_epochs)
+    dev = report_device(settings, device)
+    central = central_baseline(settings, run.num_nodes, dev, cache_dir, log)
+    rounds = run.rounds[-1]["round"]
+    local = compare_local_and_merged(settings, run.num_nodes, run.state_dict, rounds, dev, nodes, log)
+
+    name = run.path.name
+    files: dict[Path, bytes] = {
+        run.path / CURVES_FILE: curves_png(run.rounds, central.epochs, run.metric, f"{name}: federated vs central"),
+        run.path / LOCAL_FILE: local_vs_merged_png(
+            [r.node for r in local.rows],
+            [r.local[run.metric] for r in local.rows],
+            [r.merged[run.metric] for r in local.rows],
+            run.metric,
+            "Each node's test images: its own model vs the merged model",
+        ),
+    }
+    extra: list[str] = []
+    if settings.model == "autoencoder":
+        files[run.path / RECON_FILE], extra = reconstructions(run, central, settings)
+    markdown = render(run, settings, central, local, extra)
+    files[run.path / REPORT_FILE] = markdown.encode()
+    write_files(files)
+    return run.path / REPORT_FILE
+
+
+def reconstructions(run: Run, central: CentralResult, settings) -> tuple[bytes, list[str]]:
+    """The same test digits through the federated and the central model, and the PCA line."""
+    test = server_test_set(settings)
+    picks = [int(np.flatnonzero(test.y.numpy() == d)[0]) for d in range(GRID_DIGITS)]
+    x = test.x[picks]
+    rows = [x.numpy()]
+    for state in (run.state_dict, central.state_dict):
+        model = build_model(settings)
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            rows.append(model(x).numpy())
+    mnist = load_mnist(settings.data_dir)
+    train = mnist.train_images.reshape(len(mnist.train_images), -1).astype(np.float32) / 255.0
+    pca = PCA.fit(train, settings.ae_code_size)
+    rows.append(pca.decode(pca.encode(x.numpy())))
+    pca_mse = pca.mse(test.x.numpy())
+    png = grid_png(
+        rows,
+        ["original", "federated", "central", f"PCA-{settings.ae_code_size}"],
+        "The first test image of each digit, reconstructed",
+    )
+    fed = run.rounds[-1]["server"]["mse"]
+    lines = [
+        "## Reconstructions",
+        "",
+        f"![reconstructions]({RECON_FILE})",
+        "",
+        f"Linear baseline: PCA with {settings.ae_code_size} components, fitted on the 60,000 training images "
+        f"(numpy), reconstructs the 10,000 test images with MSE {pca_mse:.5f} per pixel "
+        f"({784 * pca_mse:.2f} summed squared error per image). The federated autoencoder's "
+        f"{fed:.5f} is {fed / pca_mse:.2f} times PCA's.",
+        "",
+    ]
+    return png, lines
+
+
+def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, extra: list[str]) -> str:
+    metric = run.metric
+    fmt = lambda v: format_metric(metric, v)  # noqa: E731
+    fed_final = run.rounds[-1]["server"][metric]
+    cen_final = central.epochs[-1][metric]
+    rounds = run.rounds[-1]["round"]
+    fed_seconds = run.rounds[-1]["elapsed-s"]
+    winner = "federated" if better(metric, fed_final, cen_final) else "central"
+    unit = "test accuracy" if metric == "accuracy" else "test MSE per pixel (lower is better)"
+
+    lines = [
+        f"# Federated vs central: {run.path.name}",
+        "",
+        f"The {_model_name(settings)} trained with FedAvg over {run.num_nodes} nodes "
+        f"({settings.partitioning} shards), against the same model trained centrally on the union "
+        f"of those shards. Both are tested on the 10,000 MNIST test images; the headline number is {unit}.",
+        "",
+        "## Headline",
+        "",
+        "| | federated (FedAvg) | central |",
+        "|---|---|---|",
+        f"| final {metric_label(metric)} | {fmt(fed_final)} | {fmt(cen_final)} |",
+        f"| best {metric_label(metric)} | {fmt(_best(metric, [r['server'][metric] for r in run.rounds]))} "
+        f"| {fmt(_best(metric, [e[metric] for e in central.epochs]))} |",
+        f"| training | {rounds} rounds x {settings.local_epochs} local epoch(s), "
+        f"{100 * settings.fraction_train:g}% of nodes per round | {len(central.epochs) - 1} epoch(s) on "
+        f"{central.train_images:,} images |",
+    ]
+    if metric == "accuracy":
+        lines.append(
+            f"| first at >= {100 * TARGET_ACCURACY:g}% | {_first_hit(run.rounds, 'round')} "
+            f"| {_first_hit(central.epochs, 'epoch')} |"
+        )
+    lines += [
+        f"| wall time | {fed_seconds:.0f} s (rounds only, {run.num_nodes} virtual nodes) "
+        f"| {central.train_seconds:.0f} s (on {central.device}) |",
+        "",
+        f"Gap (central minus federated): **{format_gap(metric, fed_final, cen_final)}**; "
+        f"the {winner} model ends ahead.",
+        "",
+        f"![federated vs central]({CURVES_FILE})",
+        "",
+        "## Per round and per epoch",
+        "",
+        "Round r is the global model after r FedAvg rounds; epoch e is the central model after e passes "
+        "over all the data (0 = the shared initial weights).",
+        "",
+        f"| step | federated {metric} | federated loss | clients' train loss | round s "
+        f"| central {metric} | central loss | epoch s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i in range(max(len(run.rounds), len(central.epochs))):
+        fed = run.rounds[i] if i < len(run.rounds) else None
+        cen = central.epochs[i] if i < len(central.epochs) else None
+        train = (fed or {}).get("clients-train") or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(i),
+                    fmt(fed["server"][metric]) if fed else "",
+                    f"{fed['server']['loss']:.4f}" if fed else "",
+                    f"{train['train-loss']:.4f}" if "train-loss" in train else "",
+                    f"{fed['wall-time-s']:.1f}" if fed and i > 0 else "",
+                    fmt(cen[metric]) if cen else "",
+                    f"{cen['loss']:.4f}" if cen else "",
+                    f"{cen['wall-time-s']:.1f}" if cen and i > 0 else "",
+                ]
+            )
+            + " |"
+        )
+    lines += ["", *extra]
+    lines += [
+        "## Local against merged",
+        "",
+        f"For {len(local.rows)} sampled nodes: a model trained only on the node's own training shard "
+        f"(from the same initial weights, {local.epochs} epochs: {settings.local_epochs} local epoch(s) "
+        f"for each of the {rounds} rounds, the most the node could have trained during the run) against "
+        "the merged global model, both tested on the node's held-out local test images (its share of "
+        "the 10,000 test images, never used for training).",
+        "",
+        f"| node | train images | test images | local {metric} | merged {metric} |",
+        "|---|---|---|---|---|",
+    ]
+    for row in local.rows:
+        lines.append(
+            f"| {row.node} | {row.train_images} | {row.test_images} | {fmt(row.local[metric])} "
+            f"| {fmt(row.merged[metric])} |"
+        )
+    wins = sum(better(metric, r.merged[metric], r.local[metric]) for r in local.rows)
+    lines += [
+        f"| **mean** | | | **{fmt(local.mean('local'))}** | **{fmt(local.mean('merged'))}** |",
+        "",
+        f"The merged model is better on {wins} of {len(local.rows)} nodes' own test images.",
+        "",
+        f"![local vs merged]({LOCAL_FILE})",
+        "",
+        "## Configuration",
+        "",
+        "| key | value |",
+        "|---|---|",
+        *[f"| {k} | {_show(v)} |" for k, v in run.config.items()],
+        "",
+        "## Where the numbers come from",
+        "",
+        f"- Federated: `{run.path / 'history.json'}` (server-side evaluation of the global model after "
+        "every round) and `model.pt` (the final global weights, used for the local-vs-merged and "
+        "reconstruction figures).",
+        f"- Central: trained by this report with the run's model, seed, optimizer ({settings.optimizer}, "
+        f"learning rate {settings.learning_rate:g}"
+        + (f", momentum {settings.momentum:g}" if settings.optimizer == "sgd" else "")
+        + f"), batch size {settings.batch_size} on {central.device}; cached in `{central.folder}` "
+        f"({'reused from ' + central.created if central.cached else 'trained ' + central.created}).",
+        f"- Local models: trained by this report on {local.seconds:.0f} s of {central.device}; node "
+        f"sample drawn with seed {settings.seed}.",
+        f"- Report written {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_name(settings) -> str:
+    if settings.model == "mlp":
+        return "MLP (784-200-200-10)"
+    widths = "-".join(str(w) for w in (784, *settings.ae_hidden_sizes, settings.ae_code_size))
+    return f"stacked autoencoder ({widths}, mirrored decoder)"
+
+
+def _best(metric: str, values: list[float]) -> float:
+    return max(values) if metric == "accuracy" else min(values)
+
+
+def _first_hit(steps: list[dict[str, Any]], key: str) -> str:
+    for step in steps:
+        value = step["server"]["accuracy"] if "server" in step else step["accuracy"]
+        if value >= TARGET_ACCURACY:
+            return f"{key} {step[key]}"
+    return "not reached"
+
+
+def _show(value: Any) -> str:
+    return f"`{value}`" if value != "" else '`""`'

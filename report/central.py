@@ -1,0 +1,235 @@
+"""Central baseline: the federation's model trained on the union of its shards.
+
+The same initial weights (``build_model`` with the run's seed), optimizer,
+learning rate, momentum, batch size and gradient clipping as the nodes use, on
+the images the nodes hold together, tested on the 10,000 test images after
+every epoch. Only the place of the data differs, so the gap to the federated
+model is the price of federating.
+
+Results are cached by the settings they depend on (``cache_fields``), so the
+reports of runs that share them train the baseline once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from report.device import small_batch_threads
+from report.files import atomic_write
+from report.metrics import format_metric, metric_key
+from task.config import Settings
+from task.data import load_mnist
+from task.models import build_model
+from task.shards import server_test_set, train_shards
+from task.training import Batchable, evaluate, is_classifier, make_optimizer
+
+CACHE_VERSION = 1
+HISTORY_FILE = "history.json"
+MODEL_FILE = "model.pt"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CentralResult:
+    """Per-epoch test metrics (epoch 0 = the initial weights) and the final weights."""
+
+    epochs: list[dict[str, Any]]
+    state_dict: dict[str, torch.Tensor]
+    train_images: int
+    fields: dict[str, Any]
+    folder: Path
+    cached: bool
+    created: str
+    device: str
+
+    @property
+    def train_seconds(self) -> float:
+        return float(self.epochs[-1]["elapsed-s"])
+
+
+def log_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def default_cache_dir() -> Path:
+    """``$FEDMNIST_CACHE_DIR/central``, else ``~/.cache/fedmnist/central``."""
+    env = os.environ.get("FEDMNIST_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "fedmnist"
+    return root / "central"
+
+
+def cache_fields(settings: Settings, num_nodes: int) -> dict[str, Any]:
+    """The settings the baseline depends on; knobs that cannot change it are left out
+    (autoencoder widths of an MLP run, momentum under Adam, samples-per-class of an iid split)."""
+    fields: dict[str, Any] = {
+        "version": CACHE_VERSION,
+        "model": settings.model,
+        "optimizer": settings.optimizer,
+        "learning-rate": settings.learning_rate,
+        "batch-size": settings.batch_size,
+        "max-grad-norm": settings.max_grad_norm,
+        "central-epochs": settings.central_epochs,
+        "partitioning": settings.partitioning,
+        "seed": settings.seed,
+        "num-nodes": num_nodes,
+    }
+    if settings.model == "autoencoder":
+        fields["ae-hidden"] = list(settings.ae_hidden_sizes)
+        fields["ae-code-size"] = settings.ae_code_size
+    if settings.optimizer == "sgd":
+        fields["momentum"] = settings.momentum
+    if settings.partitioning == "iid-balanced":
+        fields["samples-per-class"] = settings.samples_per_class
+    return fields
+
+
+def cache_key(settings: Settings, num_nodes: int) -> str:
+    text = json.dumps(cache_fields(settings, num_nodes), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def central_baseline(
+    settings: Settings,
+    num_nodes: int,
+    device: torch.device,
+    cache_dir: Path | None = None,
+    log: Log = log_stderr,
+) -> CentralResult:
+    """The cached baseline for these settings, trained (and cached) on first use."""
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(settings, num_nodes)
+    fields = cache_fields(settings, num_nodes)
+    cached = read_cache(folder, fields)
+    if cached is not None:
+        log(f"Central baseline: reusing {folder} ({len(cached.epochs) - 1} epochs, trained {cached.created})")
+        return cached
+    result = train_central(settings, num_nodes, device, log)
+    result.folder = folder
+    write_cache(result)
+    log(f"Central baseline cached in {folder}")
+    return result
+
+
+def train_central(settings: Settings, num_nodes: int, device: torch.device, log: Log = log_stderr) -> CentralResult:
+    """Train on the concatenated training shards of all ``num_nodes`` nodes."""
+    mnist = load_mnist(settings.data_dir)
+    indices = np.concatenate(train_shards(settings, num_nodes, mnist))
+    train_set = Batchable.from_uint8(mnist.train_images[indices], mnist.train_labels[indices]).to(device)
+    test_set = server_test_set(settings)
+    metric = metric_key(settings.model)
+    model = build_model(settings).to(device)
+    optimizer = make_optimizer(model, settings)
+    gen = torch.Generator().manual_seed(settings.seed)
+    log(
+        f"Central baseline: {settings.central_epochs} epoch(s) on {len(train_set)} images "
+        f"(the union of {num_nodes} nodes' shards), batch {settings.batch_size}, {settings.optimizer} "
+        f"lr {settings.learning_rate}, on {device}"
+    )
+    epochs = [{"epoch": 0, **evaluate(model, test_set, device), "wall-time-s": 0.0, "elapsed-s": 0.0}]
+    elapsed = 0.0
+    with small_batch_threads(device):
+        for epoch in range(1, settings.central_epochs + 1):
+            start = time.monotonic()
+            train_loss = train_epoch(model, train_set, optimizer, settings, gen)
+            metrics = evaluate(model, test_set, device)
+            seconds = time.monotonic() - start
+            elapsed += seconds
+            epochs.append(
+                {
+                    "epoch": epoch,
+                    **metrics,
+                    "train-loss": train_loss,
+                    "wall-time-s": round(seconds, 3),
+                    "elapsed-s": round(elapsed, 3),
+                }
+            )
+            log(
+                f"Central epoch {epoch}/{settings.central_epochs}: {metric} "
+                f"{format_metric(metric, metrics[metric])}, loss {metrics['loss']:.4f} ({seconds:.1f} s)"
+            )
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return CentralResult(
+        epochs=epochs,
+        state_dict=state,
+        train_images=len(train_set),
+        fields=cache_fields(settings, num_nodes),
+        folder=Path(),
+        cached=False,
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+        device=str(device),
+    )
+
+
+def train_epoch(
+    model: nn.Module, data: Batchable, optimizer: torch.optim.Optimizer, settings: Settings, gen: torch.Generator
+) -> float:
+    """One pass in shuffled batches, as ``task.training.train`` does, but with the
+    optimizer kept across epochs (momentum and Adam state carry on, as in any
+    centrally trained model). Returns the mean training loss."""
+    model.train()
+    classifier = is_classifier(model)
+    loss_fn = nn.CrossEntropyLoss() if classifier else nn.MSELoss()
+    n, bs = len(data), settings.batch_size
+    order = torch.randperm(n, generator=gen).to(data.x.device)
+    total = torch.zeros((), device=data.x.device)
+    for start in range(0, n, bs):
+        idx = order[start : start + bs]
+        x, y = data.x[idx], data.y[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y if classifier else x)
+        loss.backward()
+        if settings.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        total += loss.detach() * len(idx)
+    return float(total) / n
+
+
+def read_cache(folder: Path, fields: dict[str, Any]) -> CentralResult | None:
+    """The cached result in ``folder`` if it is complete and for these ``fields``."""
+    try:
+        meta = json.loads((folder / HISTORY_FILE).read_text())
+        if meta.get("fields") != fields:
+            return None
+        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        return CentralResult(
+            epochs=meta["epochs"],
+            state_dict=state,
+            train_images=int(meta["train-images"]),
+            fields=fields,
+            folder=folder,
+            cached=True,
+            created=str(meta["created"]),
+            device=str(meta["device"]),
+        )
+    except Exception:  # absent, half-deleted or from an older layout: train again
+        return None
+
+
+def write_cache(result: CentralResult) -> None:
+    """Weights first, then the history that marks the entry complete; each atomically."""
+    result.folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "fields": result.fields,
+        "epochs": result.epochs,
+        "train-images": result.train_images,
+        "created": result.created,
+        "device": result.device,
+        "torch-version": torch.__version__,
+    }
+    atomic_write(result.folder / MODEL_FILE, lambda fh: torch.save(result.state_dict, fh))
+    atomic_write(result.folder / HISTORY_FILE, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+

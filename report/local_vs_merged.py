@@ -1,0 +1,93 @@
+"""Local against merged: would a node have done better on its own?
+
+For a sample of nodes: a model trained only on that node's training shard, from
+the federation's initial weights, for ``local-epochs x rounds`` epochs (all the
+local work the node could have done in the run), and the merged global model,
+both tested on that node's held-out local test images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from report.central import Log, log_stderr
+from report.device import small_batch_threads
+from report.metrics import format_metric, metric_key
+from task.config import Settings
+from task.models import build_model
+from task.shards import load_node_data
+from task.training import evaluate, train
+
+
+@dataclass
+class NodeComparison:
+    """One sampled node: its shard sizes and both models' metrics on its test images."""
+
+    node: int
+    train_images: int
+    test_images: int
+    local: dict[str, float]
+    merged: dict[str, float]
+
+
+@dataclass
+class LocalVsMerged:
+    rows: list[NodeComparison]
+    epochs: int
+    metric: str
+    seconds: float
+    local_models: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def mean(self, which: str) -> float:
+        """Mean over the sampled nodes of ``which`` ("local" or "merged")."""
+        return float(np.mean([getattr(row, which)[self.metric] for row in self.rows]))
+
+
+def sample_nodes(num_nodes: int, count: int, seed: int) -> list[int]:
+    """``count`` distinct partition ids, the same for the same seed on every machine."""
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(num_nodes, size=min(count, num_nodes), replace=False))
+
+
+def compare_local_and_merged(
+    settings: Settings,
+    num_nodes: int,
+    merged_state: dict[str, torch.Tensor],
+    rounds: int,
+    device: torch.device,
+    nodes: int = 10,
+    log: Log = log_stderr,
+) -> LocalVsMerged:
+    """Train a local model per sampled node and test it and the merged model there."""
+    metric = metric_key(settings.model)
+    merged = build_model(settings)
+    merged.load_state_dict(merged_state)
+    epochs = settings.local_epochs * rounds
+    sample = sample_nodes(num_nodes, nodes, settings.seed)
+    log(f"Local vs merged: {len(sample)} of {num_nodes} nodes, {epochs} local epoch(s) each on {device}")
+    rows: list[NodeComparison] = []
+    local_models: dict[int, dict[str, torch.Tensor]] = {}
+    start = time.monotonic()
+    for i, node in enumerate(sample, 1):
+        data = load_node_data(settings, node, num_nodes)
+        local = build_model(settings)
+        with small_batch_threads(device):
+            train(local, data.train, settings, device, seed=settings.seed * 1_000_003 + node, epochs=epochs)
+        row = NodeComparison(
+            node=node,
+            train_images=len(data.train),
+            test_images=len(data.test),
+            local=evaluate(local, data.test, device),
+            merged=evaluate(merged, data.test, device),
+        )
+        rows.append(row)
+        local_models[node] = {k: v.detach().cpu().clone() for k, v in local.state_dict().items()}
+        log(
+            f"Node {node} ({i}/{len(sample)}): local {format_metric(metric, row.local[metric])}, "
+            f"merged {format_metric(metric, row.merged[metric])} on its {row.test_images} test images"
+        )
+    return LocalVsMerged(rows, epochs, metric, time.monotonic() - start, local_models)

@@ -1,0 +1,195 @@
+"""The report: run-folder checks, the central baseline cache, local vs merged, report.md.
+
+The fast tests use run folders written here the way the ServerApp writes them
+(tiny iid-balanced shards, so the baselines train in a second); the slow test
+reports on a real `flwr run` simulation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from launcher.simulate import run_simulation
+from report import ReportError, make_report
+from report.__main__ import main as report_cli
+from report.build import CURVES_FILE, LOCAL_FILE, RECON_FILE, REPORT_FILE
+from report.central import central_baseline
+from report.local_vs_merged import compare_local_and_merged, sample_nodes
+from task.config import Settings
+from task.models import build_model
+from task.shards import load_node_data
+from task.shards import test_shards as local_test_shards  # not a test: keep pytest from collecting it
+from task.training import evaluate, train
+
+# 4 nodes x 20 images of each digit = 800 training images in all: seconds on a CPU.
+TINY = {
+    "partitioning": "iid-balanced",
+    "samples-per-class": 20,
+    "local-epochs": 1,
+    "batch-size": 20,
+    "central-epochs": 2,
+    "device": "cpu",
+}
+NODES = 4
+
+
+def fake_run(root: Path, name: str = "run", status: str = "completed", **knobs) -> Path:
+    """A run folder as the ServerApp leaves it: one FedAvg round done by hand on node 0's shard."""
+    settings = Settings.from_run_config({**TINY, **knobs})
+    model = build_model(settings)
+    rounds = [{"round": 0, "server": evaluate(model, _test(settings), torch.device("cpu")), "elapsed-s": 0.0, "wall-time-s": 0.0}]
+    train(model, load_node_data(settings, 0, NODES).train, settings, torch.device("cpu"), seed=1)
+    rounds.append({"round": 1, "server": evaluate(model, _test(settings), torch.device("cpu")), "elapsed-s": 1.5, "wall-time-s": 1.5,
+                   "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200}})
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    config = {**settings.to_run_config(), "num-server-rounds": 1, "run-id": 7, "num-nodes": NODES}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "history.json").write_text(json.dumps({"status": status, "num-nodes": NODES, "rounds": rounds}))
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    return run_dir
+
+
+def _test(settings):
+    from task.shards import server_test_set
+
+    return server_test_set(settings)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_report_has_every_section_with_the_runs_numbers(tmp_path):
+    run_dir = fake_run(tmp_path)
+    path = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert path == run_dir / REPORT_FILE
+    text = path.read_text()
+    for heading in ("## Headline", "## Per round and per epoch", "## Local against merged", "## Configuration",
+                    "## Where the numbers come from"):
+        assert heading in text
+    history = json.loads((run_dir / "history.json").read_text())
+    final = history["rounds"][-1]["server"]["accuracy"]
+    assert f"| final test accuracy | {100 * final:.2f}% |" in text
+    assert (run_dir / CURVES_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / LOCAL_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert not (run_dir / RECON_FILE).exists()  # only for the autoencoder
+
+
+def test_central_baseline_is_cached_by_configuration(tmp_path):
+    settings = Settings.from_run_config(TINY)
+    cache, lines = tmp_path / "cache", []
+    first = central_baseline(settings, NODES, torch.device("cpu"), cache, lines.append)
+    second = central_baseline(settings, NODES, torch.device("cpu"), cache, lines.append)
+    assert not first.cached and second.cached
+    assert second.epochs == first.epochs and len(first.epochs) == 3  # epoch 0 + 2 epochs
+    assert first.train_images == NODES * 10 * 20  # the union of the nodes' shards
+    assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+    assert any("reusing" in line for line in lines)
+    # another learning rate is another baseline
+    other = central_baseline(Settings.from_run_config({**TINY, "learning-rate": 0.05}), NODES, torch.device("cpu"), cache)
+    assert not other.cached and other.folder != first.folder
+
+
+def test_central_baseline_learns(tmp_path):
+    result = central_baseline(Settings.from_run_config(TINY), NODES, torch.device("cpu"), tmp_path, lambda _: None)
+    accuracy = [e["accuracy"] for e in result.epochs]
+    assert accuracy[0] < 0.3 and accuracy[-1] > 0.7
+
+
+def test_local_vs_merged_uses_each_nodes_held_out_images(tmp_path):
+    settings = Settings.from_run_config(TINY)
+    merged = build_model(settings)
+    train(merged, load_node_data(settings, 1, NODES).train, settings, torch.device("cpu"), seed=3)
+    result = compare_local_and_merged(settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=3,
+                                      log=lambda _: None)
+    shards = local_test_shards(settings, NODES)
+    assert [r.node for r in result.rows] == sample_nodes(NODES, 3, settings.seed)
+    for row in result.rows:
+        data = load_node_data(settings, row.node, NODES)
+        assert row.test_images == len(shards[row.node]) == len(data.test)
+        assert row.merged == evaluate(merged, data.test, torch.device("cpu"))
+    assert result.epochs == 2 * settings.local_epochs
+    assert result.mean("merged") == pytest.approx(np.mean([r.merged["accuracy"] for r in result.rows]))
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: (d / "history.json").unlink(), "not a run folder (no history.json)"),
+        (lambda d: (d / "model.pt").unlink(), "model.pt is missing"),
+        (lambda d: (d / "model.pt").write_bytes(b"not a model"), "cannot be loaded"),
+        (lambda d: (d / "config.json").write_text("{"), "config.json is unreadable"),
+    ],
+)
+def test_a_broken_run_folder_is_refused_and_left_as_it_was(tmp_path, breakage, message):
+    run_dir = fake_run(tmp_path)
+    breakage(run_dir)
+    before = _snapshot(run_dir)
+    with pytest.raises(ReportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_report(run_dir, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert _snapshot(run_dir) == before
+
+
+def test_a_run_in_progress_is_refused(tmp_path):
+    run_dir = fake_run(tmp_path, status="running")
+    with pytest.raises(ReportError, match="still in progress"):
+        make_report(run_dir, cache_dir=tmp_path / "cache")
+
+
+def test_a_model_that_does_not_match_the_config_is_refused(tmp_path):
+    run_dir = fake_run(tmp_path)
+    ae = build_model(Settings(model="autoencoder"))
+    torch.save(ae.state_dict(), run_dir / "model.pt")
+    with pytest.raises(ReportError, match="does not match config.json"):
+        make_report(run_dir, cache_dir=tmp_path / "cache")
+
+
+def test_cli_prints_one_line_errors(tmp_path, capsys):
+    assert report_cli([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a folder" in err and "Traceback" not in err
+
+
+def test_an_earlier_report_survives_a_failed_one(tmp_path, monkeypatch):
+    run_dir = fake_run(tmp_path)
+    make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None)
+    before = _snapshot(run_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr("report.build.local_vs_merged_png", broken)
+    with pytest.raises(RuntimeError):
+        make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert _snapshot(run_dir) == before
+
+
+def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
+    run_dir = fake_run(tmp_path, model="autoencoder", optimizer="adam", **{"learning-rate": 0.001, "ae-hidden": "64",
+                                                                          "ae-code-size": 8})
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "| final test MSE per pixel |" in text and "PCA with 8 components" in text
+    assert (run_dir / RECON_FILE).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_report_on_a_real_simulation(tmp_path):
+    run_dir = run_simulation(
+        {"num-server-rounds": 1, "fraction-train": 1.0, "local-epochs": 1, "central-epochs": 1, "run-name": "tiny"},
+        num_supernodes=3,
+        output_dir=tmp_path,
+        echo=False,
+    )
+    path = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None)
+    text = path.read_text()
+    history = json.loads((run_dir / "history.json").read_text())
+    for entry in history["rounds"]:
+        assert f"| {entry['round']} | {100 * entry['server']['accuracy']:.2f}% |" in text
+    assert "1 rounds x 1 local epoch(s)" in text and "1 epoch(s) on 60,000 images" in text
+    assert "| **mean** |" in text and f"over 3 nodes" in text
