@@ -18,7 +18,7 @@ import torch
 from codec.images import grid_png
 from report.central import CentralResult, Log, central_baseline, log_stderr
 from report.device import report_device
-from report.files import write_files
+from task.files import write_files
 from report.figures import curves_png, local_vs_merged_png
 from report.local_vs_merged import LocalVsMerged, compare_local_and_merged
 from report.metrics import better, format_gap, format_metric, metric_label

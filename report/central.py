@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from report.device import small_batch_threads
-from report.files import atomic_write
+from task.files import atomic_write
 from report.metrics import format_metric, metric_key
 from task.config import Settings
 from task.data import load_mnist

@@ -15,12 +15,13 @@ never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from task.files import atomic_write
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -51,21 +52,12 @@ def new_run_dir(output_dir: str, run_name: str, model: str, run_id: int) -> Path
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+    atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
 
 
 def write_model(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    _atomic_write(path, lambda fh: torch.save(state_dict, fh))
+    atomic_write(path, lambda fh: torch.save(state_dict, fh))
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

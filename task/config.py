@@ -93,6 +93,11 @@ class Settings:
         if self.samples_per_class < 0:
             raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")
         sizes = self.ae_hidden_sizes
+        if not sizes:
+            raise ConfigError(
+                f"ae-hidden='{self.ae_hidden}' gives the autoencoder no hidden layers: a stacked autoencoder "
+                "needs at least one width between 784 and the code, e.g. '500,250'."
+            )
         if not self.ae_code_size >= 1 or self.ae_code_size >= 784:
             raise ConfigError(
                 f"ae-code-size={self.ae_code_size} is not allowed: the code must be smaller than "
@@ -107,7 +112,7 @@ class Settings:
 
 
 def _parse_sizes(text: str) -> tuple[int, ...]:
-    """``"500,250"`` -> ``(500, 250)``; ``""`` -> ``()`` (encoder straight to the code)."""
+    """``"500,250"`` -> ``(500, 250)``; ``""`` -> ``()`` (refused by ``validate``)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     try:
         sizes = tuple(int(p) for p in parts)

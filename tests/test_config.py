@@ -22,6 +22,8 @@ def test_defaults_are_valid():
         ("momentum", 1.0, "momentum=1.0 is not allowed"),
         ("ae-code-size", 784, "ae-code-size=784 is not allowed"),
         ("ae-hidden", "500,x", "ae-hidden='500,x' is not allowed"),
+        ("ae-hidden", "", "ae-hidden='' gives the autoencoder no hidden layers"),
+        ("ae-code-size", 0, "ae-code-size=0 is not allowed"),
         ("batch-size", "ten", "batch-size='ten' is not allowed: expected a int"),
     ],
 )

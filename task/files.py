@@ -1,4 +1,4 @@
-"""Writing into folders that others read: never half a file, never half a report."""
+"""Writing files that others read: never half a file, never half a set of files."""
 
 from __future__ import annotations
 
