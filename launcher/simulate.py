@@ -132,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\nRun folder: {run_dir}")
     if args.report:
-        from report import make_report  # the report sits downstream of the run
+        from report import ReportError, make_report  # the report sits downstream of the run
 
-        print(f"Report: {make_report(run_dir)}")
+        print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
+        try:
+            print(f"Report: {make_report(run_dir)}")
+        except ReportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

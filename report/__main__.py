@@ -23,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         "--central-epochs", type=int, default=None, help="epochs of the central baseline (default: the run's central-epochs)"
     )
     parser.add_argument("--nodes", type=int, default=10, help="nodes sampled for local vs merged (default 10)")
+    parser.add_argument(
+        "--local-epochs", type=int, default=None, help="epochs of each node's local model (default: the run's local-epochs)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: the run's device knob")
     args = parser.parse_args(argv)
     try:
-        path = make_report(args.run_dir, central_epochs=args.central_epochs, nodes=args.nodes, device=args.device)
+        path = make_report(args.run_dir, central_epochs=args.central_epochs, nodes=args.nodes,
+                           local_epochs=args.local_epochs, device=args.device)
     except (ReportError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

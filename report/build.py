@@ -41,6 +41,7 @@ def make_report(
     *,
     central_epochs: int | None = None,
     nodes: int = 10,
+    local_epochs: int | None = None,
     device: str | None = None,
     cache_dir: Path | None = None,
     log: Log = log_stderr,
@@ -50,12 +51,14 @@ def make_report(
         raise ReportError(f"central epochs={central_epochs}: use 1 or more.")
     if nodes < 1:
         raise ReportError(f"nodes={nodes} for the local-vs-merged comparison: use 1 or more.")
+    if local_epochs is not None and local_epochs < 1:
+        raise ReportError(f"local epochs={local_epochs} for the local models: use 1 or more.")
     run = load_run(Path(run_dir))
     settings = run.settings if central_epochs is None else replace(run.settings, central_epochs=central_epochs)
     dev = report_device(settings, device)
     central = central_baseline(settings, run.num_nodes, dev, cache_dir, log)
-    rounds = run.rounds[-1]["round"]
-    local = compare_local_and_merged(settings, run.num_nodes, run.state_dict, rounds, dev, nodes, log)
+    epochs = local_epochs or settings.local_epochs
+    local = compare_local_and_merged(settings, run.num_nodes, run.state_dict, epochs, dev, nodes, log)
 
     name = run.path.name
     files: dict[Path, bytes] = {
@@ -190,9 +193,10 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         "## Local against merged",
         "",
         f"For {len(local.rows)} sampled nodes: a model trained only on the node's own training shard "
-        f"(from the same initial weights, {local.epochs} epochs: {settings.local_epochs} local epoch(s) "
-        f"for each of the {rounds} rounds, the most the node could have trained during the run) against "
-        "the merged global model, both tested on the node's held-out local test images (its share of "
+        f"(from the same initial weights, with the run's optimizer, for {local.epochs} epoch(s)"
+        + (" = local-epochs, as the tutorial did; `python -m report --local-epochs N` gives it more"
+           if local.epochs == settings.local_epochs else "")
+        + ") against the merged global model, both tested on the node's held-out local test images (its share of "
         "the 10,000 test images, never used for training).",
         "",
         f"| node | train images | test images | local {metric} | merged {metric} |",

@@ -1,9 +1,9 @@
 """Local against merged: would a node have done better on its own?
 
 For a sample of nodes: a model trained only on that node's training shard, from
-the federation's initial weights, for ``local-epochs x rounds`` epochs (all the
-local work the node could have done in the run), and the merged global model,
-both tested on that node's held-out local test images.
+the federation's initial weights (by default for ``local-epochs`` epochs, as the
+tutorial did), and the merged global model, both tested on that node's
+held-out local test images.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def compare_local_and_merged(
     settings: Settings,
     num_nodes: int,
     merged_state: dict[str, torch.Tensor],
-    rounds: int,
+    epochs: int,
     device: torch.device,
     nodes: int = 10,
     log: Log = log_stderr,
@@ -66,7 +66,6 @@ def compare_local_and_merged(
     metric = metric_key(settings.model)
     merged = build_model(settings)
     merged.load_state_dict(merged_state)
-    epochs = settings.local_epochs * rounds
     sample = sample_nodes(num_nodes, nodes, settings.seed)
     log(f"Local vs merged: {len(sample)} of {num_nodes} nodes, {epochs} local epoch(s) each on {device}")
     rows: list[NodeComparison] = []

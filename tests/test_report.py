@@ -114,7 +114,7 @@ def test_local_vs_merged_uses_each_nodes_held_out_images(tmp_path):
         data = load_node_data(settings, row.node, NODES)
         assert row.test_images == len(shards[row.node]) == len(data.test)
         assert row.merged == evaluate(merged, data.test, torch.device("cpu"))
-    assert result.epochs == 2 * settings.local_epochs
+    assert result.epochs == 2
     assert result.mean("merged") == pytest.approx(np.mean([r.merged["accuracy"] for r in result.rows]))
 
 
@@ -192,4 +192,5 @@ def test_report_on_a_real_simulation(tmp_path):
     for entry in history["rounds"]:
         assert f"| {entry['round']} | {100 * entry['server']['accuracy']:.2f}% |" in text
     assert "1 rounds x 1 local epoch(s)" in text and "1 epoch(s) on 60,000 images" in text
+    assert "for 1 epoch(s) = local-epochs" in text
     assert "| **mean** |" in text and f"over 3 nodes" in text
