@@ -1,11 +1,12 @@
 """Autoencoder settings side by side: FedAvg (in process), central on the same
 budget, and PCA with the same code size. Test MSE per pixel on the 10,000 test images.
 
-    .venv/bin/python -m benchmarks.autoencoder "optimizer='adam' learning-rate=0.001 batch-size=50" ...
+    .venv/bin/python -m benchmarks.autoencoder [--federated-only] "num-server-rounds=20 batch-size=50" ...
 
 Each argument is a set of run-config overrides on top of presets/autoencoder.toml.
 The central model gets ``rounds x fraction-train x local-epochs`` epochs: as many
-passes over each image, on average, as the federation made.
+passes over each image, on average, as the federation made. ``--federated-only``
+skips it and prints the federated MSE after every round instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ PRESET = Path(__file__).resolve().parent.parent / "presets" / "autoencoder.toml"
 
 
 def main(argv: list[str]) -> None:
+    federated_only = "--federated-only" in argv
+    argv = [a for a in argv if a != "--federated-only"]
     base = tomllib.loads(PRESET.read_text()) if PRESET.is_file() else {"model": "autoencoder"}
     mnist = load_mnist()
     train = mnist.train_images.reshape(60000, -1).astype(np.float32) / 255
@@ -41,6 +44,9 @@ def main(argv: list[str]) -> None:
         budget = settings.num_server_rounds * settings.fraction_train * settings.local_epochs
         settings = Settings.from_run_config({**config, "central-epochs": max(1, round(budget))})
         fed = fedavg(settings)
+        if federated_only:
+            print(f"| `{item}` | " + ", ".join(f"{v:.5f}" for v in fed["by-round"]) + f" | {fed['seconds']:.0f} s |", flush=True)
+            continue
         torch.set_num_threads(1)
         start = time.monotonic()
         central = train_central(settings, 100, torch.device("cpu"))
