@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from launcher.simulate import run_simulation
+from launcher.simulate import main as simulate_cli
 from report import ReportError, make_report
 from report.__main__ import main as report_cli
 from report.build import CURVES_FILE, LOCAL_FILE, RECON_FILE, REPORT_FILE
@@ -179,18 +179,25 @@ def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_on_a_real_simulation(tmp_path):
-    run_dir = run_simulation(
-        {"num-server-rounds": 1, "fraction-train": 1.0, "local-epochs": 1, "central-epochs": 1, "run-name": "tiny"},
-        num_supernodes=3,
-        output_dir=tmp_path,
-        echo=False,
+def test_report_at_the_end_of_a_real_simulation(tmp_path, monkeypatch, capsys):
+    """What `make run` does, on 3 clients: the launcher runs Flower, then the report."""
+    monkeypatch.setenv("FEDMNIST_CACHE_DIR", str(tmp_path / "cache"))
+    code = simulate_cli(
+        [
+            "--num-supernodes", "3",
+            "--output-dir", str(tmp_path),
+            "--run-config", "num-server-rounds=1 fraction-train=1.0 local-epochs=1 central-epochs=1 run-name='tiny'",
+            "--report",
+        ]
     )
-    path = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None)
-    text = path.read_text()
+    assert code == 0
+    run_dir = tmp_path / "tiny"
+    assert f"Report: {run_dir / REPORT_FILE}" in capsys.readouterr().out
+    text = (run_dir / REPORT_FILE).read_text()
     history = json.loads((run_dir / "history.json").read_text())
     for entry in history["rounds"]:
         assert f"| {entry['round']} | {100 * entry['server']['accuracy']:.2f}% |" in text
     assert "1 rounds x 1 local epoch(s)" in text and "1 epoch(s) on 60,000 images" in text
     assert "for 1 epoch(s) = local-epochs" in text
-    assert "| **mean** |" in text and f"over 3 nodes" in text
+    assert "| **mean** |" in text and "over 3 nodes" in text
+    assert list((tmp_path / "cache" / "central").iterdir())  # the baseline went to the cache
