@@ -17,7 +17,7 @@ import torch
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data, server_test_set
-from task.training import evaluate, get_weights, set_weights, train
+from task.training import evaluate, get_weights, set_weights, train_round
 
 
 def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> dict:
@@ -40,7 +40,7 @@ def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> di
         merged = [np.zeros_like(w) for w in weights]
         for i in chosen:
             set_weights(model, weights)
-            train(model, nodes[i].train, settings, device, seed=rnd * 1000 + int(i))
+            train_round(model, nodes[i].train, settings, device, rnd * 1000 + int(i), rnd)
             for acc, w in zip(merged, get_weights(model)):
                 acc += w * (len(nodes[i].train) / total)
         weights = merged

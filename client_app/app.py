@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from task.config import ConfigError, Settings
 from task.models import build_model
 from task.shards import NodeData, load_node_data
-from task.training import evaluate, get_weights, pick_device, set_weights, train
+from task.training import evaluate, get_weights, pick_device, set_weights, train_round
 
 
 class MnistClient(NumPyClient):
@@ -35,8 +35,9 @@ class MnistClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         set_weights(self.model, parameters)
         # Seed per node and round: reruns reproduce, nodes do not shuffle alike.
-        seed = self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 10_007 + self.partition_id
-        loss = train(self.model, self.data.train, self.settings, self.device, seed=seed)
+        server_round = int(config.get("server-round", 0))
+        seed = self.settings.seed * 1_000_003 + server_round * 10_007 + self.partition_id
+        loss = train_round(self.model, self.data.train, self.settings, self.device, seed, server_round)
         return get_weights(self.model), len(self.data.train), {"train-loss": loss}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:

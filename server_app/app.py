@@ -107,15 +107,17 @@ class HistoryRecorder:
         key = "accuracy" if self.settings.model == "mlp" else "mse"
         value = server_metrics[key]
         shown = f"{100 * value:.2f}%" if key == "accuracy" else f"{value:.5f} per pixel"
+        stage = self.settings.pretrain_stage(server_round)
         log(
             INFO,
-            "Round %d/%d: server test %s %s, loss %.4f (%.1f s)",
+            "Round %d/%d: server test %s %s, loss %.4f (%.1f s)%s",
             server_round,
             self.settings.num_server_rounds,
             key,
             shown,
             server_metrics["loss"],
             entry["wall-time-s"],
+            "" if stage is None else f" [pretraining pair {stage + 1}/{self.settings.ae_num_stages}]",
         )
 
     def finish(self, status: str = "completed", error: str | None = None) -> None:

@@ -38,6 +38,7 @@ class Settings:
     max_grad_norm: float = 0.0
     ae_hidden: str = "500,250"
     ae_code_size: int = 30
+    ae_pretrain_rounds: int = 0
     partitioning: str = "iid"
     samples_per_class: int = 0
     seed: int = 42
@@ -67,6 +68,19 @@ class Settings:
     @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
         return _parse_sizes(self.ae_hidden)
+
+    @property
+    def ae_num_stages(self) -> int:
+        """Encoder/decoder pairs: one per hidden layer, plus the code layer."""
+        return len(self.ae_hidden_sizes) + 1
+
+    def pretrain_stage(self, server_round: int) -> int | None:
+        """The pair that greedy layer-wise pretraining trains in this round
+        (0 = the outermost), or None when the whole stack trains."""
+        if self.model != "autoencoder" or self.ae_pretrain_rounds == 0 or server_round < 1:
+            return None
+        stage = (server_round - 1) // self.ae_pretrain_rounds
+        return stage if stage < self.ae_num_stages else None
 
     def validate(self) -> None:
         _one_of("model", self.model, MODELS)
@@ -108,6 +122,25 @@ class Settings:
             raise ConfigError(
                 f"ae-hidden='{self.ae_hidden}' with ae-code-size={self.ae_code_size} does not narrow "
                 f"from 784 to the code ({' > '.join(map(str, widths))}): use widths that shrink."
+            )
+        self._validate_pretraining()
+
+    def _validate_pretraining(self) -> None:
+        rounds = self.ae_pretrain_rounds
+        if rounds == 0:
+            return
+        if rounds < 0:
+            raise ConfigError(f"ae-pretrain-rounds={rounds} is not allowed: use 0 (off) or a whole number >= 1.")
+        if self.model != "autoencoder":
+            raise ConfigError(
+                f"ae-pretrain-rounds={rounds} applies to model='autoencoder' only: set it to 0 for model='{self.model}'."
+            )
+        needed = rounds * self.ae_num_stages
+        if self.num_server_rounds <= needed:
+            raise ConfigError(
+                f"ae-pretrain-rounds={rounds} with {self.ae_num_stages} encoder/decoder pairs takes {needed} "
+                f"rounds, but num-server-rounds={self.num_server_rounds} leaves none to fine-tune the whole "
+                f"stack: use num-server-rounds > {needed} or fewer pretraining rounds."
             )
 
 

@@ -53,6 +53,43 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    @property
+    def num_stages(self) -> int:
+        return len(self.hidden) + 1
+
+    def stage(self, k: int) -> tuple[nn.Sequential, StagePair]:
+        """Greedy layer-wise pretraining, stage ``k`` (0 = next to the pixels):
+        the encoder layers below it, which only feed it, and the shallow
+        autoencoder it trains (encoder layer ``k`` and its mirror in the decoder).
+
+        Both share this model's parameters, so training the pair trains the stack.
+        """
+        if not 0 <= k < self.num_stages:
+            raise ValueError(f"stage {k} is outside 0..{self.num_stages - 1}")
+        # encoder: Linear, ReLU, ..., Linear (the code has no activation);
+        # decoder: Linear, ReLU, ..., Linear, Sigmoid; layer j sits at index 2j.
+        last = self.num_stages - 1
+        below = self.encoder[: 2 * k]
+        enc = self.encoder[2 * k : 2 * k + 2] if k < last else self.encoder[2 * k : 2 * k + 1]
+        j = last - k
+        dec = self.decoder[2 * j : 2 * j + 2]
+        return below, StagePair(enc, dec)
+
+
+class StagePair(nn.Module):
+    """A one-layer autoencoder cut out of a stack: reconstructs its own input."""
+
+    def __init__(self, encoder: nn.Sequential, decoder: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
 
 def _stack(widths: Sequence[int], last: nn.Module | None) -> nn.Sequential:
     layers: list[nn.Module] = []

@@ -105,6 +105,25 @@ def train(
     return last
 
 
+def train_round(
+    model: nn.Module,
+    data: Batchable,
+    settings: Settings,
+    device: torch.device,
+    seed: int,
+    server_round: int,
+) -> float:
+    """A node's work in one round: the whole model, or, while greedy pretraining
+    (``ae-pretrain-rounds``) lasts, only this round's encoder/decoder pair."""
+    stage = settings.pretrain_stage(server_round)
+    if stage is None:
+        return train(model, data, settings, device, seed)
+    below, pair = model.stage(stage)
+    with torch.no_grad():
+        inputs = below.to(device)(data.x.to(device))
+    return train(pair, Batchable(inputs, data.y), settings, device, seed)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Batchable, device: torch.device, batch_size: int = 2000) -> dict[str, float]:
     """Classifier: ``loss`` (cross-entropy) and ``accuracy``. Autoencoder: ``loss``

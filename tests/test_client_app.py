@@ -74,3 +74,22 @@ def test_a_supernode_without_its_partition_is_told_how_to_start():
     context.node_config = {}
     with pytest.raises(ConfigError, match='--node-config "partition-id=N num-partitions=M"'):
         app(_message(MessageType.TRAIN, get_weights(build_model(Settings()))), context)
+
+
+def test_a_pretraining_round_trains_only_that_rounds_pair():
+    settings = Settings.from_run_config(
+        {"model": "autoencoder", "ae-pretrain-rounds": 1, "num-server-rounds": 4, "optimizer": "adam",
+         "learning-rate": 0.001, "local-epochs": 1, "device": "cpu"}
+    )
+    client = MnistClient(settings, load_node_data(settings, partition_id=0, num_partitions=100), partition_id=0)
+    start = get_weights(build_model(settings))
+    names = list(build_model(settings).state_dict())
+    changed = {}
+    for server_round in (1, 2, 3, 4):
+        weights, _, _ = client.fit(start, {"server-round": server_round})
+        changed[server_round] = [n for n, a, b in zip(names, weights, start) if not np.array_equal(a, b)]
+    # encoder.0 / decoder.4 are the outer pair, encoder.4 / decoder.0 the code layer's pair
+    assert changed[1] == ["encoder.0.weight", "encoder.0.bias", "decoder.4.weight", "decoder.4.bias"]
+    assert changed[2] == ["encoder.2.weight", "encoder.2.bias", "decoder.2.weight", "decoder.2.bias"]
+    assert changed[3] == ["encoder.4.weight", "encoder.4.bias", "decoder.0.weight", "decoder.0.bias"]
+    assert changed[4] == names

@@ -46,3 +46,28 @@ def test_toml_numbers_are_accepted_for_either_kind():
 def test_round_trip_through_the_dashed_form():
     s = Settings.from_run_config({"model": "autoencoder", "optimizer": "adam", "seed": 7})
     assert Settings.from_run_config(s.to_run_config()) == s
+
+
+AE = {"model": "autoencoder", "ae-hidden": "500,250", "num-server-rounds": 10}
+
+
+def test_pretraining_walks_the_pairs_from_the_pixels_inwards_then_trains_the_whole_stack():
+    s = Settings.from_run_config({**AE, "ae-pretrain-rounds": 2})
+    assert s.ae_num_stages == 3
+    assert [s.pretrain_stage(r) for r in range(1, 11)] == [0, 0, 1, 1, 2, 2, None, None, None, None]
+    assert Settings.from_run_config(AE).pretrain_stage(1) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"ae-pretrain-rounds": -1}, "ae-pretrain-rounds=-1 is not allowed"),
+        ({"ae-pretrain-rounds": 2, "model": "mlp"}, "applies to model='autoencoder' only"),
+        ({"ae-pretrain-rounds": 4}, "takes 12 rounds, but num-server-rounds=10 leaves none to fine-tune"),
+        ({"ae-pretrain-rounds": 3, "num-server-rounds": 9}, "use num-server-rounds > 9"),
+    ],
+)
+def test_pretraining_that_cannot_fit_the_run_is_refused(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_run_config({**AE, **overrides})
+    assert expected in str(err.value)

@@ -43,3 +43,21 @@ def test_weights_handed_out_do_not_change_when_the_model_trains_on():
         for p in model.parameters():
             p.add_(1.0)
     assert all((w == b).all() for w, b in zip(weights, before))
+
+
+def test_each_pretraining_stage_is_one_encoder_layer_and_its_mirror():
+    model = Autoencoder((500, 250), 30)
+    shapes = []
+    for k in range(model.num_stages):
+        below, pair = model.stage(k)
+        width = 784 if k == 0 else (500, 250)[k - 1]
+        x = torch.rand(3, 784)
+        with torch.no_grad():
+            h = below(x)
+            shapes.append((h.shape[1], pair.encode(h).shape[1], pair(h).shape[1]))
+    assert shapes == [(784, 500, 784), (500, 250, 500), (250, 30, 250)]
+    # the pairs are views of the stack: together they hold every parameter once
+    ids = [id(p) for k in range(model.num_stages) for p in model.stage(k)[1].parameters()]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    # the outermost pair reconstructs pixels, so it ends in the sigmoid
+    assert isinstance(model.stage(0)[1].decoder[-1], torch.nn.Sigmoid)
