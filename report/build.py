@@ -231,6 +231,15 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         + (f", momentum {settings.momentum:g}" if settings.optimizer == "sgd" else "")
         + f"), batch size {settings.batch_size} on {central.device}; cached in `{central.folder}` "
         f"({'reused from ' + central.created if central.cached else 'trained ' + central.created}).",
+        *(
+            [
+                f"- The federated run pretrained its autoencoder layer by layer ({settings.ae_pretrain_rounds} "
+                f"rounds per encoder/decoder pair, rounds 1-{settings.ae_pretrain_rounds * settings.ae_num_stages}); "
+                "the central model trains the whole stack from the first epoch."
+            ]
+            if settings.ae_pretrain_rounds
+            else []
+        ),
         f"- Local models: trained by this report on {local.seconds:.0f} s of {central.device}; node "
         f"sample drawn with seed {settings.seed}.",
         f"- Report written {time.strftime('%Y-%m-%d %H:%M:%S')}.",

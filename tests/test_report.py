@@ -48,7 +48,7 @@ def fake_run(root: Path, name: str = "run", status: str = "completed", **knobs) 
                    "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200}})
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = {**settings.to_run_config(), "num-server-rounds": 1, "run-id": 7, "num-nodes": NODES}
+    config = {**settings.to_run_config(), "num-server-rounds": knobs.get("num-server-rounds", 1), "run-id": 7, "num-nodes": NODES}
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "history.json").write_text(json.dumps({"status": status, "num-nodes": NODES, "rounds": rounds}))
     torch.save(model.state_dict(), run_dir / "model.pt")
@@ -176,6 +176,14 @@ def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
     text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
     assert "| final test MSE per pixel |" in text and "PCA with 8 components" in text
     assert (run_dir / RECON_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert "pretrained" not in text
+
+
+def test_autoencoder_report_says_when_the_run_was_pretrained_and_the_baseline_was_not(tmp_path):
+    knobs = {"learning-rate": 0.001, "ae-hidden": "64", "ae-code-size": 8, "ae-pretrain-rounds": 2, "num-server-rounds": 5}
+    run_dir = fake_run(tmp_path, model="autoencoder", optimizer="adam", **knobs)
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "pretrained its autoencoder layer by layer (2 rounds per encoder/decoder pair, rounds 1-4)" in text
 
 
 @pytest.mark.slow
