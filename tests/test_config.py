@@ -1,3 +1,6 @@
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from task.config import ConfigError, Settings
@@ -71,3 +74,9 @@ def test_pretraining_that_cannot_fit_the_run_is_refused(overrides, expected):
     with pytest.raises(ConfigError) as err:
         Settings.from_run_config({**AE, **overrides})
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).parent.parent / "presets").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_preset_is_a_valid_run_config(preset):
+    settings = Settings.from_run_config(tomllib.loads(preset.read_text()))
+    assert settings.num_server_rounds >= 1
