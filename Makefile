@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# This machine's pip config names local package folders that may be absent; drop that noise only.
+# A system-wide pip config may list package folders that do not exist; pip then warns about each. Drop those lines only.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
 .PHONY: setup run test test-fast clean

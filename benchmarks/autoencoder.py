@@ -4,8 +4,10 @@ budget, and PCA with the same code size. Test MSE per pixel on the 10,000 test i
     .venv/bin/python -m benchmarks.autoencoder [--federated-only] "num-server-rounds=20 batch-size=50" ...
 
 Each argument is a set of run-config overrides on top of presets/autoencoder.toml.
-The central model gets ``rounds x fraction-train x local-epochs`` epochs: as many
-passes over each image, on average, as the federation made. ``--federated-only``
+The central model here gets ``rounds x fraction-train x local-epochs`` epochs: as
+many passes over each image, on average, as the federation made (the larger of
+the two budgets in RESULTS.md; the report's central baseline gets the preset's
+``central-epochs``, the same number of sequential steps). ``--federated-only``
 skips it and prints the federated MSE after every round instead.
 """
 

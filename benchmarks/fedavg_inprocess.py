@@ -2,14 +2,13 @@
 with the averaging done in a plain loop instead of Flower messages.
 
 Used to search configurations quickly (no Ray, no SuperLink); every result that
-the repo reports is then confirmed with a real `flwr run` (see RESULTS.md).
+RESULTS.md says which of its figures come from here and which from real Flower runs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ import torch
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data, server_test_set
-from task.training import evaluate, get_weights, set_weights, train_round
+from task.training import evaluate, get_weights, metric_key, set_weights, train_round
 
 
 def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> dict:
@@ -32,7 +31,7 @@ def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> di
     weights = get_weights(model)
     rng = np.random.default_rng(settings.seed)
     per_round = max(1, int(num_nodes * settings.fraction_train))
-    key = "accuracy" if settings.model == "mlp" else "mse"
+    key = metric_key(settings.model)
     values, first_hit, started = [], None, time.monotonic()
     for rnd in range(1, settings.num_server_rounds + 1):
         chosen = rng.choice(num_nodes, per_round, replace=False)
@@ -50,7 +49,3 @@ def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> di
         if key == "accuracy" and first_hit is None and values[-1] >= target:
             first_hit = rnd
     return {"metric": key, "by-round": values, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}
-
-
-def with_knobs(settings: Settings, **knobs) -> Settings:
-    return replace(settings, **knobs)

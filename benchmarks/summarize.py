@@ -13,12 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from task.training import metric_key
+
 
 def summarize(run_dir: Path, target: float = 0.97) -> dict:
     history = json.loads((run_dir / "history.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     rounds = history["rounds"]
-    key = "accuracy" if config["model"] == "mlp" else "mse"
+    key = metric_key(config["model"])
     values = [r["server"][key] for r in rounds]
     hit = next((r["round"] for r in rounds if key == "accuracy" and r["server"][key] >= target), None)
     return {

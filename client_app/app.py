@@ -22,10 +22,11 @@ from task.training import evaluate, get_weights, pick_device, set_weights, train
 class MnistClient(NumPyClient):
     """Trains and evaluates the run's model on this node's shard only."""
 
-    def __init__(self, settings: Settings, data: NodeData, partition_id: int) -> None:
+    def __init__(self, settings: Settings, data: NodeData, partition_id: int, num_partitions: int) -> None:
         self.settings = settings
         self.data = data
         self.partition_id = partition_id
+        self.num_partitions = num_partitions
         self.device = pick_device(settings.device)
         self.model = build_model(settings)
 
@@ -38,7 +39,8 @@ class MnistClient(NumPyClient):
         server_round = int(config.get("server-round", 0))
         seed = self.settings.seed * 1_000_003 + server_round * 10_007 + self.partition_id
         loss = train_round(self.model, self.data.train, self.settings, self.device, seed, server_round)
-        return get_weights(self.model), len(self.data.train), {"train-loss": loss}
+        # num-partitions lets the server record how MNIST was split (the report rebuilds the shards).
+        return get_weights(self.model), len(self.data.train), {"train-loss": loss, "num-partitions": self.num_partitions}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         set_weights(self.model, parameters)
@@ -57,7 +59,8 @@ def client_from_context(context: Context) -> MnistClient:
             f"node config {dict(context.node_config)} lacks whole-number partition-id and num-partitions: "
             'start the SuperNode with --node-config "partition-id=N num-partitions=M".'
         ) from None
-    return MnistClient(settings, load_node_data(settings, partition_id, num_partitions), partition_id)
+    data = load_node_data(settings, partition_id, num_partitions)
+    return MnistClient(settings, data, partition_id, num_partitions)
 
 
 app = ClientApp()

@@ -151,7 +151,7 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
             f"| {_first_hit(central.epochs, 'epoch')} |"
         )
     lines += [
-        f"| wall time | {fed_seconds:.0f} s (rounds only, {run.num_nodes} virtual nodes) "
+        f"| wall time | {fed_seconds:.0f} s (rounds only, {run.config.get('num-nodes', run.num_nodes)} nodes) "
         f"| {central.train_seconds:.0f} s (on {central.device}) |",
         "",
         f"Gap (central minus federated): **{format_gap(metric, fed_final, cen_final)}**; "
@@ -219,7 +219,8 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         "",
         "| key | value |",
         "|---|---|",
-        *[f"| {k} | {_show(v)} |" for k, v in run.config.items()],
+        # the run's config.json, with the central epochs this report actually trained
+        *[f"| {k} | {_show(v)} |" for k, v in {**run.config, "central-epochs": settings.central_epochs}.items()],
         "",
         "## Where the numbers come from",
         "",

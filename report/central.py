@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from report.device import small_batch_threads
 from task.files import atomic_write
@@ -34,7 +33,7 @@ from task.config import Settings
 from task.data import load_mnist
 from task.models import build_model
 from task.shards import server_test_set, train_shards
-from task.training import Batchable, evaluate, is_classifier, make_optimizer
+from task.training import Batchable, evaluate, make_optimizer, train_epoch
 
 CACHE_VERSION = 1
 HISTORY_FILE = "history.json"
@@ -171,31 +170,6 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
         created=datetime.datetime.now().isoformat(timespec="seconds"),
         device=str(device),
     )
-
-
-def train_epoch(
-    model: nn.Module, data: Batchable, optimizer: torch.optim.Optimizer, settings: Settings, gen: torch.Generator
-) -> float:
-    """One pass in shuffled batches, as ``task.training.train`` does, but with the
-    optimizer kept across epochs (momentum and Adam state carry on, as in any
-    centrally trained model). Returns the mean training loss."""
-    model.train()
-    classifier = is_classifier(model)
-    loss_fn = nn.CrossEntropyLoss() if classifier else nn.MSELoss()
-    n, bs = len(data), settings.batch_size
-    order = torch.randperm(n, generator=gen).to(data.x.device)
-    total = torch.zeros((), device=data.x.device)
-    for start in range(0, n, bs):
-        idx = order[start : start + bs]
-        x, y = data.x[idx], data.y[idx]
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y if classifier else x)
-        loss.backward()
-        if settings.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        total += loss.detach() * len(idx)
-    return float(total) / n
 
 
 def read_cache(folder: Path, fields: dict[str, Any]) -> CentralResult | None:

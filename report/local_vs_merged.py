@@ -9,7 +9,7 @@ held-out local test images.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ class LocalVsMerged:
     epochs: int
     metric: str
     seconds: float
-    local_models: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def mean(self, which: str) -> float:
         """Mean over the sampled nodes of ``which`` ("local" or "merged")."""
@@ -69,7 +68,6 @@ def compare_local_and_merged(
     sample = sample_nodes(num_nodes, nodes, settings.seed)
     log(f"Local vs merged: {len(sample)} of {num_nodes} nodes, {epochs} local epoch(s) each on {device}")
     rows: list[NodeComparison] = []
-    local_models: dict[int, dict[str, torch.Tensor]] = {}
     start = time.monotonic()
     for i, node in enumerate(sample, 1):
         data = load_node_data(settings, node, num_nodes)
@@ -84,9 +82,8 @@ def compare_local_and_merged(
             merged=evaluate(merged, data.test, device),
         )
         rows.append(row)
-        local_models[node] = {k: v.detach().cpu().clone() for k, v in local.state_dict().items()}
         log(
             f"Node {node} ({i}/{len(sample)}): local {format_metric(metric, row.local[metric])}, "
             f"merged {format_metric(metric, row.merged[metric])} on its {row.test_images} test images"
         )
-    return LocalVsMerged(rows, epochs, metric, time.monotonic() - start, local_models)
+    return LocalVsMerged(rows, epochs, metric, time.monotonic() - start)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from task.training import metric_key
 
-def metric_key(model: str) -> str:
-    """Test accuracy for the classifier, mean squared error per pixel for the autoencoder."""
-    return "accuracy" if model == "mlp" else "mse"
+__all__ = ["better", "format_gap", "format_metric", "metric_key", "metric_label"]
 
 
 def metric_label(metric: str) -> str:

@@ -14,13 +14,9 @@ from typing import Any
 
 import torch
 
-from task.config import ConfigError, Settings
 from report.metrics import metric_key
-from task.models import build_model
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.json"
-MODEL_FILE = "model.pt"
+from server_app.outputs import CONFIG_FILE, HISTORY_FILE, ModelFileError, load_model
+from task.config import ConfigError, Settings
 
 
 class ReportError(RuntimeError):
@@ -101,7 +97,15 @@ def _check_history(run_dir: Path, history: dict[str, Any]) -> None:
 
 
 def _num_nodes(run_dir: Path, config: dict[str, Any], history: dict[str, Any]) -> int:
-    value = config.get("num-nodes") or history.get("num-nodes")
+    """How many shards the training set was split into: the nodes' ``num-partitions``
+    (a deployment may run fewer nodes than partitions), else the number of nodes."""
+    value = config.get("num-partitions")
+    if isinstance(value, list):
+        raise ReportError(
+            f"the nodes of {run_dir} split MNIST into different numbers of shards (num-partitions {value}), "
+            "so their shards overlap and no baseline matches them: give every SuperNode the same num-partitions."
+        )
+    value = value or config.get("num-nodes") or history.get("num-nodes")
     if not isinstance(value, int) or value < 1:
         raise ReportError(
             f"{run_dir} does not record how many nodes took part ('num-nodes' in config.json): "
@@ -111,23 +115,7 @@ def _num_nodes(run_dir: Path, config: dict[str, Any], history: dict[str, Any]) -
 
 
 def _load_model(run_dir: Path, settings: Settings) -> dict[str, torch.Tensor]:
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
-        raise ReportError(f"{path} is missing: the run did not save its final model; run the simulation again.")
-    fix = "put back the model.pt this run wrote, or run the simulation again"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file at all
-        raise ReportError(f"{path} cannot be loaded ({type(exc).__name__}): {fix}.") from None
-    model = build_model(settings)
-    try:
-        model.load_state_dict(state, strict=True)
-    except Exception:
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
-        first = next((k for k in expected if expected[k] != found.get(k)), None)
-        detail = f"{first}: expected {expected[first]}, found {found.get(first, 'nothing')}" if first else "different keys"
-        raise ReportError(
-            f"{path} does not match config.json (model='{settings.model}', {detail}): {fix}."
-        ) from None
-    return model.state_dict()
+        return load_model(run_dir, settings).state_dict()
+    except ModelFileError as exc:
+        raise ReportError(f"{exc}: put back the model.pt this run wrote, or run the simulation again.") from None

@@ -22,7 +22,7 @@ from task.config import ConfigError, Settings
 from task.data import DataError
 from task.models import build_model
 from task.shards import server_test_set
-from task.training import evaluate, pick_device, set_weights
+from task.training import evaluate, metric_key, pick_device, set_weights
 
 app = ServerApp()
 
@@ -66,14 +66,16 @@ def main(grid: Grid, context: Context) -> None:
             train_config=ConfigRecord({}),
             evaluate_fn=evaluate_global,
         )
+        set_weights(model, result.arrays.to_numpy_ndarrays())
+        write_model(run_dir / MODEL_FILE, model.state_dict())
+        config["num-nodes"] = recorder.num_nodes
+        partitions = sorted(strategy.num_partitions)
+        if partitions:
+            config["num-partitions"] = partitions[0] if len(partitions) == 1 else partitions
+        write_json(run_dir / CONFIG_FILE, config)
     except BaseException as exc:
         recorder.finish(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-
-    set_weights(model, result.arrays.to_numpy_ndarrays())
-    write_model(run_dir / MODEL_FILE, model.state_dict())
-    config["num-nodes"] = recorder.num_nodes
-    write_json(run_dir / CONFIG_FILE, config)
     recorder.finish()
     log(INFO, "Run complete: %s (config.json, history.json, model.pt)", run_dir)
 
@@ -96,15 +98,15 @@ class HistoryRecorder:
         entry = {
             "round": server_round,
             "server": server_metrics,
-            "clients-train": _last_metrics(self.strategy.train_metrics, server_round),
-            "clients-evaluate": _last_metrics(self.strategy.evaluate_metrics, server_round),
+            "clients-train": self.strategy.train_metrics.get(server_round),
+            "clients-evaluate": self.strategy.evaluate_metrics.get(server_round),
             "wall-time-s": round(now - self.last, 3),
             "elapsed-s": round(now - self.started, 3),
         }
         self.last = now
         self.rounds.append(entry)
         self._write("running")
-        key = "accuracy" if self.settings.model == "mlp" else "mse"
+        key = metric_key(self.settings.model)
         value = server_metrics[key]
         shown = f"{100 * value:.2f}%" if key == "accuracy" else f"{value:.5f} per pixel"
         stage = self.settings.pretrain_stage(server_round)
@@ -128,7 +130,3 @@ class HistoryRecorder:
         if error:
             history["error"] = error
         write_json(self.path, history)
-
-
-def _last_metrics(by_round: dict[int, dict], server_round: int) -> dict | None:
-    return by_round.get(server_round)

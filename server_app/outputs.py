@@ -2,11 +2,14 @@
 
 Layout of ``<output-dir>/<run-name>/``:
 
-- ``config.json``: the resolved run config, plus the Flower run id and the
-  number of nodes that took part.
-- ``history.json``: ``{"status": "running" | "completed", "rounds": [...]}``,
-  rewritten after every round, so a stopped run keeps what it had.
-- ``model.pt``: the final global ``state_dict``, written when the run completes.
+- ``config.json``: the resolved run config, plus the Flower run id, the
+  number of nodes that took part and the ``num-partitions`` their shards came
+  from.
+- ``history.json``: ``{"status", "num-nodes", "rounds": [...]}`` (and
+  ``"error"`` when the run failed), rewritten after every round, so a stopped
+  run keeps what it had; ``status`` is ``running``, ``completed`` or ``failed``.
+- ``model.pt``: the final global ``state_dict`` (CPU tensors), written when the
+  run completes.
 
 Every file is written to a temporary name first and then renamed, so a reader
 never sees half a file.
@@ -20,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from task.config import Settings
 from task.files import atomic_write
+from task.models import build_model
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -56,8 +62,30 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_model(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    atomic_write(path, lambda fh: torch.save(state_dict, fh))
+    """Saved as CPU tensors, so that a model trained on a GPU loads anywhere."""
+    cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
+    atomic_write(path, lambda fh: torch.save(cpu, fh))
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+class ModelFileError(ValueError):
+    """``model.pt`` is missing, unreadable, or not the model ``config.json`` describes."""
+
+
+def load_model(run_dir: Path, settings: Settings) -> nn.Module:
+    """The run's final global model, on the CPU, checked against its run config."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing: the run did not complete, or the file was removed")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file at all
+        raise ModelFileError(f"{path} cannot be loaded ({type(exc).__name__})") from None
+    model = build_model(settings)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if found != expected:
+        first = next((k for k in expected if expected[k] != found.get(k)), None)
+        detail = f"{first}: expected {expected[first]}, found {found.get(first, 'nothing')}" if first else "different keys"
+        raise ModelFileError(f"{path} does not match config.json (model='{settings.model}', {detail})")
+    model.load_state_dict(state, strict=True)
+    return model

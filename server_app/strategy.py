@@ -1,5 +1,5 @@
-"""FedAvg that keeps each round's client metrics at hand and refuses to carry
-on when a whole round of training failed."""
+"""FedAvg that keeps each round's client metrics at hand, notes how the nodes
+split MNIST, and refuses to carry on when a whole round of training failed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
+
+
+PARTITIONS_KEY = "num-partitions"
 
 
 class RoundFailed(RuntimeError):
@@ -18,22 +21,33 @@ class CheckedFedAvg(FedAvg):
 
     - The aggregated client metrics of each round are kept as they arrive, so
       the history can be written round by round rather than only at the end.
-    - A round in which every node failed stops the run: plain FedAvg would keep
-      the old model and the run would look like it converged to nothing.
+    - A round in which every node failed, or none replied, stops the run: plain
+      FedAvg would keep the old model and the run would look like it converged
+      to nothing.
+
+    The nodes also report the ``num-partitions`` their shard came from; it is
+    collected in :attr:`num_partitions` (a report rebuilds the same shards)
+    rather than averaged into the metrics.
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.train_metrics: dict[int, dict] = {}
         self.evaluate_metrics: dict[int, dict] = {}
+        self.num_partitions: set[int] = set()
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         errors = [m.error.reason for m in replies if m.has_error()]
-        if replies and len(errors) == len(replies):
+        if not replies:
+            raise RoundFailed(f"Round {server_round}: no node replied to the training request.")
+        if len(errors) == len(replies):
             raise RoundFailed(f"Round {server_round}: all {len(replies)} nodes failed. First error: {errors[0]}")
+        for m in replies:
+            if not m.has_error() and PARTITIONS_KEY in m.content["metrics"]:
+                self.num_partitions.add(int(m.content["metrics"][PARTITIONS_KEY]))
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
             self.train_metrics[server_round] = self._with_counts(metrics, replies)
@@ -50,4 +64,5 @@ class CheckedFedAvg(FedAvg):
         """The weighted means plus how many nodes and examples they stand for."""
         ok = [m for m in replies if not m.has_error()]
         examples = sum(int(m.content["metrics"][self.weighted_by_key]) for m in ok)
-        return {**dict(metrics), "nodes": len(ok), "num-examples": examples}
+        means = {k: v for k, v in dict(metrics).items() if k != PARTITIONS_KEY}
+        return {**means, "nodes": len(ok), "num-examples": examples}

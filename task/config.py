@@ -8,6 +8,7 @@ and what is allowed, instead of a traceback halfway through round 1.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from partitioning import PARTITIONERS
@@ -103,6 +104,11 @@ class Settings:
             raise ConfigError(
                 f"fraction-evaluate={self.fraction_evaluate} is not allowed: use 0 <= fraction-evaluate <= 1 "
                 "(0 turns client-side evaluation off)."
+            )
+        if self.data_dir and not Path(self.data_dir).expanduser().is_absolute():
+            raise ConfigError(
+                f"data-dir='{self.data_dir}' is a relative path: give an absolute one (or start it with ~), "
+                "because the ServerApp and the ClientApps each run in their own Flower-managed working folder."
             )
         if self.samples_per_class < 0:
             raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")

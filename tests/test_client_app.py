@@ -13,7 +13,7 @@ from task.training import get_weights
 @pytest.fixture
 def small_client() -> MnistClient:
     settings = Settings(local_epochs=2, batch_size=10, learning_rate=0.1, device="cpu")
-    return MnistClient(settings, load_node_data(settings, partition_id=3, num_partitions=100), partition_id=3)
+    return MnistClient(settings, load_node_data(settings, partition_id=3, num_partitions=100), partition_id=3, num_partitions=100)
 
 
 def test_fit_trains_on_the_nodes_shard_only(small_client):
@@ -21,6 +21,7 @@ def test_fit_trains_on_the_nodes_shard_only(small_client):
     weights, num_examples, metrics = small_client.fit(start, {"server-round": 1})
     assert num_examples == 600
     assert metrics["train-loss"] < 1.5
+    assert metrics["num-partitions"] == 100
     assert [w.shape for w in weights] == [w.shape for w in start]
     assert any(not np.allclose(a, b) for a, b in zip(weights, start))
 
@@ -81,7 +82,7 @@ def test_a_pretraining_round_trains_only_that_rounds_pair():
         {"model": "autoencoder", "ae-pretrain-rounds": 1, "num-server-rounds": 4, "optimizer": "adam",
          "learning-rate": 0.001, "local-epochs": 1, "device": "cpu"}
     )
-    client = MnistClient(settings, load_node_data(settings, partition_id=0, num_partitions=100), partition_id=0)
+    client = MnistClient(settings, load_node_data(settings, partition_id=0, num_partitions=100), partition_id=0, num_partitions=100)
     start = get_weights(build_model(settings))
     names = list(build_model(settings).state_dict())
     changed = {}

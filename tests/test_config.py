@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.simulate import check_run_config
 from task.config import ConfigError, Settings
 
 
@@ -28,6 +29,7 @@ def test_defaults_are_valid():
         ("ae-hidden", "", "ae-hidden='' gives the autoencoder no hidden layers"),
         ("ae-code-size", 0, "ae-code-size=0 is not allowed"),
         ("batch-size", "ten", "batch-size='ten' is not allowed: expected a int"),
+        ("data-dir", "mnist", "data-dir='mnist' is a relative path: give an absolute one"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
@@ -78,5 +80,7 @@ def test_pretraining_that_cannot_fit_the_run_is_refused(overrides, expected):
 
 @pytest.mark.parametrize("preset", sorted((Path(__file__).parent.parent / "presets").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_preset_is_a_valid_run_config(preset):
-    settings = Settings.from_run_config(tomllib.loads(preset.read_text()))
-    assert settings.num_server_rounds >= 1
+    values = tomllib.loads(preset.read_text())
+    settings = check_run_config(values)  # also refuses keys the app does not declare (a typo would be ignored)
+    resolved = settings.to_run_config()
+    assert {k: resolved[k] for k in values} == values

@@ -20,6 +20,7 @@ from report.__main__ import main as report_cli
 from report.build import CURVES_FILE, LOCAL_FILE, RECON_FILE, REPORT_FILE
 from report.central import central_baseline
 from report.local_vs_merged import compare_local_and_merged, sample_nodes
+from report.run import load_run
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data
@@ -134,6 +135,16 @@ def test_a_broken_run_folder_is_refused_and_left_as_it_was(tmp_path, breakage, m
     with pytest.raises(ReportError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_report(run_dir, cache_dir=tmp_path / "cache", log=lambda _: None)
     assert _snapshot(run_dir) == before
+
+
+def test_the_shards_follow_the_nodes_num_partitions_not_the_node_count(tmp_path):
+    run_dir = fake_run(tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "num-nodes": 2, "num-partitions": 40}))
+    assert load_run(run_dir).num_nodes == 40
+    (run_dir / "config.json").write_text(json.dumps({**config, "num-partitions": [20, 40]}))
+    with pytest.raises(ReportError, match=r"different numbers of shards \(num-partitions \[20, 40\]\)"):
+        load_run(run_dir)
 
 
 def test_a_run_in_progress_is_refused(tmp_path):
