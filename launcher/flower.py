@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +79,6 @@ class FlowerHome:
         proc = subprocess.Popen(
             list(args), env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        proc.log_path = self.path / f"{name}.log"  # type: ignore[attr-defined]
         self.processes.append(proc)
         return proc
 
@@ -174,7 +176,9 @@ def flwr_run(
     timeout: float = 3600,
 ) -> int:
     """Submit the app with ``flwr run --stream``, echo its log, and return the run id
-    once the run has finished. Raises :class:`FlowerError` unless it completed."""
+    once the run has finished. Raises :class:`FlowerError` unless it completed within
+    ``timeout`` seconds; at the deadline ``flwr run`` is stopped even if it has gone
+    quiet, and leaving ``flower_home`` stops the rest (SuperLink, Ray)."""
     args = ["flwr", "run", str(app_dir), connection, "--stream"]
     if run_config:
         args += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
@@ -185,23 +189,56 @@ def flwr_run(
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if echo:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        if run_id is None and "run" in line.lower():
-            run_id = _run_id_in(line)
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise FlowerError(f"flwr run did not finish within {timeout:.0f} s")
-    proc.wait()
+    try:
+        for line in lines_until(proc.stdout, deadline):
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if run_id is None and "run" in line.lower():
+                run_id = _run_id_in(line)
+        proc.wait()
+    except TimeoutError:
+        what = f"Run {run_id}" if run_id is not None else "flwr run"
+        raise FlowerError(
+            f"{what} did not finish within {timeout:g} s, so it was stopped: give a larger --timeout for longer runs."
+        ) from None
+    finally:
+        _stop(proc)
     if proc.returncode != 0 or run_id is None:
         raise FlowerError(f"flwr run exited with {proc.returncode}:\n{''.join(lines[-30:])}")
     status, details = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
     if status != "finished:completed":
         raise FlowerError(f"Run {run_id} ended as '{status}': {details}")
     return run_id
+
+
+def lines_until(stream: IO[str], deadline: float) -> Iterator[str]:
+    """The lines of ``stream`` until it ends; :class:`TimeoutError` once ``deadline``
+    (``time.monotonic()``) passes, even while the stream prints nothing. A daemon
+    thread reads, because a blocked ``readline`` cannot be given a timeout."""
+    received: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in stream:
+                received.put(line)
+        except (OSError, ValueError):  # the stream was closed under us
+            pass
+        received.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            line = received.get(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is None:
+            return
+        yield line
 
 
 def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float = 600) -> tuple[str, str]:
@@ -255,6 +292,17 @@ def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str,
             pass
         time.sleep(0.3)
     raise FlowerError(f"{name} did not become healthy within {timeout:.0f} s:\n{home.log_tail(name)}")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop one process that shares our process group (so Ctrl-C still reaches it)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:

@@ -34,7 +34,7 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     assert history["status"] == "completed"
-    assert config["run-id"] == run_id and config["num-nodes"] == 2
+    assert config["run-id"] == run_id and config["num-nodes"] == 2 and config["num-partitions"] == 2
     # both nodes trained, on 30,000 images each: the aggregate stands for all 60,000
     assert history["rounds"][1]["clients-train"]["nodes"] == 2
     assert history["rounds"][1]["clients-train"]["num-examples"] == 60000

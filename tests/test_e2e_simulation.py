@@ -31,7 +31,7 @@ def test_ten_clients_two_rounds_reach_85_percent(tmp_path):
     assert all(r["wall-time-s"] > 0 for r in history["rounds"])
 
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["num-server-rounds"] == 2 and config["num-nodes"] == 10
+    assert config["num-server-rounds"] == 2 and config["num-nodes"] == 10 and config["num-partitions"] == 10
     model = build_model(Settings.from_run_config(config))
     model.load_state_dict(torch.load(run_dir / "model.pt"))
 

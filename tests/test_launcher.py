@@ -1,0 +1,402 @@
+"""The launcher's own logic, without starting Flower: run-config parsing, the
+checks made before anything starts, where run folders go, the run timeout, and
+the small helpers that talk to the ``flwr`` CLI (driven here by a fake ``flwr``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import launcher.simulate as simulate
+from launcher.flower import (
+    PROJECT_ROOT,
+    FlowerError,
+    FlowerHome,
+    _run_id_in,
+    _status_in,
+    flwr_run,
+    lines_until,
+    toml_value,
+)
+from launcher.simulate import check_nodes, check_run_config, main, parse_run_config, pick_output_dir, run_simulation
+from task.config import ConfigError, Settings
+from task.data import DataError
+
+TUTORIAL = PROJECT_ROOT / "presets" / "tutorial.toml"
+
+
+@pytest.fixture
+def no_flower(monkeypatch):
+    """Any attempt to start Flower fails the test: the checks must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Flower was started")
+
+    monkeypatch.setattr(simulate, "start_superlink", refuse)
+    monkeypatch.setattr(simulate, "flwr_run", refuse)
+
+
+@pytest.fixture
+def fake_flower(monkeypatch) -> list[dict]:
+    """Stand-ins for the SuperLink and ``flwr run``; returns the calls made to ``flwr_run``."""
+    calls: list[dict] = []
+
+    def fake_flwr_run(home, connection, run_config, federation_config=None, **kwargs):
+        calls.append({"run_config": run_config, "federation": federation_config, **kwargs})
+        return 1
+
+    monkeypatch.setattr(simulate, "start_superlink", lambda home, simulation: "127.0.0.1:9")
+    monkeypatch.setattr(simulate, "flwr_run", fake_flwr_run)
+    return calls
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+# --- parse_run_config -------------------------------------------------------
+
+
+def test_key_value_pairs_take_toml_values():
+    config = parse_run_config(["num-server-rounds=3 learning-rate=0.05 model='autoencoder' run-name=\"a b\""])
+    assert config == {"num-server-rounds": 3, "learning-rate": 0.05, "model": "autoencoder", "run-name": "a b"}
+    assert type(config["num-server-rounds"]) is int and type(config["learning-rate"]) is float
+
+
+def test_a_preset_file_is_read_as_toml():
+    with TUTORIAL.open("rb") as fh:
+        expected = tomllib.load(fh)
+    config = parse_run_config([str(TUTORIAL)])
+    assert config == expected
+    assert config["partitioning"] == "iid-balanced" and config["samples-per-class"] == 45
+
+
+def test_repeated_items_merge_and_later_ones_win():
+    config = parse_run_config([str(TUTORIAL), "num-server-rounds=3", "num-server-rounds=4 seed=7"])
+    assert config["num-server-rounds"] == 4 and config["seed"] == 7
+    assert config["samples-per-class"] == 45  # the rest of the preset stays
+    assert parse_run_config(["local-epochs=1", str(TUTORIAL)])["local-epochs"] == 10  # the preset came later
+
+
+@pytest.mark.parametrize("item", ["num-server-rounds", "model=mlp", "a=1 a=2"])
+def test_a_bad_pair_is_a_config_error_naming_it(item):
+    with pytest.raises(ConfigError, match="is not 'key=value ...' in TOML syntax") as err:
+        parse_run_config([item])
+    assert f"'{item}'" in str(err.value)
+
+
+def test_a_malformed_preset_file_is_a_config_error_naming_it(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "mlp"\nnum-server-rounds = \n')
+    with pytest.raises(ConfigError, match="is not valid TOML") as err:
+        parse_run_config([str(bad)])
+    assert str(bad) in str(err.value) and "line 2" in str(err.value)
+
+
+def test_a_preset_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('run-name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{bad} is not valid TOML"):
+        parse_run_config([str(bad)])
+
+
+def test_a_missing_preset_file_is_a_config_error_naming_it(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        parse_run_config([str(missing)])
+    assert str(missing) in str(err.value)
+
+
+def test_an_unreadable_preset_path_is_a_config_error_naming_it(tmp_path):
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="cannot be read") as err:
+        parse_run_config([str(folder)])
+    assert str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize("content", ['model = "mlp"\nnum-server-rounds = \n', None])
+def test_main_turns_a_bad_preset_into_one_error_line_and_exit_2(tmp_path, capsys, no_flower, content):
+    path = tmp_path / "preset.toml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["--num-supernodes", "2", "--run-config", str(path)]) == 2
+    assert str(path) in _error_line(capsys)
+
+
+# --- checks before Flower starts ---------------------------------------------
+
+
+def test_check_run_config_names_an_unknown_key():
+    with pytest.raises(ConfigError, match="unknown run-config key.s. num-rounds: the app declares"):
+        check_run_config({"num-rounds": 3, "seed": 1})
+
+
+def test_check_run_config_merges_the_app_defaults():
+    settings = check_run_config({"seed": 7})
+    assert settings.seed == 7 and settings.min_available_nodes == Settings().min_available_nodes
+
+
+def test_more_min_available_nodes_than_supernodes_is_refused_before_flower_starts(no_flower):
+    with pytest.raises(ConfigError) as err:
+        run_simulation({"min-available-nodes": 5}, num_supernodes=3, echo=False)
+    message = str(err.value)
+    assert "min-available-nodes=5" in message and "--num-supernodes=3" in message
+    assert "lower min-available-nodes or raise --num-supernodes" in message
+
+
+def test_as_many_supernodes_as_min_available_nodes_is_accepted():
+    check_nodes(Settings(min_available_nodes=3), 3)
+
+
+def test_an_impossible_iid_balanced_split_is_refused_before_flower_starts(no_flower):
+    with pytest.raises(ConfigError, match="samples-per-class=45 with 200 partitions needs 9000 images") as err:
+        run_simulation(parse_run_config([str(TUTORIAL)]), num_supernodes=200, echo=False)
+    assert str(err.value).startswith("--num-supernodes=200 does not fit partitioning='iid-balanced': ")
+
+
+def test_the_tutorial_preset_fits_its_100_nodes():
+    check_nodes(check_run_config(parse_run_config([str(TUTORIAL)])), 100)
+
+
+def test_more_nodes_than_test_images_is_refused_for_the_local_test_shards():
+    with pytest.raises(ConfigError, match="num-partitions=20000 must be between 1 and the 10000 items"):
+        check_nodes(Settings(), 20000)  # 3 training images each would fit
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--num-supernodes", "3", "--run-config", "min-available-nodes=5"], "--num-supernodes=3"),
+        (["--num-supernodes", "200", "--run-config", str(TUTORIAL)], "samples-per-class=45 with 200 partitions"),
+        (["--num-supernodes", "2", "--run-config", "num-rounds=3"], "unknown run-config key(s) num-rounds"),
+        (["--num-supernodes", "2", "--run-config", "num-server-rounds"], "'num-server-rounds' is not 'key=value"),
+    ],
+)
+def test_main_returns_2_with_one_error_line_for_a_run_that_cannot_work(argv, expected, capsys, no_flower):
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)
+
+
+def test_main_returns_2_when_mnist_is_unreadable(tmp_path, capsys, no_flower):
+    (tmp_path / "mnist-uint8.npz").write_bytes(b"not a zip")
+    assert main(["--num-supernodes", "2", "--run-config", f"data-dir='{tmp_path}'"]) == 2
+    assert "is unreadable" in _error_line(capsys)
+
+
+# --- where the run folder goes -----------------------------------------------
+
+
+def test_the_output_dir_flag_wins_over_the_run_config(tmp_path):
+    assert pick_output_dir(tmp_path / "flag", {"output-dir": str(tmp_path / "cfg")}) == tmp_path / "flag"
+
+
+def test_a_relative_output_dir_flag_is_taken_from_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert pick_output_dir(Path("out"), {"output-dir": "/elsewhere"}) == tmp_path.resolve() / "out"
+
+
+def test_the_run_config_output_dir_is_used_without_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pick_output_dir(None, {"output-dir": str(tmp_path / "cfg")}) == tmp_path / "cfg"
+    assert pick_output_dir(None, {"output-dir": "runs"}) == tmp_path / "home" / "runs"  # as the app reads it
+    assert pick_output_dir(None, {"output-dir": "~/x"}) == tmp_path / "home" / "x"
+
+
+def test_without_flag_or_run_config_runs_go_to_outputs_in_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert pick_output_dir(None, {"seed": 1}) == tmp_path.resolve() / "outputs"
+
+
+@pytest.mark.parametrize(
+    "flag, config_dir, expected",
+    [("flag", "cfg", "flag"), (None, "cfg", "cfg"), (None, None, "outputs")],
+)
+def test_main_sends_the_run_to_the_chosen_output_dir(
+    tmp_path, monkeypatch, capsys, fake_flower, flag, config_dir, expected
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--num-supernodes", "2", "--run-config", "run-name='r'"]
+    if config_dir:
+        argv += ["--run-config", f"output-dir='{tmp_path / config_dir}'"]
+    if flag:
+        argv += ["--output-dir", flag]
+    assert main(argv) == 0
+    run_dir = tmp_path.resolve() / expected / "r"
+    assert f"Run folder: {run_dir}" in capsys.readouterr().out
+    assert fake_flower[0]["run_config"]["output-dir"] == str(run_dir.parent)
+
+
+# --- the run timeout ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_timeout_must_be_a_positive_number_of_seconds(value, capsys, no_flower):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--timeout", value])
+    assert exit_.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_timeout_is_passed_down_to_flwr_run(fake_flower, tmp_path):
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path), "--timeout", "12.5"]) == 0
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
+    assert [call["timeout"] for call in fake_flower] == [12.5, 3600.0]
+
+
+def test_lines_until_gives_every_line_then_stops_at_the_end():
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as w:
+        w.write("one\ntwo\n")
+    with os.fdopen(read) as r:
+        assert list(lines_until(r, time.monotonic() + 10)) == ["one\n", "two\n"]
+
+
+def test_lines_until_times_out_while_the_stream_is_silent():
+    read, write = os.pipe()
+    with os.fdopen(read) as r, os.fdopen(write, "w") as w:
+        w.write("first\n")
+        w.flush()
+        start = time.monotonic()
+        lines = lines_until(r, start + 0.3)
+        assert next(lines) == "first\n"
+        with pytest.raises(TimeoutError):
+            next(lines)
+        assert 0.25 < time.monotonic() - start < 5
+
+
+class FakeHome(FlowerHome):
+    """A Flower home whose ``flwr`` is a shell script in ``bin/``."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = super().env
+        return {**env, "PATH": f"{self.path / 'bin'}{os.pathsep}{env['PATH']}"}
+
+
+def _fake_flwr(tmp_path: Path, run: str, status: str = "finished:completed") -> FakeHome:
+    """``flwr run`` runs the shell snippet ``run``; ``flwr list`` reports ``status``."""
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "flwr"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > "{tmp_path}/args-$1"\n'
+        'if [ "$1" = list ]; then\n'
+        f"  echo '{{\"runs\": [{{\"run-id\": 7, \"status\": \"{status}\", \"status-details\": \"why\"}}]}}'\n"
+        "  exit 0\n"
+        "fi\n"
+        f"{run}\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return FakeHome(tmp_path)
+
+
+def test_flwr_run_sends_the_config_and_returns_the_run_id(tmp_path):
+    home = _fake_flwr(tmp_path, 'echo "Successfully started run 7"; echo "Run finished"')
+    run_id = flwr_run(home, "sim", {"run-name": "a b", "seed": 3}, {"num-supernodes": 2}, echo=False, timeout=30)
+    assert run_id == 7
+    args = (tmp_path / "args-run").read_text().splitlines()
+    assert args[args.index("--run-config") + 1] == 'run-name="a b" seed=3'
+    assert args[args.index("--federation-config") + 1] == "num-supernodes=2"
+    assert (tmp_path / "args-list").read_text().splitlines()[:4] == ["list", "sim", "--run-id", "7"]
+
+
+def test_flwr_run_reports_a_run_that_did_not_complete(tmp_path):
+    home = _fake_flwr(tmp_path, 'echo "Successfully started run 7"', status="finished:failed")
+    with pytest.raises(FlowerError, match="Run 7 ended as 'finished:failed': why"):
+        flwr_run(home, "sim", {}, echo=False, timeout=30)
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_flwr_run_is_stopped_at_the_timeout_even_when_it_prints_nothing(tmp_path, started):
+    announce = 'echo "Successfully started run 7"; ' if started else ""
+    home = _fake_flwr(tmp_path, f'{announce}echo $$ > "{tmp_path}/pid"; exec sleep 30')
+    start = time.monotonic()
+    stopped = r"did not finish within 0.5 s, so it was stopped: give a larger --timeout"
+    with pytest.raises(FlowerError, match=stopped) as err:
+        flwr_run(home, "sim", {}, echo=False, timeout=0.5)
+    assert time.monotonic() - start < 10
+    assert str(err.value).startswith("Run 7" if started else "flwr run")
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+# --- --report ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [ConfigError("bad knob"), DataError("MNIST gone")])
+def test_a_report_error_is_one_line_and_exit_2_and_the_run_folder_stays(
+    tmp_path, monkeypatch, capsys, fake_flower, error
+):
+    import report
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "history.json").write_text("{}")
+
+    def fail(path):
+        assert path == run_dir
+        raise error
+
+    monkeypatch.setattr(report, "make_report", fail)
+    argv = ["--num-supernodes", "2", "--output-dir", str(tmp_path), "--run-config", "run-name='r'", "--report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {error}"
+    assert [p.name for p in run_dir.iterdir()] == ["history.json"]
+
+
+# --- small helpers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(True, "true"), (False, "false"), (3, "3"), (0.1, "0.1"), ("mlp", '"mlp"'), ("a b", '"a b"')],
+)
+def test_toml_value_writes_toml(value, text):
+    assert toml_value(value) == text
+
+
+@pytest.mark.parametrize("value", [True, 0, -7, 0.001, 1e-05, 2.5e20, "", 'say "hi"', "C:\\runs", "é ü"])
+def test_toml_value_round_trips_through_toml(value):
+    parsed = tomllib.loads(f"k = {toml_value(value)}")["k"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize(
+    "line, run_id",
+    [
+        ("🎊 Successfully started run 1234\n", 1234),
+        ("Successfully started Run: 56", 56),
+        ("Starting run 9 on the SuperLink", 9),
+        ("run abc", None),
+        ("INFO: Round 3 finished", None),
+        ("", None),
+    ],
+)
+def test_run_id_in_finds_the_id_after_the_word_run(line, run_id):
+    assert _run_id_in(line) == run_id
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"runs": [{"run-id": 1, "status": "finished:completed", "status-details": ""}]}', ("finished:completed", "")),
+        ('{"runs": [{"status": ""}, {"status": "running", "status-details": "round 2"}]}', ("running", "round 2")),
+        ('{"runs": []}', None),
+        ("[1, 2]", None),
+        ("Error: no such run", None),
+        ("", None),
+    ],
+)
+def test_status_in_reads_flwr_list_json(text, expected):
+    assert _status_in(text) == expected
