@@ -49,6 +49,8 @@ class CheckedFedAvg(FedAvg):
             if not m.has_error() and PARTITIONS_KEY in m.content["metrics"]:
                 self.num_partitions.add(int(m.content["metrics"][PARTITIONS_KEY]))
         arrays, metrics = super().aggregate_train(server_round, replies)
+        if metrics is not None and PARTITIONS_KEY in metrics:
+            metrics = MetricRecord({k: v for k, v in metrics.items() if k != PARTITIONS_KEY})
         if metrics is not None:
             self.train_metrics[server_round] = self._with_counts(metrics, replies)
         return arrays, metrics
@@ -64,5 +66,4 @@ class CheckedFedAvg(FedAvg):
         """The weighted means plus how many nodes and examples they stand for."""
         ok = [m for m in replies if not m.has_error()]
         examples = sum(int(m.content["metrics"][self.weighted_by_key]) for m in ok)
-        means = {k: v for k, v in dict(metrics).items() if k != PARTITIONS_KEY}
-        return {**means, "nodes": len(ok), "num-examples": examples}
+        return {**dict(metrics), "nodes": len(ok), "num-examples": examples}

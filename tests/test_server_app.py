@@ -61,9 +61,10 @@ def test_a_round_where_no_node_replied_stops_the_run():
 def test_num_partitions_is_collected_not_averaged():
     strategy = CheckedFedAvg()
     replies = [_reply(1.0, 100, 1, **{"num-partitions": 50}), _reply(2.0, 100, 2, **{"num-partitions": 50})]
-    strategy.aggregate_train(1, replies)
+    _, metrics = strategy.aggregate_train(1, replies)
     strategy.aggregate_train(2, [_reply(1.0, 100, 3, **{"num-partitions": 20})])
     assert strategy.num_partitions == {50, 20}
+    assert dict(metrics) == {"train-loss": pytest.approx(1.5)}
     assert "num-partitions" not in strategy.train_metrics[1]
 
 
