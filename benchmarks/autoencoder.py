@@ -24,7 +24,7 @@ import torch
 from benchmarks.fedavg_inprocess import fedavg
 from launcher.simulate import parse_run_config
 from report.central import train_central
-from task.config import Settings
+from task.config import ConfigError, Settings
 from task.data import load_mnist
 from task.pca import PCA
 
@@ -63,4 +63,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
