@@ -126,6 +126,7 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
     fed_seconds = run.rounds[-1]["elapsed-s"]
     winner = "federated" if better(metric, fed_final, cen_final) else "central"
     unit = "test accuracy" if metric == "accuracy" else "test MSE per pixel (lower is better)"
+    column = "accuracy" if metric == "accuracy" else "MSE per pixel"
 
     lines = [
         f"# Federated vs central: {run.path.name}",
@@ -164,8 +165,8 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         "Round r is the global model after r FedAvg rounds; epoch e is the central model after e passes "
         "over all the data (0 = the shared initial weights).",
         "",
-        f"| step | federated {metric} | federated loss | clients' train loss | round s "
-        f"| central {metric} | central loss | epoch s |",
+        f"| step | federated {column} | federated loss | clients' train loss | round s "
+        f"| central {column} | central loss | epoch s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i in range(max(len(run.rounds), len(central.epochs))):
@@ -199,7 +200,7 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         + ") against the merged global model, both tested on the node's held-out local test images (its share of "
         "the 10,000 test images, never used for training).",
         "",
-        f"| node | train images | test images | local {metric} | merged {metric} |",
+        f"| node | train images | test images | local {column} | merged {column} |",
         "|---|---|---|---|---|",
     ]
     for row in local.rows:

@@ -186,6 +186,9 @@ def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
                                                                           "ae-code-size": 8})
     text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
     assert "| final test MSE per pixel |" in text and "PCA with 8 components" in text
+    # every table says its unit
+    assert "| federated MSE per pixel |" in text and "| central MSE per pixel |" in text
+    assert "| local MSE per pixel | merged MSE per pixel |" in text
     assert (run_dir / RECON_FILE).read_bytes()[:4] == b"\x89PNG"
     assert "pretrained" not in text
 
