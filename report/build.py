@@ -236,7 +236,7 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         *(
             [
                 f"- The federated run pretrained its autoencoder layer by layer ({settings.ae_pretrain_rounds} "
-                f"rounds per encoder/decoder pair, rounds 1-{settings.ae_pretrain_rounds * settings.ae_num_stages}); "
+                f"rounds per encoder/decoder pair, rounds 1-{settings.ae_pretraining_rounds}); "
                 "the central model trains the whole stack from the first epoch."
             ]
             if settings.ae_pretrain_rounds

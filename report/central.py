@@ -28,12 +28,12 @@ import torch
 
 from report.device import small_batch_threads
 from task.files import atomic_write
-from report.metrics import format_metric, metric_key
+from report.metrics import format_metric
 from task.config import Settings
 from task.data import load_mnist
 from task.models import build_model
 from task.shards import server_test_set, train_shards
-from task.training import Batchable, evaluate, make_optimizer, train_epoch
+from task.training import Batchable, evaluate, make_optimizer, metric_key, train_epoch
 
 CACHE_VERSION = 1
 HISTORY_FILE = "history.json"

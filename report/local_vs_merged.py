@@ -16,11 +16,11 @@ import torch
 
 from report.central import Log, log_stderr
 from report.device import small_batch_threads
-from report.metrics import format_metric, metric_key
+from report.metrics import format_metric
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data
-from task.training import evaluate, train
+from task.training import evaluate, metric_key, train
 
 
 @dataclass

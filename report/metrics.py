@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from task.training import metric_key
-
-__all__ = ["better", "format_gap", "format_metric", "metric_key", "metric_label"]
-
 
 def metric_label(metric: str) -> str:
     return "test accuracy" if metric == "accuracy" else "test MSE per pixel"

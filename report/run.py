@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from report.metrics import metric_key
 from server_app.outputs import CONFIG_FILE, HISTORY_FILE, ModelFileError, load_model
 from task.config import ConfigError, Settings
+from task.training import metric_key
 
 
 class ReportError(RuntimeError):

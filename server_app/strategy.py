@@ -49,9 +49,8 @@ class CheckedFedAvg(FedAvg):
             if not m.has_error() and PARTITIONS_KEY in m.content["metrics"]:
                 self.num_partitions.add(int(m.content["metrics"][PARTITIONS_KEY]))
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if metrics is not None and PARTITIONS_KEY in metrics:
-            metrics = MetricRecord({k: v for k, v in metrics.items() if k != PARTITIONS_KEY})
         if metrics is not None:
+            metrics = MetricRecord({k: v for k, v in metrics.items() if k != PARTITIONS_KEY})
             self.train_metrics[server_round] = self._with_counts(metrics, replies)
         return arrays, metrics
 

@@ -75,13 +75,17 @@ class Settings:
         """Encoder/decoder pairs: one per hidden layer, plus the code layer."""
         return len(self.ae_hidden_sizes) + 1
 
+    @property
+    def ae_pretraining_rounds(self) -> int:
+        """Rounds spent on greedy layer-wise pretraining before the whole stack trains."""
+        return self.ae_pretrain_rounds * self.ae_num_stages if self.model == "autoencoder" else 0
+
     def pretrain_stage(self, server_round: int) -> int | None:
         """The pair that greedy layer-wise pretraining trains in this round
         (0 = the outermost), or None when the whole stack trains."""
-        if self.model != "autoencoder" or self.ae_pretrain_rounds == 0 or server_round < 1:
+        if not 1 <= server_round <= self.ae_pretraining_rounds:
             return None
-        stage = (server_round - 1) // self.ae_pretrain_rounds
-        return stage if stage < self.ae_num_stages else None
+        return (server_round - 1) // self.ae_pretrain_rounds
 
     def validate(self) -> None:
         _one_of("model", self.model, MODELS)
@@ -141,7 +145,7 @@ class Settings:
             raise ConfigError(
                 f"ae-pretrain-rounds={rounds} applies to model='autoencoder' only: set it to 0 for model='{self.model}'."
             )
-        needed = rounds * self.ae_num_stages
+        needed = self.ae_pretraining_rounds
         if self.num_server_rounds <= needed:
             raise ConfigError(
                 f"ae-pretrain-rounds={rounds} with {self.ae_num_stages} encoder/decoder pairs takes {needed} "
