@@ -1,56 +1,43 @@
 """Split a labelled dataset into one index array per node.
 
-Every partitioner is a pure function ``(labels, num_partitions, seed) -> list of
-index arrays``: the same inputs give the same split on every machine, so a node
-needs only its own ``partition-id`` to find its shard, and the server can rebuild
-any node's shard (for the central baseline and the report) without asking it.
+Every partitioner is a pure function ``(labels, num_partitions, seed, **options)
+-> list of index arrays``: the same inputs give the same split on every machine,
+so a node needs only its own ``partition-id`` to find its shard, and the server can
+rebuild any node's shard (for the central baseline and the report) without asking
+it. The shards are disjoint and each is sorted.
+
+A partitioner's options are its keyword parameters after ``seed``; :data:`OPTIONS`
+lists them with their defaults, and :func:`partition` refuses any other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from partitioning._checks import dashed
+from partitioning.iid import iid, iid_balanced
+from partitioning.noniid import dirichlet, shards
+
 Partitioner = Callable[..., list[np.ndarray]]
 
-
-def iid(labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
-    """Shuffle, then split into equal shards (McMahan et al. 2017: 600 images per
-    node for 100 nodes). The ``len(labels) % num_partitions`` images left over are
-    not used, so that every node weighs the same."""
-    _check_num_partitions(len(labels), num_partitions)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    per_node = len(labels) // num_partitions
-    return [np.sort(order[i * per_node : (i + 1) * per_node]) for i in range(num_partitions)]
+PARTITIONERS: dict[str, Partitioner] = {
+    "iid": iid,
+    "iid-balanced": iid_balanced,
+    "shards": shards,
+    "dirichlet": dirichlet,
+}
 
 
-def iid_balanced(
-    labels: np.ndarray, num_partitions: int, seed: int, samples_per_class: int = 0
-) -> list[np.ndarray]:
-    """Every node gets ``samples_per_class`` images of each class (the tutorial's
-    split: 45 of each digit per node). ``0`` means as many as the rarest class
-    allows for every node."""
-    _check_num_partitions(len(labels), num_partitions)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    rarest = min(int(np.sum(labels == c)) for c in classes)
-    per_class = samples_per_class or rarest // num_partitions
-    if per_class < 1 or per_class * num_partitions > rarest:
-        raise ValueError(
-            f"samples-per-class={samples_per_class} with {num_partitions} partitions needs "
-            f"{max(per_class, 1) * num_partitions} images of every class, but the rarest "
-            f"class has {rarest}. Use at most {rarest // num_partitions} (0 = that maximum)."
-        )
-    shards: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        for node in range(num_partitions):
-            shards[node].append(idx[node * per_class : (node + 1) * per_class])
-    return [np.sort(np.concatenate(parts)) for parts in shards]
+def _options(fn: Partitioner) -> dict[str, Any]:
+    return {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[3:]}
 
 
-PARTITIONERS: dict[str, Partitioner] = {"iid": iid, "iid-balanced": iid_balanced}
+# name -> {option: default}, read from each partitioner's signature so the two cannot drift apart.
+OPTIONS: dict[str, dict[str, Any]] = {name: _options(fn) for name, fn in PARTITIONERS.items()}
 
 
 def partition(
@@ -58,20 +45,45 @@ def partition(
     labels: np.ndarray,
     num_partitions: int,
     seed: int,
-    samples_per_class: int = 0,
+    samples_per_class: int | None = None,
+    **options: Any,
 ) -> list[np.ndarray]:
-    """Run the partitioner called ``name`` (a key of :data:`PARTITIONERS`)."""
+    """Run the partitioner called ``name`` (a key of :data:`PARTITIONERS`) with
+    ``options`` (keyword names as in :data:`OPTIONS`).
+
+    ``samples_per_class`` keeps its old fifth place because callers pass the run
+    config's value for every partitioning: the partitionings that do not take it
+    ignore 0 (the run config's "not set") and refuse anything else.
+    """
     if name not in PARTITIONERS:
         raise ValueError(
             f"partitioning='{name}' is unknown; choose one of {sorted(PARTITIONERS)}."
         )
-    if name == "iid-balanced":
-        return iid_balanced(labels, num_partitions, seed, samples_per_class)
-    return PARTITIONERS[name](labels, num_partitions, seed)
+    allowed = OPTIONS[name]
+    if samples_per_class is not None and ("samples_per_class" in allowed or samples_per_class != 0):
+        options["samples_per_class"] = samples_per_class
+    for key, value in options.items():
+        if key not in allowed:
+            takes = ", ".join(dashed(k) for k in allowed) or "no options"
+            raise ValueError(
+                f"{dashed(key)}={value!r} does not apply to partitioning='{name}': it takes {takes}."
+            )
+    return PARTITIONERS[name](labels, num_partitions, seed, **options)
 
 
-def _check_num_partitions(num_items: int, num_partitions: int) -> None:
-    if not 1 <= num_partitions <= num_items:
-        raise ValueError(
-            f"num-partitions={num_partitions} must be between 1 and the {num_items} items."
-        )
+def label_counts(
+    labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int | None = None
+) -> np.ndarray:
+    """``[num_partitions, num_classes]`` counts of each label on each node: the
+    report's nodes-by-digits picture, and how the tests measure skew. Classes are
+    ``0 .. max(labels)`` unless ``num_classes`` is given, so every picture of MNIST
+    has the same ten columns even when a node lacks the last digit."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) + 1 if labels.size else 0
+    k = top if num_classes is None else num_classes
+    if k < top:
+        raise ValueError(f"num_classes={num_classes} is too few: the labels go up to {top - 1}.")
+    counts = np.zeros((len(parts), k), dtype=np.int64)
+    for row, part in enumerate(parts):
+        counts[row] = np.bincount(labels[part], minlength=k)
+    return counts
