@@ -16,13 +16,12 @@ import torch
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data, server_test_set
-from task.training import evaluate, get_weights, metric_key, set_weights, train_round
+from task.training import evaluate, get_weights, set_weights, train_round
 
 
-def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> dict:
-    """Run ``settings.num_server_rounds`` rounds; return the test metric by round
-    (accuracy, or MSE per pixel for the autoencoder) and, for the MLP, the first
-    round at or above ``target`` accuracy (None if never)."""
+def fedavg(settings: Settings, num_nodes: int = 100) -> dict:
+    """Run ``settings.num_server_rounds`` rounds; return the objective's test metric
+    by round and the first round that reaches its target (None if never or none)."""
     torch.set_num_threads(1)
     device = torch.device("cpu")
     nodes = [load_node_data(settings, i, num_nodes) for i in range(num_nodes)]
@@ -31,7 +30,8 @@ def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> di
     weights = get_weights(model)
     rng = np.random.default_rng(settings.seed)
     per_round = max(1, int(num_nodes * settings.fraction_train))
-    key = metric_key(settings.model)
+    objective = settings.objective
+    key = objective.key
     values, first_hit, started = [], None, time.monotonic()
     for rnd in range(1, settings.num_server_rounds + 1):
         chosen = rng.choice(num_nodes, per_round, replace=False)
@@ -44,8 +44,8 @@ def fedavg(settings: Settings, num_nodes: int = 100, target: float = 0.97) -> di
                 acc += w * (len(nodes[i].train) / total)
         weights = merged
         set_weights(model, weights)
-        values.append(evaluate(model, test, device)[key])
+        values.append(evaluate(model, test, device, objective)[key])
         print(f"  round {rnd}: {key} {values[-1]:.5f}", file=sys.stderr, flush=True)
-        if key == "accuracy" and first_hit is None and values[-1] >= target:
+        if first_hit is None and objective.reached(values[-1]):
             first_hit = rnd
     return {"metric": key, "by-round": values, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}

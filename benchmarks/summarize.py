@@ -3,35 +3,33 @@
     .venv/bin/python -m benchmarks.summarize outputs/presets/tutorial outputs/presets/fast ...
 
 For each run: the final server test accuracy (or MSE per pixel), the first round
-at or above 97% accuracy, the accuracy by round, and the wall time of the rounds
+at the objective's target (97% accuracy), the accuracy by round, and the wall time of the rounds
 (from history.json; Flower start-up before round 0 not included).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from task.training import metric_key
+from run_folder import RunFolder
 
 
-def summarize(run_dir: Path, target: float = 0.97) -> dict:
-    history = json.loads((run_dir / "history.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+def summarize(run_dir: Path) -> dict:
+    folder = RunFolder.open(run_dir)
+    history, objective = folder.history(), folder.settings().objective
     rounds = history["rounds"]
-    key = metric_key(config["model"])
-    values = [r["server"][key] for r in rounds]
-    hit = next((r["round"] for r in rounds if key == "accuracy" and r["server"][key] >= target), None)
+    values = [r["server"][objective.key] for r in rounds]
+    hit = next((r["round"] for r in rounds if objective.reached(r["server"][objective.key])), None)
     return {
-        "run": run_dir.name,
+        "run": folder.name,
         "status": history["status"],
-        "nodes": config.get("num-nodes"),
+        "nodes": history.get("num-nodes"),
         "rounds": rounds[-1]["round"],
-        "metric": key,
+        "objective": objective,
         "final": values[-1],
-        "best": max(values) if key == "accuracy" else min(values),
-        "rounds-to-97": hit,
+        "best": objective.best(values),
+        "rounds-to-target": hit,
         "by-round": values,
         "seconds": rounds[-1]["elapsed-s"],
     }
@@ -40,11 +38,12 @@ def summarize(run_dir: Path, target: float = 0.97) -> dict:
 def main(argv: list[str]) -> None:
     for arg in argv:
         s = summarize(Path(arg))
-        shown = (lambda v: f"{100 * v:.2f}%") if s["metric"] == "accuracy" else (lambda v: f"{v:.5f}")
+        objective = s["objective"]
+        target = f"rounds to {objective.format(objective.target)}: {s['rounds-to-target'] or 'not reached'}, " if objective.target else ""
         print(
-            f"{s['run']}: {s['status']}, {s['nodes']} nodes, {s['rounds']} rounds, final {s['metric']} "
-            f"{shown(s['final'])}, rounds to 97%: {s['rounds-to-97'] or 'not reached'}, "
-            f"{s['seconds']:.0f} s\n  by round: {', '.join(shown(v) for v in s['by-round'])}"
+            f"{s['run']}: {s['status']}, {s['nodes']} nodes, {s['rounds']} rounds, final {objective.label} "
+            f"{objective.format(s['final'])}, {target}{s['seconds']:.0f} s\n"
+            f"  by round: {', '.join(objective.format(v) for v in s['by-round'])}"
         )
 
 

@@ -85,7 +85,7 @@ class FlowerHome:
     def stop_all(self) -> None:
         """Stop every process started here, with everything it started (Ray included)."""
         for proc in reversed(self.processes):
-            _stop_group(proc)
+            stop(proc)
         self.processes.clear()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
@@ -158,12 +158,19 @@ def start_supernode(home: FlowerHome, superlink: str, partition_id: int, num_par
 
 
 def toml_value(value: object) -> str:
-    """A Python value written as a TOML value, for ``--run-config key=value``."""
+    """A Python scalar written as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value))  # a TOML basic string
+
+
+def write_toml(path: Path, values: dict[str, object]) -> Path:
+    """A flat table of scalars as a TOML file: how a merged run config reaches ``flwr run``
+    (a file needs no shell quoting, whatever the strings hold)."""
+    path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in values.items()))
+    return path
 
 
 def flwr_run(
@@ -175,38 +182,42 @@ def flwr_run(
     echo: bool = True,
     timeout: float = 3600,
 ) -> int:
-    """Submit the app with ``flwr run --stream``, echo its log, and return the run id
-    once the run has finished. Raises :class:`FlowerError` unless it completed within
-    ``timeout`` seconds; at the deadline ``flwr run`` is stopped even if it has gone
-    quiet, and leaving ``flower_home`` stops the rest (SuperLink, Ray)."""
-    args = ["flwr", "run", str(app_dir), connection, "--stream"]
+    """Submit the app with ``flwr run``, follow its log with ``flwr log --stream`` (echoed
+    when ``echo``), and return the run id once the run has finished. Raises
+    :class:`FlowerError` unless it completed within ``timeout`` seconds; at the deadline
+    the CLI is stopped even if it has gone quiet, and leaving ``flower_home`` stops the
+    rest (SuperLink, Ray)."""
+    deadline = time.monotonic() + timeout
+    args = ["flwr", "run", str(app_dir), connection, "--format", "json"]
     if run_config:
-        args += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
+        args += ["--run-config", str(write_toml(home.path / "run-config.toml", run_config))]
     if federation_config:
         args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
-    proc = subprocess.Popen(args, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_id = None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
+    submitted = subprocess.run(args, env=home.env, capture_output=True, text=True, timeout=max(1.0, timeout))
+    run_id = _run_id_in(submitted.stdout)
+    if submitted.returncode != 0 or run_id is None:
+        raise FlowerError(f"flwr run exited with {submitted.returncode}:\n{submitted.stdout}{submitted.stderr}")
+    follow = subprocess.Popen(
+        ["flwr", "log", str(run_id), connection, "--stream"],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert follow.stdout is not None
     try:
-        for line in lines_until(proc.stdout, deadline):
-            lines.append(line)
+        for line in lines_until(follow.stdout, deadline):
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            if run_id is None and "run" in line.lower():
-                run_id = _run_id_in(line)
-        proc.wait()
+        follow.wait()
     except TimeoutError:
-        what = f"Run {run_id}" if run_id is not None else "flwr run"
         raise FlowerError(
-            f"{what} did not finish within {timeout:g} s, so it was stopped: give a larger --timeout for longer runs."
+            f"Run {run_id} did not finish within {timeout:g} s, so it was stopped: give a larger --timeout for longer runs."
         ) from None
     finally:
-        _stop(proc)
-    if proc.returncode != 0 or run_id is None:
-        raise FlowerError(f"flwr run exited with {proc.returncode}:\n{''.join(lines[-30:])}")
+        stop(follow)
     status, details = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
     if status != "finished:completed":
         raise FlowerError(f"Run {run_id} ended as '{status}': {details}")
@@ -270,13 +281,14 @@ def _status_in(text: str) -> tuple[str, str] | None:
     return None
 
 
-def _run_id_in(line: str) -> int | None:
-    """``flwr run`` prints e.g. ``Successfully started run 1234``."""
-    words = line.replace(":", " ").split()
-    for a, b in zip(words, words[1:]):
-        if a.lower() == "run" and b.isdigit():
-            return int(b)
-    return None
+def _run_id_in(text: str) -> int | None:
+    """The run id in the JSON that ``flwr run --format json`` prints."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    value = data.get("run-id") if isinstance(data, dict) else None
+    return int(value) if isinstance(value, (str, int)) and str(value).isdigit() else None
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str, timeout: float = 60) -> None:
@@ -294,18 +306,9 @@ def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str,
     raise FlowerError(f"{name} did not become healthy within {timeout:.0f} s:\n{home.log_tail(name)}")
 
 
-def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
-    """Stop one process that shares our process group (so Ctrl-C still reaches it)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a process started in its own session, with everything it started (Ray
+    workers share its process group): SIGTERM, ``grace`` seconds, then SIGKILL."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -315,7 +318,7 @@ def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-    try:  # children that outlived their parent (Ray workers) share its group
+    try:  # children that outlived their parent share its group
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

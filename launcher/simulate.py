@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
-import tomllib
 from pathlib import Path
+
+import click
+from flwr.common.config import get_project_config, parse_config_args
 
 from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, start_superlink
 from task.config import ConfigError, Settings
-from task.data import DataError
+from task.errors import run_cli
 
 CONNECTION = "local-simulation"
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -29,54 +30,27 @@ DEFAULT_TIMEOUT_S = 3600.0
 
 
 def parse_run_config(items: list[str]) -> dict[str, object]:
-    """Merge ``--run-config`` items in order: TOML files (presets) and ``k=v`` strings.
-    Raises :class:`ConfigError` naming the item, so a typo is one line, not a traceback."""
+    """Merge ``--run-config`` items in order (later ones win): preset TOML files and
+    ``k=v`` strings, each read by Flower's own parser. Raises :class:`ConfigError`
+    naming the item, so a typo is one line, not a traceback."""
     merged: dict[str, object] = {}
     for item in items:
-        if item.endswith(".toml"):
-            merged.update(_read_preset(Path(item)))
-            continue
+        if item.endswith(".toml") and not Path(item).expanduser().exists():
+            raise ConfigError(f"--run-config file {item} does not exist (presets are in presets/).")
         try:
-            merged.update(tomllib.loads("\n".join(_split_pairs(item))))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--run-config '{item}' is not 'key=value ...' in TOML syntax ({exc}).") from None
+            values = parse_config_args([item])
+        except (OSError, ValueError, click.ClickException) as exc:  # TOMLDecodeError is a ValueError
+            detail = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            raise ConfigError(f"--run-config '{item}' cannot be read ({detail}).") from None
+        if item.strip() and not values:
+            raise ConfigError(f"--run-config '{item}' holds no 'key=value' pair: write e.g. \"num-server-rounds=3\".")
+        merged.update(values)
     return merged
 
 
-def _read_preset(path: Path) -> dict[str, object]:
-    """One preset file; a missing, unreadable or malformed one is a ConfigError naming it."""
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--run-config file {path} does not exist (presets are in presets/).") from None
-    except OSError as exc:
-        raise ConfigError(f"--run-config file {path} cannot be read ({exc.strerror or exc}).") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--run-config file {path} is not valid TOML ({exc}): fix the file.") from None
-
-
-def _split_pairs(text: str) -> list[str]:
-    """``"a=1 b='x y'"`` -> ``["a=1", "b='x y'"]`` (spaces inside quotes kept)."""
-    pairs, current, quote = [], "", None
-    for ch in text.strip():
-        if ch in "'\"" and quote in (None, ch):
-            quote = None if quote else ch
-        if ch == " " and quote is None:
-            if current:
-                pairs.append(current)
-            current = ""
-            continue
-        current += ch
-    if current:
-        pairs.append(current)
-    return pairs
-
-
 def app_defaults(app_dir: Path = PROJECT_ROOT) -> dict[str, object]:
-    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml."""
-    with (app_dir / "pyproject.toml").open("rb") as fh:
-        return tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml, as Flower reads it."""
+    return get_project_config(app_dir)["tool"]["flwr"]["app"]["config"]
 
 
 def check_run_config(run_config: dict[str, object]) -> Settings:
@@ -97,11 +71,11 @@ def check_nodes(settings: Settings, num_supernodes: int) -> None:
             f"min-available-nodes={settings.min_available_nodes} is more than --num-supernodes={num_supernodes}, "
             "so the run would wait forever for nodes: lower min-available-nodes or raise --num-supernodes."
         )
-    from task.shards import test_shards, train_shards  # brings torch: only when a run starts
+    from task.shards import local_test_shards, train_shards  # brings torch: only when a run starts
 
     try:
         train_shards(settings, num_supernodes)
-        test_shards(settings, num_supernodes)
+        local_test_shards(settings, num_supernodes)
     except ConfigError as exc:
         fit = f"--num-supernodes={num_supernodes} does not fit partitioning='{settings.partitioning}'"
         raise ConfigError(f"{fit}: {exc}") from None
@@ -114,7 +88,7 @@ def pick_output_dir(flag: Path | None, run_config: dict[str, object]) -> Path:
     if flag is not None:
         return flag.expanduser().resolve()
     if run_config.get("output-dir"):
-        from server_app.outputs import resolve_output_dir  # brings torch: only when a run starts
+        from run_folder import resolve_output_dir  # brings torch: only when a run starts
 
         return resolve_output_dir(str(run_config["output-dir"])).resolve()
     return DEFAULT_OUTPUT_DIR.resolve()
@@ -134,7 +108,9 @@ def run_simulation(
     settings = check_run_config(run_config)
     check_nodes(settings, num_supernodes)
     output_dir = pick_output_dir(output_dir, run_config)
-    run_name = str(run_config.get("run-name") or f"{time.strftime('%Y%m%d-%H%M%S')}-{settings.model}")
+    from run_folder import default_run_name
+
+    run_name = str(run_config.get("run-name") or default_run_name(settings.model))
     config = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
     federation = {
         "num-supernodes": num_supernodes,
@@ -183,39 +159,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num-supernodes={args.num_supernodes}: use 1 or more.")
     if not 0 < args.timeout < math.inf:
         parser.error(f"--timeout={args.timeout}: use a number of seconds > 0.")
-    try:
-        run_config = parse_run_config(args.run_config)
-        run_dir = run_simulation(
-            run_config,
-            args.num_supernodes,
-            args.output_dir,
-            args.cpus_per_client,
-            args.gpus_per_client,
-            timeout=args.timeout,
-        )
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FlowerError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    print(f"\nRun folder: {run_dir}")
-    if args.report:
-        return _report(run_dir)
-    return 0
 
+    def simulate() -> int:
+        try:
+            run_dir = run_simulation(
+                parse_run_config(args.run_config),
+                args.num_supernodes,
+                args.output_dir,
+                args.cpus_per_client,
+                args.gpus_per_client,
+                timeout=args.timeout,
+            )
+        except FlowerError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nRun folder: {run_dir}")
+        if args.report:
+            from report import make_report  # the report sits downstream of the run
 
-def _report(run_dir: Path) -> int:
-    """Write the report; a failure is one line, and the run folder stays as it is."""
-    from report import ReportError, make_report  # the report sits downstream of the run
+            print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
+            print(f"Report: {make_report(run_dir)}")
+        return 0
 
-    print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
-    try:
-        print(f"Report: {make_report(run_dir)}")
-    except (ReportError, ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(simulate)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
     python -m report RUN_DIR [--central-epochs N] [--nodes N] [--device cpu|cuda|auto]
 """
 
-from report.build import make_report
-from report.run import ReportError
+from report.build import ReportError, make_report
 
 __all__ = ["ReportError", "make_report"]

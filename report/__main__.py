@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 from report.build import make_report
-from report.run import ReportError
-from task.config import ConfigError
-from task.data import DataError
+from task.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: the run's device knob")
     args = parser.parse_args(argv)
-    try:
-        path = make_report(args.run_dir, central_epochs=args.central_epochs, nodes=args.nodes,
-                           local_epochs=args.local_epochs, device=args.device)
-    except (ReportError, ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Report: {path}")
-    return 0
+
+    def report() -> None:
+        path = make_report(
+            args.run_dir, central_epochs=args.central_epochs, nodes=args.nodes,
+            local_epochs=args.local_epochs, device=args.device,
+        )
+        print(f"Report: {path}")
+
+    return run_cli(report)
 
 
 if __name__ == "__main__":

@@ -15,25 +15,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from codec.images import grid_png
+import run_folder as rf
 from report.central import CentralResult, Log, central_baseline, log_stderr
 from report.device import report_device
-from task.files import write_files
-from report.figures import curves_png, local_vs_merged_png
+from report.figures import curves_png, grid_png, local_vs_merged_png
 from report.local_vs_merged import LocalVsMerged, compare_local_and_merged
-from report.metrics import better, format_gap, format_metric, metric_label
-from report.run import ReportError, Run, load_run
+from run_folder import CompletedRun, read_completed_run
 from task.data import load_mnist
+from task.errors import UserError
 from task.models import build_model
 from task.pca import PCA
 from task.shards import server_test_set
 
-REPORT_FILE = "report.md"
-CURVES_FILE = "report-curves.png"
-LOCAL_FILE = "report-local-vs-merged.png"
-RECON_FILE = "report-reconstructions.png"
-TARGET_ACCURACY = 0.97
 GRID_DIGITS = 10
+
+
+class ReportError(UserError):
+    """A report option is invalid."""
 
 
 def make_report(
@@ -53,40 +51,39 @@ def make_report(
         raise ReportError(f"nodes={nodes} for the local-vs-merged comparison: use 1 or more.")
     if local_epochs is not None and local_epochs < 1:
         raise ReportError(f"local epochs={local_epochs} for the local models: use 1 or more.")
-    run = load_run(Path(run_dir))
+    run = read_completed_run(run_dir)
     settings = run.settings if central_epochs is None else replace(run.settings, central_epochs=central_epochs)
+    objective = settings.objective
     dev = report_device(settings, device)
-    central = central_baseline(settings, run.num_nodes, dev, cache_dir, log)
+    central = central_baseline(settings, run.num_partitions, dev, cache_dir, log)
     epochs = local_epochs or settings.local_epochs
-    local = compare_local_and_merged(settings, run.num_nodes, run.state_dict, epochs, dev, nodes, log)
+    local = compare_local_and_merged(settings, run.num_partitions, run.model.state_dict(), epochs, dev, nodes, log)
 
-    name = run.path.name
-    files: dict[Path, bytes] = {
-        run.path / CURVES_FILE: curves_png(run.rounds, central.epochs, run.metric, f"{name}: federated vs central"),
-        run.path / LOCAL_FILE: local_vs_merged_png(
+    files: dict[str, bytes] = {
+        rf.REPORT_CURVES: curves_png(run.rounds, central.epochs, objective, f"{run.folder.name}: federated vs central"),
+        rf.REPORT_LOCAL_VS_MERGED: local_vs_merged_png(
             [r.node for r in local.rows],
-            [r.local[run.metric] for r in local.rows],
-            [r.merged[run.metric] for r in local.rows],
-            run.metric,
+            [r.local[objective.key] for r in local.rows],
+            [r.merged[objective.key] for r in local.rows],
+            objective,
             "Each node's test images: its own model vs the merged model",
         ),
     }
     extra: list[str] = []
-    if settings.model == "autoencoder":
-        files[run.path / RECON_FILE], extra = reconstructions(run, central, settings)
-    markdown = render(run, settings, central, local, extra)
-    files[run.path / REPORT_FILE] = markdown.encode()
-    write_files(files)
-    return run.path / REPORT_FILE
+    if not objective.classifier:
+        files[rf.REPORT_RECONSTRUCTIONS], extra = reconstructions(run, central, settings)
+    files[rf.REPORT] = render(run, settings, central, local, extra).encode()
+    run.folder.write_files(files)
+    return run.folder.file(rf.REPORT)
 
 
-def reconstructions(run: Run, central: CentralResult, settings) -> tuple[bytes, list[str]]:
+def reconstructions(run: CompletedRun, central: CentralResult, settings) -> tuple[bytes, list[str]]:
     """The same test digits through the federated and the central model, and the PCA line."""
     test = server_test_set(settings)
     picks = [int(np.flatnonzero(test.y.numpy() == d)[0]) for d in range(GRID_DIGITS)]
     x = test.x[picks]
     rows = [x.numpy()]
-    for state in (run.state_dict, central.state_dict):
+    for state in (run.model.state_dict(), central.state_dict):
         model = build_model(settings)
         model.load_state_dict(state)
         model.eval()
@@ -102,11 +99,11 @@ def reconstructions(run: Run, central: CentralResult, settings) -> tuple[bytes, 
         ["original", "federated", "central", f"PCA-{settings.ae_code_size}"],
         "The first test image of each digit, reconstructed",
     )
-    fed = run.rounds[-1]["server"]["mse"]
+    fed = run.rounds[-1]["server"][settings.objective.key]
     lines = [
         "## Reconstructions",
         "",
-        f"![reconstructions]({RECON_FILE})",
+        f"![reconstructions]({rf.REPORT_RECONSTRUCTIONS})",
         "",
         f"Linear baseline: PCA with {settings.ae_code_size} components, fitted on the 60,000 training images "
         f"(numpy), reconstructs the 10,000 test images with MSE {pca_mse:.5f} per pixel "
@@ -117,21 +114,20 @@ def reconstructions(run: Run, central: CentralResult, settings) -> tuple[bytes, 
     return png, lines
 
 
-def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, extra: list[str]) -> str:
-    metric = run.metric
-    fmt = lambda v: format_metric(metric, v)  # noqa: E731
+def render(run: CompletedRun, settings, central: CentralResult, local: LocalVsMerged, extra: list[str]) -> str:
+    objective = settings.objective
+    metric, fmt, column = objective.key, objective.format, objective.column
     fed_final = run.rounds[-1]["server"][metric]
     cen_final = central.epochs[-1][metric]
     rounds = run.rounds[-1]["round"]
     fed_seconds = run.rounds[-1]["elapsed-s"]
-    winner = "federated" if better(metric, fed_final, cen_final) else "central"
-    unit = "test accuracy" if metric == "accuracy" else "test MSE per pixel (lower is better)"
-    column = "accuracy" if metric == "accuracy" else "MSE per pixel"
+    winner = "federated" if objective.better(fed_final, cen_final) else "central"
+    unit = objective.label + ("" if objective.higher_is_better else " (lower is better)")
 
     lines = [
         f"# Federated vs central: {run.path.name}",
         "",
-        f"The {_model_name(settings)} trained with FedAvg over {run.num_nodes} nodes "
+        f"The {_model_name(settings)} trained with FedAvg over {run.num_partitions} nodes "
         f"({settings.partitioning} shards), against the same model trained centrally on the union "
         f"of those shards. Both are tested on the 10,000 MNIST test images; the headline number is {unit}.",
         "",
@@ -139,26 +135,27 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         "",
         "| | federated (FedAvg) | central |",
         "|---|---|---|",
-        f"| final {metric_label(metric)} | {fmt(fed_final)} | {fmt(cen_final)} |",
-        f"| best {metric_label(metric)} | {fmt(_best(metric, [r['server'][metric] for r in run.rounds]))} "
-        f"| {fmt(_best(metric, [e[metric] for e in central.epochs]))} |",
+        f"| final {objective.label} | {fmt(fed_final)} | {fmt(cen_final)} |",
+        f"| best {objective.label} | {fmt(objective.best([r['server'][metric] for r in run.rounds]))} "
+        f"| {fmt(objective.best([e[metric] for e in central.epochs]))} |",
         f"| training | {rounds} rounds x {settings.local_epochs} local epoch(s), "
         f"{100 * settings.fraction_train:g}% of nodes per round | {len(central.epochs) - 1} epoch(s) on "
         f"{central.train_images:,} images |",
     ]
-    if metric == "accuracy":
+    if objective.target is not None:
         lines.append(
-            f"| first at >= {100 * TARGET_ACCURACY:g}% | {_first_hit(run.rounds, 'round')} "
-            f"| {_first_hit(central.epochs, 'epoch')} |"
+            f"| first at >= {objective.format(objective.target)} | "
+            f"{_first_hit(objective, [r['server'] for r in run.rounds], 'round')} "
+            f"| {_first_hit(objective, central.epochs, 'epoch')} |"
         )
     lines += [
-        f"| wall time | {fed_seconds:.0f} s (rounds only, {run.config.get('num-nodes', run.num_nodes)} nodes) "
+        f"| wall time | {fed_seconds:.0f} s (rounds only, {run.history.get('num-nodes', run.num_partitions)} nodes) "
         f"| {central.train_seconds:.0f} s (on {central.device}) |",
         "",
-        f"Gap (central minus federated): **{format_gap(metric, fed_final, cen_final)}**; "
+        f"Gap (central minus federated): **{objective.format_gap(fed_final, cen_final)}**; "
         f"the {winner} model ends ahead.",
         "",
-        f"![federated vs central]({CURVES_FILE})",
+        f"![federated vs central]({rf.REPORT_CURVES})",
         "",
         "## Per round and per epoch",
         "",
@@ -208,13 +205,13 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
             f"| {row.node} | {row.train_images} | {row.test_images} | {fmt(row.local[metric])} "
             f"| {fmt(row.merged[metric])} |"
         )
-    wins = sum(better(metric, r.merged[metric], r.local[metric]) for r in local.rows)
+    wins = sum(objective.better(r.merged[metric], r.local[metric]) for r in local.rows)
     lines += [
         f"| **mean** | | | **{fmt(local.mean('local'))}** | **{fmt(local.mean('merged'))}** |",
         "",
         f"The merged model is better on {wins} of {len(local.rows)} nodes' own test images.",
         "",
-        f"![local vs merged]({LOCAL_FILE})",
+        f"![local vs merged]({rf.REPORT_LOCAL_VS_MERGED})",
         "",
         "## Configuration",
         "",
@@ -225,8 +222,8 @@ def render(run: Run, settings, central: CentralResult, local: LocalVsMerged, ext
         "",
         "## Where the numbers come from",
         "",
-        f"- Federated: `{run.path / 'history.json'}` (server-side evaluation of the global model after "
-        "every round) and `model.pt` (the final global weights, used for the local-vs-merged and "
+        f"- Federated: `{run.folder.file(rf.HISTORY)}` (server-side evaluation of the global model after "
+        f"every round) and `{rf.MODEL}` (the final global weights, used for the local-vs-merged and "
         "reconstruction figures).",
         f"- Central: trained by this report with the run's model, seed, optimizer ({settings.optimizer}, "
         f"learning rate {settings.learning_rate:g}"
@@ -257,15 +254,11 @@ def _model_name(settings) -> str:
     return f"stacked autoencoder ({widths}, mirrored decoder)"
 
 
-def _best(metric: str, values: list[float]) -> float:
-    return max(values) if metric == "accuracy" else min(values)
-
-
-def _first_hit(steps: list[dict[str, Any]], key: str) -> str:
-    for step in steps:
-        value = step["server"]["accuracy"] if "server" in step else step["accuracy"]
-        if value >= TARGET_ACCURACY:
-            return f"{key} {step[key]}"
+def _first_hit(objective, steps: list[dict[str, Any]], key: str) -> str:
+    """The first round/epoch whose metric meets the objective's target."""
+    for i, step in enumerate(steps):
+        if objective.reached(step[objective.key]):
+            return f"{key} {i}"
     return "not reached"
 
 

@@ -27,17 +27,17 @@ import numpy as np
 import torch
 
 from report.device import small_batch_threads
-from task.files import atomic_write
-from report.metrics import format_metric
 from task.config import Settings
-from task.data import load_mnist
+from task.data import Batchable, load_mnist
+from task.files import atomic_write
 from task.models import build_model
 from task.shards import server_test_set, train_shards
-from task.training import Batchable, evaluate, make_optimizer, metric_key, train_epoch
+from task.training import evaluate, make_optimizer, train_epoch
 
-CACHE_VERSION = 1
-HISTORY_FILE = "history.json"
-MODEL_FILE = "model.pt"
+CACHE_VERSION = 2
+# An entry of the cache: its metadata (written last, so it marks the entry complete) and its weights.
+ENTRY_META = "central.json"
+ENTRY_WEIGHTS = "central-weights.pt"
 
 Log = Callable[[str], None]
 
@@ -128,7 +128,7 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
     indices = np.concatenate(train_shards(settings, num_nodes, mnist))
     train_set = Batchable.from_uint8(mnist.train_images[indices], mnist.train_labels[indices]).to(device)
     test_set = server_test_set(settings)
-    metric = metric_key(settings.model)
+    objective = settings.objective
     model = build_model(settings).to(device)
     optimizer = make_optimizer(model, settings)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -137,13 +137,13 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
         f"(the union of {num_nodes} nodes' shards), batch {settings.batch_size}, {settings.optimizer} "
         f"lr {settings.learning_rate}, on {device}"
     )
-    epochs = [{"epoch": 0, **evaluate(model, test_set, device), "wall-time-s": 0.0, "elapsed-s": 0.0}]
+    epochs = [{"epoch": 0, **evaluate(model, test_set, device, objective), "wall-time-s": 0.0, "elapsed-s": 0.0}]
     elapsed = 0.0
     with small_batch_threads(device):
         for epoch in range(1, settings.central_epochs + 1):
             start = time.monotonic()
             train_loss = train_epoch(model, train_set, optimizer, settings, gen)
-            metrics = evaluate(model, test_set, device)
+            metrics = evaluate(model, test_set, device, objective)
             seconds = time.monotonic() - start
             elapsed += seconds
             epochs.append(
@@ -156,8 +156,8 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
                 }
             )
             log(
-                f"Central epoch {epoch}/{settings.central_epochs}: {metric} "
-                f"{format_metric(metric, metrics[metric])}, loss {metrics['loss']:.4f} ({seconds:.1f} s)"
+                f"Central epoch {epoch}/{settings.central_epochs}: {objective.label} "
+                f"{objective.format(metrics[objective.key])}, loss {metrics['loss']:.4f} ({seconds:.1f} s)"
             )
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return CentralResult(
@@ -175,10 +175,10 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
 def read_cache(folder: Path, fields: dict[str, Any]) -> CentralResult | None:
     """The cached result in ``folder`` if it is complete and for these ``fields``."""
     try:
-        meta = json.loads((folder / HISTORY_FILE).read_text())
+        meta = json.loads((folder / ENTRY_META).read_text())
         if meta.get("fields") != fields:
             return None
-        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(folder / ENTRY_WEIGHTS, map_location="cpu", weights_only=True)
         return CentralResult(
             epochs=meta["epochs"],
             state_dict=state,
@@ -204,6 +204,6 @@ def write_cache(result: CentralResult) -> None:
         "device": result.device,
         "torch-version": torch.__version__,
     }
-    atomic_write(result.folder / MODEL_FILE, lambda fh: torch.save(result.state_dict, fh))
-    atomic_write(result.folder / HISTORY_FILE, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(result.folder / ENTRY_WEIGHTS, lambda fh: torch.save(result.state_dict, fh))
+    atomic_write(result.folder / ENTRY_META, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
 

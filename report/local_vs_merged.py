@@ -16,11 +16,10 @@ import torch
 
 from report.central import Log, log_stderr
 from report.device import small_batch_threads
-from report.metrics import format_metric
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data
-from task.training import evaluate, metric_key, train
+from task.training import evaluate, train
 
 
 @dataclass
@@ -62,7 +61,7 @@ def compare_local_and_merged(
     log: Log = log_stderr,
 ) -> LocalVsMerged:
     """Train a local model per sampled node and test it and the merged model there."""
-    metric = metric_key(settings.model)
+    objective = settings.objective
     merged = build_model(settings)
     merged.load_state_dict(merged_state)
     sample = sample_nodes(num_nodes, nodes, settings.seed)
@@ -78,12 +77,12 @@ def compare_local_and_merged(
             node=node,
             train_images=len(data.train),
             test_images=len(data.test),
-            local=evaluate(local, data.test, device),
-            merged=evaluate(merged, data.test, device),
+            local=evaluate(local, data.test, device, objective),
+            merged=evaluate(merged, data.test, device, objective),
         )
         rows.append(row)
         log(
-            f"Node {node} ({i}/{len(sample)}): local {format_metric(metric, row.local[metric])}, "
-            f"merged {format_metric(metric, row.merged[metric])} on its {row.test_images} test images"
+            f"Node {node} ({i}/{len(sample)}): local {objective.format(row.local[objective.key])}, "
+            f"merged {objective.format(row.merged[objective.key])} on its {row.test_images} test images"
         )
-    return LocalVsMerged(rows, epochs, metric, time.monotonic() - start)
+    return LocalVsMerged(rows, epochs, objective.key, time.monotonic() - start)

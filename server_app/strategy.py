@@ -1,5 +1,5 @@
-"""FedAvg that keeps each round's client metrics at hand, notes how the nodes
-split MNIST, and refuses to carry on when a whole round of training failed."""
+"""FedAvg that keeps each round's client metrics at hand and refuses to carry
+on when a whole round of training failed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
-
-
-PARTITIONS_KEY = "num-partitions"
 
 
 class RoundFailed(RuntimeError):
@@ -24,17 +21,12 @@ class CheckedFedAvg(FedAvg):
     - A round in which every node failed, or none replied, stops the run: plain
       FedAvg would keep the old model and the run would look like it converged
       to nothing.
-
-    The nodes also report the ``num-partitions`` their shard came from; it is
-    collected in :attr:`num_partitions` (a report rebuilds the same shards)
-    rather than averaged into the metrics.
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.train_metrics: dict[int, dict] = {}
         self.evaluate_metrics: dict[int, dict] = {}
-        self.num_partitions: set[int] = set()
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -45,12 +37,8 @@ class CheckedFedAvg(FedAvg):
             raise RoundFailed(f"Round {server_round}: no node replied to the training request.")
         if len(errors) == len(replies):
             raise RoundFailed(f"Round {server_round}: all {len(replies)} nodes failed. First error: {errors[0]}")
-        for m in replies:
-            if not m.has_error() and PARTITIONS_KEY in m.content["metrics"]:
-                self.num_partitions.add(int(m.content["metrics"][PARTITIONS_KEY]))
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
-            metrics = MetricRecord({k: v for k, v in metrics.items() if k != PARTITIONS_KEY})
             self.train_metrics[server_round] = self._with_counts(metrics, replies)
         return arrays, metrics
 

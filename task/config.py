@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from partitioning import PARTITIONERS
+from task.errors import UserError
+from task.objective import Objective, objective_for
 
 MODELS = ("mlp", "autoencoder")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A run-config value is missing or outside what is allowed."""
 
 
@@ -67,6 +69,11 @@ class Settings:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     @property
+    def objective(self) -> Objective:
+        """The loss and headline metric of this run's model."""
+        return objective_for(self.model)
+
+    @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
         return _parse_sizes(self.ae_hidden)
 
@@ -113,6 +120,15 @@ class Settings:
             raise ConfigError(
                 f"data-dir='{self.data_dir}' is a relative path: give an absolute one (or start it with ~), "
                 "because the ServerApp and the ClientApps each run in their own Flower-managed working folder."
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed} is not allowed: use a whole number from 0 to 4294967295.")
+        if self.run_name and (
+            self.run_name in (".", "..") or any(c in self.run_name for c in '/\\\0') or self.run_name.startswith("~")
+        ):
+            raise ConfigError(
+                f"run-name='{self.run_name}' is not allowed: give a plain folder name (no '/', '\\', '..' or '~'); "
+                "the folder is created inside output-dir."
             )
         if self.samples_per_class < 0:
             raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")

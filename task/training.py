@@ -7,32 +7,13 @@ Python overhead of a loader would cost more than the arithmetic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from task.config import ConfigError, Settings
-
-
-@dataclass
-class Batchable:
-    """Images as float pixels in [0, 1] (``[N, 784]``) and their labels (``[N]``)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    @classmethod
-    def from_uint8(cls, images: np.ndarray, labels: np.ndarray) -> Batchable:
-        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-        return cls(x, torch.from_numpy(labels.astype(np.int64)))
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device) -> Batchable:
-        return Batchable(self.x.to(device), self.y.to(device))
+from task.data import Batchable
+from task.objective import Objective
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -58,10 +39,6 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     if len(keys) != len(weights):
         raise ValueError(f"Expected {len(keys)} arrays for {type(model).__name__}, got {len(weights)}.")
     model.load_state_dict({k: torch.from_numpy(np.asarray(w)) for k, w in zip(keys, weights)}, strict=True)
-
-
-def is_classifier(model: nn.Module) -> bool:
-    return not hasattr(model, "encode")
 
 
 def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer:
@@ -98,8 +75,7 @@ def train_epoch(
     momentum and Adam state carry on across epochs (the central baseline) or start
     afresh every round (a node)."""
     model.train()
-    loss_fn = _loss_fn(model)
-    classifier = is_classifier(model)
+    objective = settings.objective
     n, bs = len(data), settings.batch_size
     order = torch.randperm(n, generator=gen).to(data.x.device)
     total = torch.zeros((), device=data.x.device)
@@ -107,7 +83,7 @@ def train_epoch(
         idx = order[start : start + bs]
         x, y = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y if classifier else x)
+        loss = objective.loss(model(x), x, y)
         loss.backward()
         if settings.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -135,33 +111,18 @@ def train_round(
     return train(pair, Batchable(inputs, data.y), settings, device, seed)
 
 
-def metric_key(model: str) -> str:
-    """The headline number of :func:`evaluate` for a model name: test accuracy for
-    the classifier, mean squared error per pixel for the autoencoder."""
-    return "accuracy" if model == "mlp" else "mse"
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Batchable, device: torch.device, batch_size: int = 2000) -> dict[str, float]:
-    """Classifier: ``loss`` (cross-entropy) and ``accuracy``. Autoencoder: ``loss``
-    and ``mse``, both the mean squared error per pixel."""
+def evaluate(
+    model: nn.Module, data: Batchable, device: torch.device, objective: Objective, batch_size: int = 2000
+) -> dict[str, float]:
+    """``loss`` and the objective's headline metric (``objective.key``) over ``data``."""
     model.to(device).eval()
-    classifier = is_classifier(model)
-    loss_sum, correct = 0.0, 0
+    loss_sum = metric_sum = 0.0
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size].to(device)
         y = data.y[start : start + batch_size].to(device)
-        out = model(x)
-        if classifier:
-            loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-        else:
-            loss_sum += float(nn.functional.mse_loss(out, x, reduction="mean")) * len(x)
+        batch_loss, batch_metric = objective.batch_sums(model(x), x, y)
+        loss_sum += batch_loss
+        metric_sum += batch_metric
     n = len(data)
-    if classifier:
-        return {"loss": loss_sum / n, "accuracy": correct / n}
-    return {"loss": loss_sum / n, "mse": loss_sum / n}
-
-
-def _loss_fn(model: nn.Module) -> nn.Module:
-    return nn.CrossEntropyLoss() if is_classifier(model) else nn.MSELoss()
+    return {"loss": loss_sum / n, objective.key: metric_sum / n}

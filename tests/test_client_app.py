@@ -21,7 +21,7 @@ def test_fit_trains_on_the_nodes_shard_only(small_client):
     weights, num_examples, metrics = small_client.fit(start, {"server-round": 1})
     assert num_examples == 600
     assert metrics["train-loss"] < 1.5
-    assert metrics["num-partitions"] == 100
+    assert set(metrics) == {"train-loss"}  # weights, a count and a loss leave the node, nothing else
     assert [w.shape for w in weights] == [w.shape for w in start]
     assert any(not np.allclose(a, b) for a, b in zip(weights, start))
 
@@ -68,6 +68,23 @@ def test_clientapp_answers_train_and_evaluate_messages():
     reply = app(_message(MessageType.EVALUATE, weights), _context(run_config))
     assert reply.content["metrics"]["num-examples"] == 200
     assert 0 <= reply.content["metrics"]["accuracy"] <= 1
+
+
+def test_the_query_handler_says_which_shard_the_node_holds_without_loading_data(monkeypatch):
+    import client_app.app as client_module
+
+    monkeypatch.setattr(client_module, "load_node_data", lambda *a: pytest.fail("data loaded for a query"))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    reply = app(Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.QUERY), _context({}))
+    assert dict(reply.content["node"]) == {"partition-id": 0, "num-partitions": 50}
+
+
+def test_a_query_to_a_node_with_an_out_of_range_partition_names_it():
+    context = _context({})
+    context.node_config = {"partition-id": 4, "num-partitions": 3}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    with pytest.raises(ConfigError, match=r"partition-id=4 is outside \[0, 3\)"):
+        app(Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.QUERY), context)
 
 
 def test_a_supernode_without_its_partition_is_told_how_to_start():

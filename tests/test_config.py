@@ -11,11 +11,18 @@ def test_defaults_are_valid():
     Settings.from_run_config({})
 
 
+def test_the_defaults_here_are_the_defaults_in_pyproject():
+    """pyproject.toml's [tool.flwr.app.config] is what Flower runs with; Settings() is what
+    the report and the tools assume when a key is missing. They must not drift apart."""
+    table = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert Settings().to_run_config() == table
+
+
 @pytest.mark.parametrize(
     "key, value, expected",
     [
         ("model", "cnn", "model='cnn' is unknown: choose one of mlp, autoencoder"),
-        ("partitioning", "dirichlet", "partitioning='dirichlet' is unknown"),
+        ("partitioning", "noniid", "partitioning='noniid' is unknown"),
         ("num-server-rounds", 0, "num-server-rounds=0 is not allowed"),
         ("local-epochs", -1, "local-epochs=-1 is not allowed"),
         ("batch-size", 0, "batch-size=0 is not allowed"),
@@ -30,6 +37,10 @@ def test_defaults_are_valid():
         ("ae-code-size", 0, "ae-code-size=0 is not allowed"),
         ("batch-size", "ten", "batch-size='ten' is not allowed: expected a int"),
         ("data-dir", "mnist", "data-dir='mnist' is a relative path: give an absolute one"),
+        ("seed", -1, "seed=-1 is not allowed: use a whole number from 0"),
+        ("run-name", "../x", "run-name='../x' is not allowed: give a plain folder name"),
+        ("run-name", "..", "run-name='..' is not allowed"),
+        ("run-name", "a/b", "run-name='a/b' is not allowed"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):

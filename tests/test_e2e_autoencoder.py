@@ -1,15 +1,14 @@
 """The autoencoder through the same ServerApp and ClientApp, in a real simulation,
-and the codec commands on the run folder it leaves."""
+and the autoencoder commands on the run folder it leaves."""
 
 import json
 
 import pytest
 import torch
 
-from codec.__main__ import main as codec
+import run_folder as rf
+from autoencoder.__main__ import main as codec
 from launcher.simulate import run_simulation
-from task.config import Settings
-from task.models import build_model
 from task.shards import server_test_set
 from task.training import evaluate
 
@@ -32,18 +31,17 @@ def test_one_federated_round_lowers_the_test_mse_and_model_pt_reproduces_it(tmp_
         output_dir=tmp_path,
         echo=False,
     )
-    history = json.loads((run_dir / "history.json").read_text())
-    assert history["status"] == "completed"
+    run = rf.read_completed_run(run_dir)
+    history = run.history
     before, after = (r["server"]["mse"] for r in history["rounds"])
     assert after < 0.6 * before
     assert history["rounds"][1]["clients-train"]["nodes"] == 4
 
-    settings = Settings.from_run_config(json.loads((run_dir / "config.json").read_text()))
-    model = build_model(settings)
-    model.load_state_dict(torch.load(run_dir / "model.pt"))
-    assert evaluate(model, server_test_set(settings), torch.device("cpu"))["mse"] == pytest.approx(after, rel=1e-5)
+    settings = run.settings
+    mse = evaluate(run.model, server_test_set(settings), torch.device("cpu"), settings.objective)["mse"]
+    assert mse == pytest.approx(after, rel=1e-5)
 
     assert codec(["grid", str(run_dir)]) == 0
-    assert (run_dir / "reconstructions.png").stat().st_size > 10_000
+    assert run.folder.file(rf.RECONSTRUCTIONS).stat().st_size > 10_000
     assert codec(["anomaly", str(run_dir), "--count", "300"]) == 0
-    assert json.loads((run_dir / "anomaly.json").read_text())["corruptions"]["blank"]["roc-auc"] > 0.9
+    assert json.loads(run.folder.file(rf.ANOMALY).read_text())["corruptions"]["blank"]["roc-auc"] > 0.9

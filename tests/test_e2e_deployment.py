@@ -1,10 +1,9 @@
 """Flower's deployment runtime on loopback: one SuperLink and two SuperNodes,
 talking over HTTP, each SuperNode serving one partition through `--node-config`."""
 
-import json
-
 import pytest
 
+import run_folder as rf
 from launcher.flower import flower_home, flwr_run, start_superlink, start_supernode
 
 pytestmark = pytest.mark.slow
@@ -30,13 +29,11 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
         )
         assert all(node.poll() is None for node in nodes)  # still serving after the run
 
-    run_dir = tmp_path / "deployed"
-    history = json.loads((run_dir / "history.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
-    assert history["status"] == "completed"
-    assert config["run-id"] == run_id and config["num-nodes"] == 2 and config["num-partitions"] == 2
+    run = rf.read_completed_run(tmp_path / "deployed")
+    history = run.history
+    assert run.config["run-id"] == run_id and history["num-nodes"] == 2 and run.num_partitions == 2
     # both nodes trained, on 30,000 images each: the aggregate stands for all 60,000
     assert history["rounds"][1]["clients-train"]["nodes"] == 2
     assert history["rounds"][1]["clients-train"]["num-examples"] == 60000
     assert history["rounds"][1]["server"]["accuracy"] > 0.9
-    assert (run_dir / "model.pt").stat().st_size > 700_000
+    assert run.folder.file(rf.MODEL).stat().st_size > 700_000

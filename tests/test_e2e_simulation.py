@@ -1,14 +1,10 @@
 """`flwr run` in simulation for real: a SuperLink of its own, Ray, 10 virtual clients."""
 
-import json
-
 import pytest
-import torch
 
+import run_folder as rf
 from launcher.flower import FlowerError, flower_home, flwr_run, start_superlink
 from launcher.simulate import run_simulation
-from task.config import Settings
-from task.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +17,8 @@ def test_ten_clients_two_rounds_reach_85_percent(tmp_path):
         echo=False,
     )
     assert run_dir == tmp_path / "e2e"
-    history = json.loads((run_dir / "history.json").read_text())
-    assert history["status"] == "completed"
+    run = rf.read_completed_run(run_dir)  # completed, and model.pt matches config.json
+    history = run.history
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
     accuracy = [r["server"]["accuracy"] for r in history["rounds"]]
     assert accuracy[0] < 0.3 < 0.85 < accuracy[2]
@@ -30,10 +26,7 @@ def test_ten_clients_two_rounds_reach_85_percent(tmp_path):
     assert history["rounds"][1]["clients-train"]["num-examples"] > 0
     assert all(r["wall-time-s"] > 0 for r in history["rounds"])
 
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["num-server-rounds"] == 2 and config["num-nodes"] == 10 and config["num-partitions"] == 10
-    model = build_model(Settings.from_run_config(config))
-    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    assert run.config["num-server-rounds"] == 2 and run.num_partitions == 10 and history["num-nodes"] == 10
 
 
 def test_a_bad_value_fails_the_run_with_its_message(tmp_path):

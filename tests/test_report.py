@@ -14,18 +14,21 @@ import numpy as np
 import pytest
 import torch
 
+import run_folder as rf
 from launcher.simulate import main as simulate_cli
 from report import ReportError, make_report
 from report.__main__ import main as report_cli
-from report.build import CURVES_FILE, LOCAL_FILE, RECON_FILE, REPORT_FILE
 from report.central import central_baseline
 from report.local_vs_merged import compare_local_and_merged, sample_nodes
-from report.run import load_run
+from run_folder import RunFolder, RunFolderError
 from task.config import Settings
 from task.models import build_model
-from task.shards import load_node_data
-from task.shards import test_shards as local_test_shards  # not a test: keep pytest from collecting it
+from task.shards import load_node_data, local_test_shards
 from task.training import evaluate, train
+
+REPORT_FILE, CURVES_FILE, LOCAL_FILE, RECON_FILE = (
+    rf.REPORT, rf.REPORT_CURVES, rf.REPORT_LOCAL_VS_MERGED, rf.REPORT_RECONSTRUCTIONS
+)
 
 # 4 nodes x 20 images of each digit = 800 training images in all: seconds on a CPU.
 TINY = {
@@ -42,18 +45,19 @@ NODES = 4
 def fake_run(root: Path, name: str = "run", status: str = "completed", **knobs) -> Path:
     """A run folder as the ServerApp leaves it: one FedAvg round done by hand on node 0's shard."""
     settings = Settings.from_run_config({**TINY, **knobs})
+    objective = settings.objective
     model = build_model(settings)
-    rounds = [{"round": 0, "server": evaluate(model, _test(settings), torch.device("cpu")), "elapsed-s": 0.0, "wall-time-s": 0.0}]
-    train(model, load_node_data(settings, 0, NODES).train, settings, torch.device("cpu"), seed=1)
-    rounds.append({"round": 1, "server": evaluate(model, _test(settings), torch.device("cpu")), "elapsed-s": 1.5, "wall-time-s": 1.5,
-                   "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200}})
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    config = {**settings.to_run_config(), "num-server-rounds": knobs.get("num-server-rounds", 1), "run-id": 7, "num-nodes": NODES}
-    (run_dir / "config.json").write_text(json.dumps(config))
-    (run_dir / "history.json").write_text(json.dumps({"status": status, "num-nodes": NODES, "rounds": rounds}))
-    torch.save(model.state_dict(), run_dir / "model.pt")
-    return run_dir
+    cpu = torch.device("cpu")
+    rounds = [{"round": 0, "server": evaluate(model, _test(settings), cpu, objective), "elapsed-s": 0.0, "wall-time-s": 0.0}]
+    train(model, load_node_data(settings, 0, NODES).train, settings, cpu, seed=1)
+    rounds.append({"round": 1, "server": evaluate(model, _test(settings), cpu, objective), "elapsed-s": 1.5,
+                   "wall-time-s": 1.5, "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200}})
+    folder = RunFolder.create(root, name, settings.model)
+    folder.write_config({**settings.to_run_config(), "num-server-rounds": knobs.get("num-server-rounds", 1), "run-id": 7,
+                         "num-partitions": NODES})
+    folder.write_history(status, rounds, num_nodes=NODES)
+    folder.write_model(model.state_dict())
+    return folder.path
 
 
 def _test(settings):
@@ -114,7 +118,7 @@ def test_local_vs_merged_uses_each_nodes_held_out_images(tmp_path):
     for row in result.rows:
         data = load_node_data(settings, row.node, NODES)
         assert row.test_images == len(shards[row.node]) == len(data.test)
-        assert row.merged == evaluate(merged, data.test, torch.device("cpu"))
+        assert row.merged == evaluate(merged, data.test, torch.device("cpu"), settings.objective)
     assert result.epochs == 2
     assert result.mean("merged") == pytest.approx(np.mean([r.merged["accuracy"] for r in result.rows]))
 
@@ -122,7 +126,7 @@ def test_local_vs_merged_uses_each_nodes_held_out_images(tmp_path):
 @pytest.mark.parametrize(
     "breakage, message",
     [
-        (lambda d: (d / "history.json").unlink(), "not a run folder (no history.json)"),
+        (lambda d: (d / "history.json").unlink(), "has no history.json: the run never started"),
         (lambda d: (d / "model.pt").unlink(), "model.pt is missing"),
         (lambda d: (d / "model.pt").write_bytes(b"not a model"), "cannot be loaded"),
         (lambda d: (d / "config.json").write_text("{"), "config.json is unreadable"),
@@ -132,24 +136,21 @@ def test_a_broken_run_folder_is_refused_and_left_as_it_was(tmp_path, breakage, m
     run_dir = fake_run(tmp_path)
     breakage(run_dir)
     before = _snapshot(run_dir)
-    with pytest.raises(ReportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RunFolderError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_report(run_dir, cache_dir=tmp_path / "cache", log=lambda _: None)
     assert _snapshot(run_dir) == before
 
 
 def test_the_shards_follow_the_nodes_num_partitions_not_the_node_count(tmp_path):
-    run_dir = fake_run(tmp_path)
-    config = json.loads((run_dir / "config.json").read_text())
-    (run_dir / "config.json").write_text(json.dumps({**config, "num-nodes": 2, "num-partitions": 40}))
-    assert load_run(run_dir).num_nodes == 40
-    (run_dir / "config.json").write_text(json.dumps({**config, "num-partitions": [20, 40]}))
-    with pytest.raises(ReportError, match=r"different numbers of shards \(num-partitions \[20, 40\]\)"):
-        load_run(run_dir)
+    folder = RunFolder(fake_run(tmp_path))
+    folder.write_config({**folder.config(), "num-partitions": 40})
+    folder.write_history(rf.COMPLETED, folder.history()["rounds"], num_nodes=2)
+    assert rf.read_completed_run(folder.path).num_partitions == 40
 
 
 def test_a_run_in_progress_is_refused(tmp_path):
     run_dir = fake_run(tmp_path, status="running")
-    with pytest.raises(ReportError, match="still in progress"):
+    with pytest.raises(RunFolderError, match="still in progress"):
         make_report(run_dir, cache_dir=tmp_path / "cache")
 
 
@@ -157,7 +158,7 @@ def test_a_model_that_does_not_match_the_config_is_refused(tmp_path):
     run_dir = fake_run(tmp_path)
     ae = build_model(Settings(model="autoencoder"))
     torch.save(ae.state_dict(), run_dir / "model.pt")
-    with pytest.raises(ReportError, match="does not match config.json"):
+    with pytest.raises(RunFolderError, match="does not match config.json"):
         make_report(run_dir, cache_dir=tmp_path / "cache")
 
 
@@ -216,10 +217,16 @@ def test_report_at_the_end_of_a_real_simulation(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "tiny"
     assert f"Report: {run_dir / REPORT_FILE}" in capsys.readouterr().out
     text = (run_dir / REPORT_FILE).read_text()
-    history = json.loads((run_dir / "history.json").read_text())
+    history = RunFolder(run_dir).history()
     for entry in history["rounds"]:
         assert f"| {entry['round']} | {100 * entry['server']['accuracy']:.2f}% |" in text
     assert "1 rounds x 1 local epoch(s)" in text and "1 epoch(s) on 60,000 images" in text
     assert "for 1 epoch(s) = local-epochs" in text
     assert "| **mean** |" in text and "over 3 nodes" in text
     assert list((tmp_path / "cache" / "central").iterdir())  # the baseline went to the cache
+
+
+@pytest.mark.parametrize("option, message", [({"central_epochs": 0}, "central epochs=0"), ({"nodes": 0}, "nodes=0")])
+def test_bad_report_options_are_refused(tmp_path, option, message):
+    with pytest.raises(ReportError, match=message):
+        make_report(tmp_path, **option)

@@ -1,108 +1,105 @@
-import json
-from pathlib import Path
+"""The ServerApp's main loop, in process: a Grid that hands each message to the real
+ClientApp of the node it is addressed to (no SuperLink, no Ray)."""
 
-import numpy as np
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
 import pytest
-import torch
-from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from server_app.outputs import (
-    ModelFileError,
-    load_model,
-    new_run_dir,
-    resolve_output_dir,
-    write_json,
-    write_model,
-)
-from server_app.strategy import CheckedFedAvg, RoundFailed
-from task.config import Settings
-from task.models import build_model
+import run_folder as rf
+from client_app.app import app as client_app
+from server_app.app import main as server_main
+from task.config import ConfigError
+
+TINY = {
+    "num-server-rounds": 2,
+    "fraction-train": 1.0,
+    "fraction-evaluate": 1.0,
+    "min-available-nodes": 2,
+    "local-epochs": 1,
+    "partitioning": "iid-balanced",
+    "samples-per-class": 20,
+    "device": "cpu",
+    "run-name": "inprocess",
+}
 
 
-def _reply(value: float, num_examples: int, node: int, **extra: int) -> Message:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
-    ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord([np.full((2, 2), value, dtype=np.float32)]),
-            "metrics": MetricRecord({"train-loss": value, "num-examples": num_examples, **extra}),
-        }
-    )
-    return Message(content=content, reply_to=ask)
+class InProcessGrid:
+    """Just enough of Flower's Grid: nodes that answer through the real ClientApp."""
+
+    def __init__(self, node_configs: dict[int, dict], run_config: dict) -> None:
+        self.node_configs = node_configs
+        self.run_config = run_config
+        self.sent: list[str] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_configs)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for i, message in enumerate(messages):
+            node = message.metadata.dst_node_id
+            self.sent.append(message.metadata.message_type)
+            context = Context(1, node, self.node_configs[node], RecordDict(), self.run_config)
+            TaskIdentity.node_id = node
+            try:
+                replies.append(client_app(message, context))
+            except Exception as exc:  # as Flower does: the error travels back in a reply
+                replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=message))
+            finally:
+                TaskIdentity.node_id = 0
+        return replies
 
 
-def _error(node: int, reason: str) -> Message:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
-    ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    return Message(Error(code=0, reason=reason), reply_to=ask)
+def _run(tmp_path, node_configs: dict[int, dict], **knobs) -> InProcessGrid:
+    run_config = {**TINY, "output-dir": str(tmp_path), **knobs}
+    grid = InProcessGrid(node_configs, run_config)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    server_main(grid, Context(1, 0, {}, RecordDict(), run_config))
+    return grid
 
 
-def test_fedavg_weights_each_node_by_its_number_of_examples():
-    strategy = CheckedFedAvg()
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1.0, 100, 1), _reply(4.0, 300, 2)])
-    (mean,) = arrays.to_numpy_ndarrays()
-    assert np.allclose(mean, (1.0 * 100 + 4.0 * 300) / 400)
-    assert metrics["train-loss"] == pytest.approx(3.25)
-    assert strategy.train_metrics[1] == {"train-loss": pytest.approx(3.25), "nodes": 2, "num-examples": 400}
+def test_a_run_asks_the_nodes_trains_evaluates_and_fills_the_run_folder(tmp_path):
+    grid = _run(tmp_path, {11: {"partition-id": 0, "num-partitions": 2}, 12: {"partition-id": 1, "num-partitions": 2}})
+    assert grid.sent[:2] == ["query", "query"]
+    assert grid.sent[2:] == ["train", "train", "evaluate", "evaluate"] * 2
+    run = rf.read_completed_run(tmp_path / "inprocess")
+    assert run.num_partitions == 2 and run.history["num-nodes"] == 2
+    assert [r["round"] for r in run.rounds] == [0, 1, 2]
+    assert run.rounds[2]["server"]["accuracy"] > run.rounds[0]["server"]["accuracy"] + 0.3
+    assert run.rounds[1]["clients-train"]["nodes"] == 2
+    assert run.rounds[1]["clients-train"]["num-examples"] == 2 * 200  # 20 of each digit per node
+    assert run.rounds[1]["clients-evaluate"]["nodes"] == 2
+    assert run.config["run-id"] == 1 and "num-nodes" not in run.config  # config.json: what is known at the start
 
 
-def test_a_round_where_every_node_failed_stops_the_run():
-    strategy = CheckedFedAvg()
-    with pytest.raises(RoundFailed, match="partition-id=7 is outside"):
-        strategy.aggregate_train(2, [_error(1, "partition-id=7 is outside [0, 2)"), _error(2, "x")])
+def test_nodes_claiming_the_same_shard_stop_the_run_before_any_folder_is_made(tmp_path):
+    nodes = {11: {"partition-id": 1, "num-partitions": 2}, 12: {"partition-id": 1, "num-partitions": 2}}
+    with pytest.raises(ConfigError, match="partition-id=1 on nodes 11, 12"):
+        _run(tmp_path, nodes)
+    assert not (tmp_path / "inprocess").exists()
 
 
-def test_a_round_where_no_node_replied_stops_the_run():
-    with pytest.raises(RoundFailed, match="Round 3: no node replied"):
-        CheckedFedAvg().aggregate_train(3, [])
+def test_a_node_without_a_partition_is_named(tmp_path):
+    nodes = {11: {"partition-id": 0, "num-partitions": 2}, 12: {}}
+    with pytest.raises(Exception, match="node 12: .*lacks whole-number partition-id and num-partitions"):
+        _run(tmp_path, nodes)
 
 
-def test_num_partitions_is_collected_not_averaged():
-    strategy = CheckedFedAvg()
-    replies = [_reply(1.0, 100, 1, **{"num-partitions": 50}), _reply(2.0, 100, 2, **{"num-partitions": 50})]
-    _, metrics = strategy.aggregate_train(1, replies)
-    strategy.aggregate_train(2, [_reply(1.0, 100, 3, **{"num-partitions": 20})])
-    assert strategy.num_partitions == {50, 20}
-    assert dict(metrics) == {"train-loss": pytest.approx(1.5)}
-    assert "num-partitions" not in strategy.train_metrics[1]
+def test_a_failed_round_marks_the_history_failed(tmp_path, monkeypatch):
+    import client_app.app as client_module
 
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
 
-def test_one_failed_node_does_not_stop_the_round():
-    arrays, _ = CheckedFedAvg().aggregate_train(1, [_error(1, "boom"), _reply(2.0, 10, 2)])
-    assert np.allclose(arrays.to_numpy_ndarrays()[0], 2.0)
-
-
-def test_relative_output_dir_is_taken_from_home(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert resolve_output_dir("runs") == tmp_path / "runs"
-    assert resolve_output_dir("/abs/runs") == Path("/abs/runs")
-    assert resolve_output_dir("~/runs") == tmp_path / "runs"
-
-
-def test_run_folders_are_never_reused(tmp_path):
-    first = new_run_dir(str(tmp_path), "exp", "mlp", 1)
-    write_json(first / "history.json", {"status": "completed"})
-    with pytest.raises(FileExistsError, match="never overwritten"):
-        new_run_dir(str(tmp_path), "exp", "mlp", 2)
-    assert json.loads((first / "history.json").read_text()) == {"status": "completed"}
-
-
-def test_model_file_loads_back(tmp_path):
-    state = {"w": torch.arange(4.0)}
-    write_model(tmp_path / "model.pt", state)
-    assert torch.equal(torch.load(tmp_path / "model.pt")["w"], state["w"])
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_load_model_checks_the_file_against_the_run_config(tmp_path):
-    settings = Settings.from_run_config({"model": "autoencoder", "ae-hidden": "64", "ae-code-size": 8})
-    with pytest.raises(ModelFileError, match="model.pt is missing"):
-        load_model(tmp_path, settings)
-    write_model(tmp_path / "model.pt", build_model(Settings()).state_dict())  # an MLP
-    with pytest.raises(ModelFileError, match="does not match config.json .model='autoencoder', encoder.0.weight"):
-        load_model(tmp_path, settings)
-    trained = build_model(settings)
-    write_model(tmp_path / "model.pt", trained.state_dict())
-    loaded = load_model(tmp_path, settings)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
+    monkeypatch.setattr(client_module, "train_round", broken)
+    nodes = {11: {"partition-id": 0, "num-partitions": 2}, 12: {"partition-id": 1, "num-partitions": 2}}
+    with pytest.raises(Exception, match="all 2 nodes failed"):
+        _run(tmp_path, nodes)
+    history = json.loads((tmp_path / "inprocess" / "history.json").read_text())
+    assert history["status"] == "failed" and "disk full" in history["error"]
+    assert [r["round"] for r in history["rounds"]] == [0]

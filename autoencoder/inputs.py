@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.model import CodecError
+from autoencoder.model import InputError
 
 PIXELS = 784
 
@@ -20,15 +20,15 @@ def load_images(path: str | Path) -> np.ndarray:
     """Pixels as float32 ``[N, 784]`` in [0, 1]."""
     path = Path(path)
     if not path.is_file():
-        raise CodecError(f"input {path} does not exist.")
+        raise InputError(f"input {path} does not exist.")
     if path.suffix.lower() == ".png":
         return _png(path)
     if path.suffix.lower() != ".npy":
-        raise CodecError(f"input {path}: give a .npy array or a .png image.")
+        raise InputError(f"input {path}: give a .npy array or a .png image.")
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CodecError(f"input {path} is not a readable .npy file ({exc}).") from None
+        raise InputError(f"input {path} is not a readable .npy file ({exc}).") from None
     return to_pixels(array, str(path))
 
 
@@ -38,17 +38,17 @@ def to_pixels(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[1:] == (28, 28):
         array = array.reshape(len(array), PIXELS)
     if array.ndim != 2 or array.shape[1] != PIXELS or len(array) == 0:
-        raise CodecError(
+        raise InputError(
             f"{name} has shape {tuple(array.shape)}: MNIST images are 28x28; give [N, 28, 28], [N, 784] or [28, 28]."
         )
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-        raise CodecError(f"{name} holds {array.dtype} values: give uint8 pixels (0-255) or floats in [0, 1].")
+        raise InputError(f"{name} holds {array.dtype} values: give uint8 pixels (0-255) or floats in [0, 1].")
     array = array.astype(np.float32)
     lo, hi = float(array.min()), float(array.max())
     if not np.isfinite(array).all() or lo < 0 or hi > 1:
-        raise CodecError(
+        raise InputError(
             f"{name} has values from {lo:g} to {hi:g}: float pixels must lie in [0, 1] "
             "(divide 0-255 images by 255, or save them as uint8)."
         )
@@ -62,9 +62,9 @@ def _png(path: Path) -> np.ndarray:
         image = Image.open(path)
         image.load()
     except Exception as exc:
-        raise CodecError(f"input {path} is not a readable PNG ({exc}).") from None
+        raise InputError(f"input {path} is not a readable PNG ({exc}).") from None
     if image.size != (28, 28):
-        raise CodecError(f"input {path} is {image.size[0]}x{image.size[1]} pixels: MNIST images are 28x28.")
+        raise InputError(f"input {path} is {image.size[0]}x{image.size[1]} pixels: MNIST images are 28x28.")
     # MNIST digits are white on black, as the model was trained.
     return np.asarray(image.convert("L"), dtype=np.float32).reshape(1, PIXELS) / 255.0
 
@@ -72,15 +72,15 @@ def _png(path: Path) -> np.ndarray:
 def load_codes(path: str | Path, code_size: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
-        raise CodecError(f"codes file {path} does not exist.")
+        raise InputError(f"codes file {path} does not exist.")
     try:
         codes = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CodecError(f"codes file {path} is not a readable .npy file ({exc}).") from None
+        raise InputError(f"codes file {path} is not a readable .npy file ({exc}).") from None
     if codes.ndim == 1:
         codes = codes.reshape(1, -1)
     if codes.ndim != 2 or codes.shape[1] != code_size or not np.issubdtype(codes.dtype, np.number):
-        raise CodecError(
+        raise InputError(
             f"codes file {path} has shape {tuple(codes.shape)}: this model decodes [N, {code_size}] codes "
             "(as written by the encode command)."
         )

@@ -1,9 +1,9 @@
 """Use a federated autoencoder run's global model.
 
-    python -m codec encode  RUN_DIR [--input IMAGES] [--out codes.npy]
-    python -m codec decode  RUN_DIR CODES.npy [--out images.npy] [--png grid.png]
-    python -m codec grid    RUN_DIR [--input IMAGES] [--count 10] [--out reconstructions.png]
-    python -m codec anomaly RUN_DIR [--count 1000] [--input IMAGES] [--out anomaly.json]
+    python -m autoencoder encode  RUN_DIR [--input IMAGES] [--out codes.npy]
+    python -m autoencoder decode  RUN_DIR CODES.npy [--out images.npy] [--png grid.png]
+    python -m autoencoder grid    RUN_DIR [--input IMAGES] [--count 10] [--out reconstructions.png]
+    python -m autoencoder anomaly RUN_DIR [--count 1000] [--input IMAGES] [--out anomaly.json]
 
 IMAGES is a .npy array ([N, 28, 28], [N, 784] or [28, 28]; uint8 or floats in
 [0, 1]) or a 28x28 grayscale PNG; without it the 10,000 MNIST test images are
@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from codec.anomaly import anomaly_check, reconstruction_error
-from codec.images import grid_png
-from codec.inputs import load_codes, load_images
-from codec.model import CodecError, load_autoencoder
-from task.config import ConfigError
-from task.data import DataError
-from task.files import atomic_write
+import run_folder as rf
+from autoencoder.anomaly import anomaly_check, reconstruction_error
+from autoencoder.inputs import load_codes, load_images
+from autoencoder.model import load_autoencoder
+from report.figures import grid_png
+from task.errors import run_cli
 from task.shards import server_test_set
 
 
@@ -44,36 +42,30 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: fh.write(data))
-    return path
-
-
 def encode(args) -> str:
-    model, settings = load_autoencoder(args.run_dir)
+    model, settings, folder = load_autoencoder(args.run_dir)
     x, source = _images(args, settings)
     with torch.no_grad():
         codes = model.encode(torch.from_numpy(x)).numpy()
-    out = _write(args.out or args.run_dir / "codes.npy", _npy_bytes(codes))
+    out = folder.write_file(rf.CODES, _npy_bytes(codes), at=args.out)
     return f"Encoded {len(codes)} image(s) from {source} to {codes.shape[1]}-value codes: {out}"
 
 
 def decode(args) -> str:
-    model, settings = load_autoencoder(args.run_dir)
+    model, settings, folder = load_autoencoder(args.run_dir)
     codes = load_codes(args.codes, settings.ae_code_size)
     with torch.no_grad():
         images = model.decode(torch.from_numpy(codes)).numpy().reshape(-1, 28, 28)
-    out = _write(args.out or args.run_dir / "decoded.npy", _npy_bytes(images))
+    out = folder.write_file(rf.DECODED, _npy_bytes(images), at=args.out)
     lines = [f"Decoded {len(images)} code(s) to 28x28 images in [0, 1]: {out}"]
     if args.png:
-        _write(args.png, grid_png([images[:10]], ["decoded"]))
+        folder.write_file(rf.RECONSTRUCTIONS, grid_png([images[:10]], ["decoded"]), at=args.png)
         lines.append(f"Picture of the first {min(10, len(images))}: {args.png}")
     return "\n".join(lines)
 
 
 def grid(args) -> str:
-    model, settings = load_autoencoder(args.run_dir)
+    model, settings, folder = load_autoencoder(args.run_dir)
     x, source = _images(args, settings)
     if args.input is None:  # the first test image of each digit, then the next ones in order
         labels = server_test_set(settings).y.numpy()
@@ -89,12 +81,12 @@ def grid(args) -> str:
         ["original", "reconstructed"],
         f"{args.run_dir.name}: mean squared error per pixel {errors.mean():.5f} on these {len(x)}",
     )
-    out = _write(args.out or args.run_dir / "reconstructions.png", png)
+    out = folder.write_file(rf.RECONSTRUCTIONS, png, at=args.out)
     return f"{len(x)} image(s) from {source} and their reconstructions: {out}"
 
 
 def anomaly(args) -> str:
-    model, settings = load_autoencoder(args.run_dir)
+    model, settings, folder = load_autoencoder(args.run_dir)
     test = server_test_set(settings).x.numpy()
     result = anomaly_check(model, test, args.count, settings.seed)
     lines = [
@@ -113,14 +105,14 @@ def anomaly(args) -> str:
         result["input"] = {"path": str(args.input), "scores": scores.tolist(), "threshold": threshold}
         lines.append(f"{args.input}: {len(scores)} image(s); above the clean 99th percentile ({threshold:.5f}):")
         lines += [f"  image {i}: score {s:.5f}{'  ANOMALY' if s > threshold else ''}" for i, s in enumerate(scores[:50])]
-    out = _write(args.out or args.run_dir / "anomaly.json", json.dumps(result, indent=2).encode())
+    out = folder.write_file(rf.ANOMALY, rf.to_json(result), at=args.out)
     lines.append(f"Written: {out}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m codec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m autoencoder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("encode", help="images -> codes (.npy)")
@@ -149,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "count", 1) < 1:
         parser.error(f"--count={args.count}: use 1 or more.")
-    try:
-        print(args.func(args))
-    except (CodecError, ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: print(args.func(args)))
 
 
 if __name__ == "__main__":

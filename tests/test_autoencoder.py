@@ -1,5 +1,5 @@
-"""The autoencoder commands on a run folder laid out as the ServerApp writes it
-(a small autoencoder trained here for two epochs on 6,000 real MNIST images)."""
+"""`python -m autoencoder` on a run folder written through the run folder's own
+module (a small autoencoder trained here for two epochs on 6,000 real MNIST images)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,25 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.__main__ import main as codec
-from codec.anomaly import roc_auc
+import run_folder as rf
+from autoencoder.__main__ import main as codec
+from autoencoder.anomaly import roc_auc
+from run_folder import RunFolder
 from task.config import Settings
+from task.data import Batchable
 from task.models import build_model
-from task.pca import PCA
-from task.training import Batchable, train
+from task.training import train
 
 AE = {"model": "autoencoder", "ae-hidden": "128", "ae-code-size": 16, "optimizer": "adam", "learning-rate": 0.002,
       "batch-size": 50, "device": "cpu"}
 
 
-def write_run(folder: Path, config: dict, model: torch.nn.Module) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({**Settings.from_run_config(config).to_run_config(), "num-nodes": 1}))
-    torch.save(model.state_dict(), folder / "model.pt")
-    return folder
+def write_run(folder: Path, config: dict, model: torch.nn.Module, status: str = rf.COMPLETED) -> Path:
+    run = RunFolder.create(folder.parent, folder.name, config["model"])
+    run.write_config({**Settings.from_run_config(config).to_run_config(), "num-partitions": 1})
+    run.write_history(status, [{"round": 0, "server": {}}], num_nodes=1)
+    run.write_model(model.state_dict())
+    return run.path
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +124,7 @@ def test_a_model_from_another_architecture_is_refused(tmp_path, capsys):
     assert "does not match config.json" in err and "encoder.2.weight: expected (16, 128), found (8, 128)" in err and "Traceback" not in err
 
 
-def test_pca_reconstructs_better_with_more_components(mnist):
-    x = mnist.train_images[:3000].reshape(3000, -1).astype(np.float32) / 255
-    errors = [PCA.fit(x, k).mse(x) for k in (5, 30, 100)]
-    assert errors[0] > errors[1] > errors[2] > 0
-    pca = PCA.fit(x, 30)
-    assert np.allclose(pca.components @ pca.components.T, np.eye(30), atol=1e-4)
-    with pytest.raises(ValueError, match="between 1 and 783"):
-        PCA.fit(x, 784)
+def test_an_unfinished_run_is_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "ae", AE, build_model(Settings.from_run_config(AE)), status=rf.RUNNING)
+    assert codec(["encode", str(run)]) == 2
+    assert "is still in progress" in capsys.readouterr().err

@@ -1,4 +1,0 @@
-"""Using a federated autoencoder: encode, decode, picture and anomaly-score images.
-
-    python -m codec --help
-"""

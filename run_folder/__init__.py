@@ -1,0 +1,262 @@
+"""The run folder: every file a run leaves behind, written and read only here.
+
+Layout of ``<output-dir>/<run-name>/``:
+
+- ``config.json``: written once, when the run starts: every knob as resolved,
+  the Flower run id and version, and ``num-partitions`` (how many shards the
+  nodes split MNIST into, learnt from the nodes before round 1).
+- ``history.json``: ``{"status", "num-nodes", "rounds": [...]}`` (and
+  ``"error"`` when the run failed), rewritten after every round; ``status`` is
+  ``running``, ``completed`` or ``failed``. Round 0 is the initial model.
+- ``model.pt``: the final global ``state_dict`` (CPU tensors), written when the
+  run completes.
+- What later tools add: the report (``report.md`` and its figures) and the
+  autoencoder's outputs (codes, pictures, anomaly scores).
+
+Every file is written to a temporary name, flushed and renamed, so a reader
+never sees half a file; files that belong together are renamed together.
+Nothing outside this module names a file of the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from task.config import ConfigError, Settings
+from task.errors import UserError
+from task.files import atomic_write, write_files
+from task.models import build_model
+
+CONFIG = "config.json"
+HISTORY = "history.json"
+MODEL = "model.pt"
+REPORT = "report.md"
+REPORT_CURVES = "report-curves.png"
+REPORT_LOCAL_VS_MERGED = "report-local-vs-merged.png"
+REPORT_RECONSTRUCTIONS = "report-reconstructions.png"
+CODES = "codes.npy"
+DECODED = "decoded.npy"
+RECONSTRUCTIONS = "reconstructions.png"
+ANOMALY = "anomaly.json"
+
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+_REDO = "run the simulation again"
+
+
+class RunFolderError(UserError):
+    """A folder is not a (completed, intact) run folder; the message says what to do."""
+
+
+def resolve_output_dir(output_dir: str | Path) -> Path:
+    """An absolute path is used as given; a relative one is taken from the home
+    folder, because the ServerApp runs in a Flower-managed working directory
+    that the user never sees."""
+    path = Path(output_dir).expanduser()
+    return path if path.is_absolute() else Path.home() / path
+
+
+def default_run_name(model: str, run_id: int | None = None) -> str:
+    """``<date>-<time>-<model>``, and the Flower run id when it is known."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+    return f"{name}-{run_id}" if run_id is not None else name
+
+
+def to_json(data: Any) -> bytes:
+    """JSON that every reader accepts: a NaN or infinity becomes ``null``."""
+    return json.dumps(_finite(data), indent=2).encode()
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder. :meth:`create` makes a new one; :meth:`open` an existing one."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, output_dir: str | Path, run_name: str, model: str, run_id: int | None = None) -> RunFolder:
+        """A fresh folder; one that already exists is never reused or overwritten."""
+        path = resolve_output_dir(output_dir) / (run_name or default_run_name(model, run_id))
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise RunFolderError(
+                f"Run folder {path} already exists: choose another run-name, or leave it empty "
+                "for a time-stamped one. Existing results are never overwritten."
+            ) from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """An existing run folder (one holding config.json)."""
+        path = Path(path).expanduser()
+        hint = "pass the run folder printed at the end of a run (the one holding config.json and history.json)"
+        if not path.is_dir():
+            raise RunFolderError(f"{path} is not a folder: {hint}.")
+        if not (path / CONFIG).is_file():
+            raise RunFolderError(f"{path} is not a run folder (no {CONFIG}): {hint}.")
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        """The path of one of this module's file names inside the folder."""
+        return self.path / name
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # Writing, by the ServerApp and the tools that add to a finished run.
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write(self.path / CONFIG, lambda fh: fh.write(to_json(config)))
+
+    def write_history(
+        self, status: str, rounds: list[dict[str, Any]], num_nodes: int, error: str | None = None
+    ) -> None:
+        history: dict[str, Any] = {"status": status, "num-nodes": num_nodes, "rounds": rounds}
+        if error:
+            history["error"] = error
+        atomic_write(self.path / HISTORY, lambda fh: fh.write(to_json(history)))
+
+    def write_model(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Saved as CPU tensors, so that a model trained on a GPU loads anywhere."""
+        cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
+        atomic_write(self.path / MODEL, lambda fh: torch.save(cpu, fh))
+
+    def write_files(self, contents: dict[str, bytes]) -> None:
+        """Several files by name, all or none (a report and its figures)."""
+        write_files({self.path / name: data for name, data in contents.items()})
+
+    def write_file(self, name: str, data: bytes, at: Path | None = None) -> Path:
+        """One output file, by name, or at a path the user chose instead."""
+        path = at or self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda fh: fh.write(data))
+        return path
+
+    # Reading, by the report, the autoencoder tools and the benchmarks.
+
+    def config(self) -> dict[str, Any]:
+        return self._read_json(CONFIG)
+
+    def history(self) -> dict[str, Any]:
+        if not (self.path / HISTORY).is_file():
+            raise RunFolderError(f"{self.path} has no {HISTORY}: the run never started; {_REDO}.")
+        return self._read_json(HISTORY)
+
+    def settings(self) -> Settings:
+        try:
+            return Settings.from_run_config(self.config())
+        except ConfigError as exc:
+            raise RunFolderError(f"{self.path / CONFIG} is not a valid run config ({exc}); {_REDO}.") from None
+
+    def completed_history(self) -> dict[str, Any]:
+        """history.json of a run that completed; anything else is refused with what to do."""
+        history = self.history()
+        status, rounds = history.get("status"), history.get("rounds")
+        if status == RUNNING:
+            done = max(len(rounds) - 1, 0) if isinstance(rounds, list) else 0
+            raise RunFolderError(
+                f"run {self.path} is still in progress (history.json says 'running', {done} round(s) so far): "
+                f"wait until it completes and try again (if it was stopped, {_REDO})."
+            )
+        if status == FAILED:
+            raise RunFolderError(
+                f"run {self.path} failed ({history.get('error', 'no error recorded')}): fix the cause and "
+                f"{_REDO}; this needs a completed run."
+            )
+        if status != COMPLETED:
+            raise RunFolderError(f"run {self.path} has status {status!r} in history.json, not 'completed': {_REDO}.")
+        if not isinstance(rounds, list) or not rounds or not all(isinstance(r, dict) and "server" in r for r in rounds):
+            raise RunFolderError(f"{self.path / HISTORY} lists no evaluated rounds: {_REDO}.")
+        return history
+
+    def num_partitions(self) -> int:
+        """How many shards the nodes split the training set into (the report rebuilds them)."""
+        value = self.config().get("num-partitions")
+        if not isinstance(value, int) or value < 1:
+            raise RunFolderError(
+                f"{self.path / CONFIG} does not record how the nodes split MNIST ('num-partitions'): "
+                f"{_REDO} with this version of the app."
+            )
+        return value
+
+    def load_model(self, settings: Settings | None = None) -> nn.Module:
+        """The run's final global model, on the CPU, checked against its run config."""
+        settings = settings or self.settings()
+        path = self.path / MODEL
+        fix = f"put back the {MODEL} this run wrote, or {_REDO}"
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing: the run did not complete, or the file was removed; {fix}.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated file, not a torch file at all
+            raise RunFolderError(f"{path} cannot be loaded ({type(exc).__name__}); {fix}.") from None
+        model = build_model(settings)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = (
+            {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+        )
+        if found != expected:
+            first = next((k for k in expected if expected[k] != found.get(k)), None)
+            detail = f"{first}: expected {expected[first]}, found {found.get(first, 'nothing')}" if first else "different keys"
+            raise RunFolderError(
+                f"{path} does not match {CONFIG} (model='{settings.model}', {detail}); {fix}."
+            )
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"{path} is unreadable ({exc}): the run folder is damaged; {_REDO}.") from None
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged; {_REDO}.")
+        return data
+
+
+@dataclass
+class CompletedRun:
+    """What a completed run left behind, read and checked against each other."""
+
+    folder: RunFolder
+    config: dict[str, Any]
+    settings: Settings
+    history: dict[str, Any]
+    num_partitions: int
+    model: nn.Module
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.history["rounds"]
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+
+def read_completed_run(path: str | Path) -> CompletedRun:
+    """Open a completed run folder and check config, history and model together."""
+    folder = RunFolder.open(path)
+    history = folder.completed_history()
+    settings = folder.settings()
+    return CompletedRun(folder, folder.config(), settings, history, folder.num_partitions(), folder.load_model(settings))
