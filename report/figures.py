@@ -101,3 +101,40 @@ def grid_png(rows: Sequence[np.ndarray], labels: Sequence[str], title: str = "")
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig, dpi=100)
+
+
+def comparison_png(runs: Sequence[tuple[str, list[dict[str, Any]]]], objective: Objective, title: str) -> bytes:
+    """Several runs' server test curves overlaid, by round and by wall time; one colour per run
+    in both panels, and the objective's target as a dotted line where it has one."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    key = objective.key
+    fig, (by_round, by_time) = plt.subplots(1, 2, figsize=(11, 4.4))
+    tails: list[float] = []
+    for i, (label, rounds) in enumerate(runs):
+        ys = [objective.scale(r["server"][key]) for r in rounds]
+        tails += ys[1:] or ys
+        style = dict(color=f"C{i % 10}", marker="o" if len(rounds) <= 50 else None, ms=3, label=label)
+        by_round.plot([r["round"] for r in rounds], ys, **style)
+        by_time.plot([r["elapsed-s"] for r in rounds], ys, **style)
+    by_round.set_xlabel("round")
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_time.set_xlabel("wall time from the first evaluation, round 0 (s)")
+    for ax in (by_round, by_time):
+        if objective.target is not None:
+            ax.axhline(objective.scale(objective.target), color="grey", ls=":", lw=1,
+                       label=f"target {objective.format(objective.target)}")
+        ax.set_ylabel(objective.axis_label)
+        ax.grid(alpha=0.3)
+        if objective.percent:
+            # the untrained round 0 (~10%) would flatten everything else
+            floor = min(tails + ([objective.scale(objective.target)] if objective.target is not None else []))
+            ax.set_ylim(max(0.0, floor - 2), 100)
+        else:
+            ax.set_yscale("log")
+    handles, labels = by_round.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
+    return _png(fig)
