@@ -9,12 +9,17 @@ this node holds, before round 1.
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
+
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from task.config import ConfigError, Settings
+from task.faults import fault_for, misbehave
 from task.models import build_model
 from task.shards import NODE_RECORD, NUM_PARTITIONS, PARTITION_ID, NodeData, check_partition, load_node_data
 from task.training import evaluate, get_weights, pick_device, set_weights, train_round
@@ -37,7 +42,11 @@ class MnistClient(NumPyClient):
         server_round = int(config.get("server-round", 0))
         seed = self.settings.seed * 1_000_003 + server_round * 10_007 + self.partition_id
         loss = train_round(self.model, self.data.train, self.settings, self.device, seed, server_round)
-        return get_weights(self.model), len(self.data.train), {"train-loss": loss}
+        weights = get_weights(self.model)
+        fault = fault_for(self.settings.fault_injection, self.partition_id, server_round)
+        if fault:  # tests only: see task/faults.py
+            weights = misbehave(fault, weights)
+        return weights, len(self.data.train), {"train-loss": loss}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         set_weights(self.model, parameters)
@@ -67,10 +76,35 @@ def client_from_context(context: Context) -> MnistClient:
     return MnistClient(settings, data, partition_id, num_partitions)
 
 
+# An absolute path in an error message; what the server sees keeps only its last part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/[^/\s'\"()]+)+/?")
+
+
+def scrub_paths(text: str) -> str:
+    """Error messages leave the node: its folders are none of the server's business."""
+    return _ABSOLUTE_PATH.sub(lambda m: "<local>/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def reports_without_paths(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Flower sends a handler's exception text to the server: strip local paths from it."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            raise type(exc)(scrub_paths(str(exc))) if isinstance(exc, ConfigError) else RuntimeError(
+                f"{type(exc).__name__}: {scrub_paths(str(exc))}"
+            ) from None
+
+    return wrapped
+
+
 app = ClientApp()
 
 
 @app.query()
+@reports_without_paths
 def handle_query(msg: Message, context: Context) -> Message:
     """Tell the server which shard this node holds (no data is loaded)."""
     partition_id, num_partitions = node_partition(context)
@@ -79,13 +113,15 @@ def handle_query(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@reports_without_paths
 def handle_train(msg: Message, context: Context) -> Message:
     client = client_from_context(context)
     config = dict(msg.content["config"])
     weights, num_examples, metrics = client.fit(msg.content["arrays"].to_numpy_ndarrays(), config)
+    names = client.model.state_dict().keys()  # the model's own array names, which the server checks
     content = RecordDict(
         {
-            "arrays": ArrayRecord(weights),
+            "arrays": ArrayRecord({name: Array(w) for name, w in zip(names, weights)}),
             "metrics": MetricRecord({**metrics, "num-examples": num_examples}),
         }
     )
@@ -93,6 +129,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@reports_without_paths
 def handle_evaluate(msg: Message, context: Context) -> Message:
     client = client_from_context(context)
     loss, num_examples, metrics = client.evaluate(msg.content["arrays"].to_numpy_ndarrays(), dict(msg.content["config"]))

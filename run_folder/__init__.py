@@ -3,11 +3,15 @@
 Layout of ``<output-dir>/<run-name>/``:
 
 - ``config.json``: written once, when the run starts: every knob as resolved,
-  the Flower run id and version, and ``num-partitions`` (how many shards the
-  nodes split MNIST into, learnt from the nodes before round 1).
+  the Flower run id and version, ``num-partitions`` (how many shards the nodes
+  split MNIST into, learnt from the nodes before round 1) and, for a resumed
+  run, ``resumed-from`` (the folder it continued).
 - ``history.json``: ``{"status", "num-nodes", "rounds": [...]}`` (and
   ``"error"`` when the run failed), rewritten after every round; ``status`` is
-  ``running``, ``completed`` or ``failed``. Round 0 is the initial model.
+  ``running``, ``completed``, ``failed`` or ``interrupted``. Round 0 is the
+  initial model; each round lists the replies that were dropped (``failures``).
+- ``checkpoint.pt``: after every round, everything needed to continue the run
+  (global weights, round, history, the strategy's state); ``resume-from`` reads it.
 - ``model.pt``: the final global ``state_dict`` (CPU tensors), written when the
   run completes.
 - What later tools add: the report (``report.md`` and its figures) and the
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +44,7 @@ from task.models import build_model
 CONFIG = "config.json"
 HISTORY = "history.json"
 MODEL = "model.pt"
+CHECKPOINT = "checkpoint.pt"
 REPORT = "report.md"
 REPORT_CURVES = "report-curves.png"
 REPORT_LOCAL_VS_MERGED = "report-local-vs-merged.png"
@@ -47,7 +54,8 @@ DECODED = "decoded.npy"
 RECONSTRUCTIONS = "reconstructions.png"
 ANOMALY = "anomaly.json"
 
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+CHECKPOINT_VERSION = 1
 _REDO = "run the simulation again"
 
 
@@ -140,6 +148,39 @@ class RunFolder:
         cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
         atomic_write(self.path / MODEL, lambda fh: torch.save(cpu, fh))
 
+    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Atomically (temporary file, fsync, rename, folder fsync): a crash at any
+        instant leaves the last complete round's checkpoint."""
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "round": checkpoint.server_round,
+            "arrays": {k: np.ascontiguousarray(v) for k, v in checkpoint.arrays.items()},
+            "rounds": checkpoint.rounds,
+            "num-nodes": checkpoint.num_nodes,
+            "strategy": checkpoint.strategy_state,
+        }
+        atomic_write(self.path / CHECKPOINT, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def read_checkpoint(self) -> Checkpoint:
+        """The last checkpoint of this run (the folder is the user's own: it is unpickled)."""
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            raise RunFolderError(
+                f"{path} is missing: this run has no completed round to resume from; start it again instead."
+            )
+        try:
+            with path.open("rb") as fh:
+                data = pickle.load(fh)
+            return Checkpoint(
+                server_round=int(data["round"]),
+                arrays=dict(data["arrays"]),
+                rounds=list(data["rounds"]),
+                num_nodes=int(data["num-nodes"]),
+                strategy_state=dict(data["strategy"]),
+            )
+        except Exception as exc:  # truncated by hand, or not a checkpoint at all
+            raise RunFolderError(f"{path} cannot be read ({type(exc).__name__}): {_REDO}.") from None
+
     def write_files(self, contents: dict[str, bytes]) -> None:
         """Several files by name, all or none (a report and its figures)."""
         write_files({self.path / name: data for name, data in contents.items()})
@@ -171,11 +212,13 @@ class RunFolder:
         """history.json of a run that completed; anything else is refused with what to do."""
         history = self.history()
         status, rounds = history.get("status"), history.get("rounds")
-        if status == RUNNING:
+        resume = f"continue it with --run-config \"resume-from='{self.path.resolve()}'\""
+        if status in (RUNNING, INTERRUPTED):
             done = max(len(rounds) - 1, 0) if isinstance(rounds, list) else 0
+            state = "is still in progress" if status == RUNNING else "was interrupted"
             raise RunFolderError(
-                f"run {self.path} is still in progress (history.json says 'running', {done} round(s) so far): "
-                f"wait until it completes and try again (if it was stopped, {_REDO})."
+                f"run {self.path} {state} (history.json says '{status}', {done} round(s) so far): "
+                f"wait until it completes, or if it was stopped, {resume}."
             )
         if status == FAILED:
             raise RunFolderError(
@@ -232,6 +275,17 @@ class RunFolder:
         if not isinstance(data, dict):
             raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged; {_REDO}.")
         return data
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to continue after ``server_round``."""
+
+    server_round: int
+    arrays: dict[str, np.ndarray]  # the global model after that round, by array name
+    rounds: list[dict[str, Any]]  # history.json's rounds so far
+    num_nodes: int
+    strategy_state: dict[str, Any]
 
 
 @dataclass

@@ -1,34 +1,47 @@
 """ServerApp: FedAvg over the nodes, the global model evaluated on the server.
 
 Before round 1 the nodes say which shard they hold and the run folder is
-created; before round 1 and after every round the global model is tested on all
-10,000 MNIST test images and ``history.json`` is rewritten, so the progress of
-a long run can be followed (and survives a stop).
+created (or, with ``resume-from``, the last checkpoint of an earlier run is
+loaded). Before round 1 and after every round the global model is tested on
+all 10,000 MNIST test images, ``history.json`` is rewritten and a checkpoint
+is written, so a run can be followed while it goes and continued after a crash.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from logging import ERROR, INFO
+from typing import Any
 
 import flwr
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from run_folder import COMPLETED, FAILED, RUNNING, RunFolder
-from server_app.nodes import ask_partitions, check_partitions, wait_for_nodes
-from server_app.strategy import CheckedFedAvg
-from task.config import Settings
+from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunFolder
+from server_app.nodes import NodeBook, wait_for_nodes
+from server_app.strategy import RoundRunner
+from task.config import ConfigError, Settings
 from task.errors import UserError
 from task.models import build_model
-from task.shards import server_test_set
+from task.shards import server_test_set, train_shards
 from task.training import evaluate, pick_device, set_weights
 
-# How long to wait for min-available-nodes to connect, and for them to say which shard they hold.
+# How long to wait for min-available-nodes to connect before round 1.
 NODE_WAIT_S = 3600.0
+# Knobs a resumed run may change: where it goes, how long it runs and how it tolerates faults.
+RESUMABLE_CHANGES = frozenset(
+    {"num-server-rounds", "run-name", "output-dir", "resume-from", "min-available-nodes", "min-train-replies",
+     "round-timeout", "round-retries", "device", "data-dir", "central-epochs", "fault-injection"}
+)
 
 app = ServerApp()
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT reached the ServerApp (``flwr stop``, Ctrl-C, a container stopping)."""
 
 
 @app.main()
@@ -37,92 +50,171 @@ def main(grid: Grid, context: Context) -> None:
         settings = Settings.from_run_config(dict(context.run_config))
         test_set = server_test_set(settings)  # fails early if MNIST is missing or corrupt
         device = pick_device(settings.device)
-        nodes = wait_for_nodes(grid, settings.min_available_nodes, NODE_WAIT_S)
-        num_partitions = check_partitions(ask_partitions(grid, nodes, NODE_WAIT_S))
+        resumed = _checkpoint_to_resume(settings)
+        book = NodeBook()
+        num_partitions = book.start(grid, wait_for_nodes(grid, settings.min_available_nodes, NODE_WAIT_S), NODE_WAIT_S)
+        train_shards(settings, num_partitions)  # a partitioning that cannot fit these nodes stops here
         folder = RunFolder.create(settings.output_dir, settings.run_name, settings.model, context.run_id)
     except UserError as exc:
         log(ERROR, "Run not started: %s", exc)
         raise  # marks the run failed, with this message as its status details
 
     log(INFO, "Writing results to %s", folder.path)
-    folder.write_config(
-        {
-            **settings.to_run_config(),
-            "run-id": context.run_id,
-            "flwr-version": flwr.__version__,
-            "num-partitions": num_partitions,
-        }
-    )
+    config = {**settings.to_run_config(), "run-id": context.run_id, "flwr-version": flwr.__version__,
+              "num-partitions": num_partitions}
+    if resumed is not None:
+        config["resumed-from"] = str(resumed[0].path)
+    folder.write_config(config)
+
     model = build_model(settings)
-    strategy = CheckedFedAvg(
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
-        min_available_nodes=settings.min_available_nodes,
-    )
-    recorder = HistoryRecorder(folder, settings, strategy, grid)
+    runner = RoundRunner(settings, book)
+    recorder = HistoryRecorder(folder, settings)
+    arrays = ArrayRecord(model.state_dict())
+    first_round = 1
+    if resumed is not None:
+        old, checkpoint = resumed
+        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
+        recorder.resume(checkpoint)
+        runner.restore(checkpoint.strategy_state)
+        first_round = checkpoint.server_round + 1
+        log(INFO, "Resuming %s after round %d", old.path, checkpoint.server_round)
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         set_weights(model, arrays.to_numpy_ndarrays())
-        metrics = evaluate(model, test_set, device, settings.objective)
-        recorder.record(server_round, metrics)
-        return MetricRecord(metrics)
+        return evaluate(model, test_set, device, settings.objective)
 
-    try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=settings.num_server_rounds,
-            train_config=ConfigRecord({}),
-            evaluate_fn=evaluate_global,
-        )
-        set_weights(model, result.arrays.to_numpy_ndarrays())
-        folder.write_model(model.state_dict())
-    except BaseException as exc:
-        recorder.write(FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
+    with _signals_raise_interrupted():
+        try:
+            if resumed is None:
+                recorder.record(0, evaluate_global(0, arrays), num_nodes=len(book.available()))
+            for server_round in range(first_round, settings.num_server_rounds + 1):
+                trained = runner.train(grid, server_round, arrays)
+                arrays = trained.arrays
+                evaluated = runner.evaluate(grid, server_round, arrays)
+                recorder.record(
+                    server_round,
+                    evaluate_global(server_round, arrays),
+                    num_nodes=len(book.available()),
+                    clients_train=trained.metrics,
+                    clients_evaluate=evaluated.metrics,
+                    failures=trained.failures + evaluated.failures,
+                )
+                folder.write_checkpoint(
+                    Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, recorder.rounds,
+                               recorder.num_nodes, runner.state())
+                )
+            set_weights(model, arrays.to_numpy_ndarrays())
+            folder.write_model(model.state_dict())
+        except Interrupted as exc:
+            recorder.write(INTERRUPTED, error=str(exc))
+            log(ERROR, "Run interrupted after round %d: %s", recorder.last_round, folder.path)
+            raise SystemExit(1) from None
+        except BaseException as exc:
+            recorder.write(FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise
     recorder.write(COMPLETED)
     log(INFO, "Run complete: %s", folder.path)
+
+
+def _checkpoint_to_resume(settings: Settings) -> tuple[RunFolder, Checkpoint] | None:
+    """The earlier run and its last checkpoint, checked against this run's knobs."""
+    if not settings.resume_from:
+        return None
+    old = RunFolder.open(settings.resume_from)
+    before, now = old.settings().to_run_config(), settings.to_run_config()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+    if changed:
+        shown = ", ".join(f"{k}={before.get(k)!r} there, {now[k]!r} here" for k in changed)
+        raise ConfigError(
+            f"resume-from='{old.path}' ran with other settings ({shown}): resume with the same values, "
+            "or start a new run."
+        )
+    checkpoint = old.read_checkpoint()
+    if checkpoint.server_round >= settings.num_server_rounds:
+        raise ConfigError(
+            f"resume-from='{old.path}' already has {checkpoint.server_round} rounds and num-server-rounds="
+            f"{settings.num_server_rounds}: raise num-server-rounds to continue it."
+        )
+    return old, checkpoint
+
+
+class _signals_raise_interrupted:
+    """SIGTERM and SIGINT become :class:`Interrupted` in the main thread, so the history
+    says 'interrupted' instead of ending mid-write. Elsewhere (a thread), nothing changes."""
+
+    def __enter__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._raise)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    @staticmethod
+    def _raise(signum: int, frame: object) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
 
 class HistoryRecorder:
     """Collects each round's server and client metrics, rewrites the history, logs progress."""
 
-    def __init__(self, folder: RunFolder, settings: Settings, strategy: CheckedFedAvg, grid: Grid) -> None:
+    def __init__(self, folder: RunFolder, settings: Settings) -> None:
         self.folder = folder
         self.settings = settings
-        self.strategy = strategy
-        self.grid = grid
         self.rounds: list[dict] = []
-        self.started = self.last = time.monotonic()
+        self.last = time.monotonic()
+        self.elapsed = 0.0
         self.num_nodes = 0
 
-    def record(self, server_round: int, server_metrics: dict[str, float]) -> None:
+    @property
+    def last_round(self) -> int:
+        return self.rounds[-1]["round"] if self.rounds else -1
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        self.rounds = list(checkpoint.rounds)
+        self.num_nodes = checkpoint.num_nodes
+        self.elapsed = float(self.rounds[-1]["elapsed-s"]) if self.rounds else 0.0
+
+    def record(
+        self,
+        server_round: int,
+        server_metrics: dict[str, float],
+        num_nodes: int,
+        clients_train: dict | None = None,
+        clients_evaluate: dict | None = None,
+        failures: list[dict] | None = None,
+    ) -> None:
         now = time.monotonic()
-        self.num_nodes = max(self.num_nodes, len(list(self.grid.get_node_ids())))
+        wall = 0.0 if server_round == 0 else now - self.last
+        self.elapsed += wall
+        self.last = now
+        self.num_nodes = max(self.num_nodes, num_nodes)
         entry = {
             "round": server_round,
             "server": server_metrics,
-            "clients-train": self.strategy.train_metrics.get(server_round),
-            "clients-evaluate": self.strategy.evaluate_metrics.get(server_round),
-            "wall-time-s": round(now - self.last, 3),
-            "elapsed-s": round(now - self.started, 3),
+            "clients-train": clients_train,
+            "clients-evaluate": clients_evaluate,
+            "failures": failures or [],
+            "wall-time-s": round(wall, 3),
+            "elapsed-s": round(self.elapsed, 3),
         }
-        self.last = now
         self.rounds.append(entry)
         self.write(RUNNING)
         objective = self.settings.objective
         stage = self.settings.pretrain_stage(server_round)
         log(
             INFO,
-            "Round %d/%d: server %s %s, loss %.4f (%.1f s)%s",
+            "Round %d/%d: server %s %s, loss %.4f (%.1f s)%s%s",
             server_round,
             self.settings.num_server_rounds,
             objective.label,
             objective.format(server_metrics[objective.key]),
             server_metrics["loss"],
             entry["wall-time-s"],
+            f", {len(entry['failures'])} repl(ies) dropped" if entry["failures"] else "",
             "" if stage is None else f" [pretraining pair {stage + 1}/{self.settings.ae_num_stages}]",
         )
 

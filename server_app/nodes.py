@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.common.logger import log
@@ -41,23 +41,85 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
-def ask_partitions(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
-    """``{node id: (partition-id, num-partitions)}`` for every node that answered."""
-    messages = [
-        Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids
-    ]
+def ask_partitions(
+    grid: Grid, node_ids: Iterable[int], timeout: float
+) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+    """``{node id: (partition-id, num-partitions)}`` for the nodes that answered, and
+    ``{node id: why not}`` for those that could not (e.g. no partition in their node config)."""
+    node_ids = list(node_ids)
+    messages = [Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids]
     answers: dict[int, tuple[int, int]] = {}
-    errors: list[str] = []
+    errors: dict[int, str] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node_id = reply.metadata.src_node_id
         if reply.has_error():
-            errors.append(f"node {node_id}: {reply.error.reason}")
+            errors[node_id] = reply.error.reason
             continue
         record = reply.content[NODE_RECORD]
         answers[node_id] = (int(record[PARTITION_ID]), int(record[NUM_PARTITIONS]))
-    if errors:
-        raise ConfigError("nodes could not say which shard they hold: " + "; ".join(errors))
-    return answers
+    for node_id in set(node_ids) - set(answers) - set(errors):
+        errors[node_id] = f"no answer within {timeout:g} s"
+    return answers, errors
+
+
+class NodeBook:
+    """Which connected node holds which partition, kept up to date round by round.
+
+    Before round 1 (:meth:`start`) the nodes must agree: duplicates and mismatched
+    ``num-partitions`` stop the run. Nodes that join later (a SuperNode restarted
+    after a crash comes back with a new node id) are asked when they appear; one
+    that cannot say is left out with an error in the log, and the run goes on
+    with the others; one that claims a shard a connected node still holds waits
+    until that node is gone.
+    """
+
+    def __init__(self) -> None:
+        self.partition_of: dict[int, tuple[int, int]] = {}
+        self.refused: dict[int, str] = {}
+        self.connected: dict[int, int] = {}  # partition id -> node id, connected nodes only
+        self.num_partitions = 0
+
+    def start(self, grid: Grid, node_ids: list[int], timeout: float) -> int:
+        answers, errors = ask_partitions(grid, node_ids, timeout)
+        self._refuse(errors)
+        self.num_partitions = check_partitions(answers)
+        self.partition_of.update(answers)
+        self.connected = {pid: node for node, (pid, _) in answers.items()}
+        return self.num_partitions
+
+    def refresh(self, grid: Grid, timeout: float) -> None:
+        """Forget nodes that left; ask and admit the ones that joined."""
+        online = set(grid.get_node_ids())
+        self.connected = {pid: node for pid, node in self.connected.items() if node in online}
+        new = sorted(online - set(self.partition_of) - set(self.refused))
+        if not new:
+            return
+        answers, errors = ask_partitions(grid, new, timeout)
+        self._refuse(errors)
+        for node, (pid, n) in sorted(answers.items()):
+            self.partition_of[node] = (pid, n)
+            if n != self.num_partitions or not 0 <= pid < n:
+                self._refuse({node: f"num-partitions={n} disagrees with the run's {self.num_partitions}"})
+            elif pid in self.connected and self.connected[pid] != node:
+                # Perhaps a restarted node whose old self the SuperLink has not yet let go: ask again next round.
+                log(WARNING, "Node %d holds partition %d, still held by node %d: not used yet", node, pid,
+                    self.connected[pid])
+                del self.partition_of[node]
+            else:
+                log(INFO, "Node %d joined with partition %d", node, pid)
+                self.connected[pid] = node
+
+    def available(self) -> list[int]:
+        """Partition ids held by connected nodes."""
+        return sorted(self.connected)
+
+    def node_of(self, partition_id: int) -> int:
+        return self.connected.get(partition_id, -1)
+
+    def _refuse(self, errors: dict[int, str]) -> None:
+        for node, reason in errors.items():
+            log(ERROR, "Node %d is left out of the run: %s", node, reason)
+            self.refused[node] = reason
 
 
 def check_partitions(answers: dict[int, tuple[int, int]]) -> int:

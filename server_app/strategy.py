@@ -1,56 +1,216 @@
-"""FedAvg that keeps each round's client metrics at hand and refuses to carry
-on when a whole round of training failed."""
+"""What happens to the nodes' replies: who is asked, which replies are trusted,
+and how the trusted ones are averaged.
+
+Small pure helpers (sample, check) and a thin :class:`RoundRunner` around one of
+Flower's own strategies (FedAvg by default), which does the averaging. On top of
+plain FedAvg:
+
+- every training reply is checked before it is averaged (the model's exact array
+  names, shapes and dtypes, all finite; finite metrics), and a bad one is dropped
+  with the node, the round and the reason recorded;
+- nodes are sampled by partition id from a generator seeded by the run's seed, the
+  round and the attempt, and replies are averaged in partition order, so the same
+  seed gives the same run whatever order replies arrive in;
+- a round short of ``min-train-replies`` good replies (a node died, hung past
+  ``round-timeout``, or sent garbage) is retried with other nodes, at most
+  ``round-retries`` times; then the run stops with what happened. An averaged
+  model that is not finite is discarded, never kept.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from server_app.nodes import NodeBook
+from task.config import Settings
+
+WEIGHTED_BY = "num-examples"
+_PHASES = {"train": 0, "evaluate": 1}
+
+ArraySpec = dict[str, tuple[tuple[int, ...], str]]
 
 
 class RoundFailed(RuntimeError):
-    """No node returned a model in a training round."""
+    """A round could not gather enough good training replies, even after retries."""
 
 
-class CheckedFedAvg(FedAvg):
-    """Flower's FedAvg (weighted by ``num-examples``) with two additions.
+def array_spec(arrays: ArrayRecord) -> ArraySpec:
+    """Name -> (shape, dtype) of every array: what a reply must match exactly."""
+    return {name: (tuple(arr.shape), str(arr.dtype)) for name, arr in arrays.items()}
 
-    - The aggregated client metrics of each round are kept as they arrive, so
-      the history can be written round by round rather than only at the end.
-    - A round in which every node failed, or none replied, stops the run: plain
-      FedAvg would keep the old model and the run would look like it converged
-      to nothing.
-    """
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.train_metrics: dict[int, dict] = {}
-        self.evaluate_metrics: dict[int, dict] = {}
+def sample_partitions(
+    available: list[int], fraction: float, minimum: int, seed: int, server_round: int, attempt: int, phase: str
+) -> list[int]:
+    """``max(fraction x available, minimum)`` partition ids, the same for the same
+    seed, round, attempt and phase on every machine (Flower's own sampling uses
+    the unseeded global ``random`` over node ids that change from run to run)."""
+    size = min(len(available), max(int(len(available) * fraction), minimum))
+    rng = np.random.default_rng([seed, server_round, attempt, _PHASES[phase]])
+    return sorted(int(p) for p in rng.choice(sorted(available), size=size, replace=False))
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        errors = [m.error.reason for m in replies if m.has_error()]
-        if not replies:
-            raise RoundFailed(f"Round {server_round}: no node replied to the training request.")
-        if len(errors) == len(replies):
-            raise RoundFailed(f"Round {server_round}: all {len(replies)} nodes failed. First error: {errors[0]}")
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if metrics is not None:
-            self.train_metrics[server_round] = self._with_counts(metrics, replies)
-        return arrays, metrics
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            self.evaluate_metrics[server_round] = self._with_counts(metrics, replies)
-        return metrics
+def check_train_reply(reply: Message, expected: ArraySpec) -> str | None:
+    """Why a training reply cannot be averaged, or None when it can."""
+    if reply.has_error():
+        return f"the node failed: {reply.error.reason}"
+    arrays, metrics = reply.content.array_records, reply.content.metric_records
+    if len(arrays) != 1 or len(metrics) != 1:
+        return f"expected one ArrayRecord and one MetricRecord, got {len(arrays)} and {len(metrics)}"
+    (record,) = arrays.values()
+    found = array_spec(record)
+    if list(found) != list(expected):
+        return f"arrays named {list(found)[:3]}..., expected the model's {list(expected)[:3]}..."
+    for name, spec in expected.items():
+        if found[name] != spec:
+            return f"array {name} has shape {found[name][0]} and dtype {found[name][1]}, expected {spec[0]} {spec[1]}"
+    for name, arr in record.items():
+        if not np.isfinite(arr.numpy()).all():
+            return f"array {name} holds NaN or infinite values"
+    return check_metrics(reply)
 
-    def _with_counts(self, metrics: MetricRecord, replies: list[Message]) -> dict:
+
+def check_metrics(reply: Message) -> str | None:
+    """Why a reply's metrics cannot be used (non-finite values, no example count), or None."""
+    if reply.has_error():
+        return f"the node failed: {reply.error.reason}"
+    if len(reply.content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(reply.content.metric_records)}"
+    (metrics,) = reply.content.metric_records.values()
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return f"metric {key}={value!r} is not a finite number"
+    count = metrics.get(WEIGHTED_BY)
+    if not isinstance(count, (int, float)) or count <= 0:
+        return f"{WEIGHTED_BY}={count!r}: a reply must say how many examples it stands for"
+    return None
+
+
+def is_finite(arrays: ArrayRecord) -> bool:
+    return all(np.isfinite(arr.numpy()).all() for arr in arrays.values())
+
+
+@dataclass
+class PhaseResult:
+    """One phase of a round: the averaged arrays (training only), the metrics and what went wrong."""
+
+    arrays: ArrayRecord | None = None
+    metrics: dict[str, Any] | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RoundRunner:
+    """Runs the training and evaluation phases of each round through a Flower strategy."""
+
+    def __init__(self, settings: Settings, book: NodeBook, strategy: FedAvg | None = None) -> None:
+        self.settings = settings
+        self.book = book
+        self.strategy = strategy or FedAvg(weighted_by_key=WEIGHTED_BY)
+
+    def train(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> PhaseResult:
+        s = self.settings
+        expected = array_spec(arrays)
+        result = PhaseResult()
+        excluded: set[int] = set()
+        good: list[tuple[int, Message]] = []
+        for attempt in range(s.round_retries + 1):
+            self.book.refresh(grid, s.round_timeout)
+            available = [p for p in self.book.available() if self.book.node_of(p) not in excluded]
+            if not available:
+                result.failures.append(self._failure(server_round, attempt, "train", None, "no node available"))
+                continue
+            chosen = sample_partitions(available, s.fraction_train, s.min_train_replies, s.seed, server_round, attempt, "train")
+            replies = self._ask(grid, MessageType.TRAIN, chosen, server_round, arrays)
+            good = []
+            for pid, reply in replies.items():
+                reason = "no reply within round-timeout" if reply is None else check_train_reply(reply, expected)
+                if reason is None:
+                    good.append((pid, reply))
+                else:
+                    excluded.add(self.book.node_of(pid))
+                    result.failures.append(self._failure(server_round, attempt, "train", pid, reason))
+            if len(good) >= s.min_train_replies:
+                averaged, metrics = self.strategy.aggregate_train(server_round, [m for _, m in good])
+                if averaged is not None and is_finite(averaged):
+                    result.arrays = averaged
+                    result.metrics = self._with_counts(metrics, [m for _, m in good])
+                    return result
+                result.failures.append(
+                    self._failure(server_round, attempt, "train", None, "the averaged model is not finite: discarded")
+                )
+            if attempt < s.round_retries:
+                log(WARNING, "Round %d: %d good training replies of %d needed; retrying with other nodes",
+                    server_round, len(good), s.min_train_replies)
+        reasons = "; ".join(
+            f"partition {f['partition-id']}: {f['reason']}" if f["partition-id"] is not None else f["reason"]
+            for f in result.failures[-5:]
+        )
+        raise RoundFailed(
+            f"Round {server_round}: {len(good)} good training replies, fewer than min-train-replies="
+            f"{s.min_train_replies}, after {s.round_retries + 1} attempt(s). Last failures: {reasons}"
+        )
+
+    def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> PhaseResult:
+        """The global model on the sampled nodes' local test images; failures are recorded, not retried."""
+        s = self.settings
+        result = PhaseResult()
+        if s.fraction_evaluate == 0:
+            return result
+        available = self.book.available()
+        chosen = sample_partitions(available, s.fraction_evaluate, 1, s.seed, server_round, 0, "evaluate")
+        good = []
+        for pid, reply in self._ask(grid, MessageType.EVALUATE, chosen, server_round, arrays).items():
+            reason = "no reply within round-timeout" if reply is None else check_metrics(reply)
+            if reason is None:
+                good.append(reply)
+            else:
+                result.failures.append(self._failure(server_round, 0, "evaluate", pid, reason))
+        if good:
+            metrics = self.strategy.aggregate_evaluate(server_round, good)
+            result.metrics = self._with_counts(metrics, good) if metrics is not None else None
+        return result
+
+    def _ask(
+        self, grid: Grid, kind: str, partitions: list[int], server_round: int, arrays: ArrayRecord
+    ) -> dict[int, Message | None]:
+        """Send to the nodes holding ``partitions``; their replies by partition id, in
+        partition order (None where no reply came within ``round-timeout``)."""
+        config = ConfigRecord({"server-round": server_round})
+        messages = [
+            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.book.node_of(p), message_type=kind)
+            for p in partitions
+        ]
+        log(INFO, "Round %d: %s on %d node(s)", server_round, kind, len(messages))
+        by_node = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=self.settings.round_timeout)}
+        return {p: by_node.get(self.book.node_of(p)) for p in partitions}
+
+    def _failure(self, server_round: int, attempt: int, phase: str, pid: int | None, reason: str) -> dict[str, Any]:
+        node = self.book.node_of(pid) if pid is not None else None
+        log(WARNING, "Round %d (%s, attempt %d): dropped %s: %s", server_round, phase, attempt + 1,
+            f"partition {pid} (node {node})" if pid is not None else "the round", reason)
+        return {"round": server_round, "phase": phase, "attempt": attempt + 1, "partition-id": pid, "node": node,
+                "reason": reason}
+
+    @staticmethod
+    def _with_counts(metrics: MetricRecord | None, replies: list[Message]) -> dict[str, Any]:
         """The weighted means plus how many nodes and examples they stand for."""
-        ok = [m for m in replies if not m.has_error()]
-        examples = sum(int(m.content["metrics"][self.weighted_by_key]) for m in ok)
-        return {**dict(metrics), "nodes": len(ok), "num-examples": examples}
+        examples = sum(int(m.content.metric_records[next(iter(m.content.metric_records))][WEIGHTED_BY]) for m in replies)
+        return {**dict(metrics or {}), "nodes": len(replies), "num-examples": examples}
+
+    def state(self) -> dict[str, Any]:
+        """What the strategy carries from round to round (nothing for FedAvg; moments for FedAdam)."""
+        return {k: v for k, v in vars(self.strategy).items() if isinstance(v, (ArrayRecord, list, dict, np.ndarray))}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self.strategy, key, value)

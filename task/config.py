@@ -44,12 +44,20 @@ class Settings:
     ae_pretrain_rounds: int = 0
     partitioning: str = "iid"
     samples_per_class: int = 0
+    num_shards: int = 200
+    shards_per_client: int = 0
+    dirichlet_alpha: float = 0.5
     seed: int = 42
     device: str = "auto"
     data_dir: str = ""
     output_dir: str = "fedmnist-runs"
     run_name: str = ""
     central_epochs: int = 10
+    min_train_replies: int = 1
+    round_timeout: float = 600.0
+    round_retries: int = 3
+    resume_from: str = ""
+    fault_injection: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
@@ -72,6 +80,16 @@ class Settings:
     def objective(self) -> Objective:
         """The loss and headline metric of this run's model."""
         return objective_for(self.model)
+
+    @property
+    def partition_options(self) -> dict[str, Any]:
+        """The options of the chosen partitioner, by its keyword names."""
+        return {
+            "iid": {},
+            "iid-balanced": {"samples_per_class": self.samples_per_class},
+            "shards": {"num_shards": self.num_shards, "shards_per_client": self.shards_per_client},
+            "dirichlet": {"alpha": self.dirichlet_alpha},
+        }[self.partitioning]
 
     @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
@@ -130,6 +148,32 @@ class Settings:
                 f"run-name='{self.run_name}' is not allowed: give a plain folder name (no '/', '\\', '..' or '~'); "
                 "the folder is created inside output-dir."
             )
+        if self.num_shards < 1:
+            raise ConfigError(f"num-shards={self.num_shards} is not allowed: use a whole number >= 1.")
+        if self.shards_per_client < 0:
+            raise ConfigError(
+                f"shards-per-client={self.shards_per_client} is not allowed: use 0 (num-shards / nodes) or more."
+            )
+        if not self.dirichlet_alpha > 0:
+            raise ConfigError(
+                f"dirichlet-alpha={self.dirichlet_alpha} is not allowed: use a number > 0 "
+                "(0.1: each node sees few digits; 100: close to IID)."
+            )
+        if self.min_train_replies < 1:
+            raise ConfigError(f"min-train-replies={self.min_train_replies} is not allowed: use a whole number >= 1.")
+        if not 0 < self.round_timeout < float("inf"):
+            raise ConfigError(f"round-timeout={self.round_timeout} is not allowed: use a number of seconds > 0.")
+        if self.round_retries < 0:
+            raise ConfigError(f"round-retries={self.round_retries} is not allowed: use 0 (no retry) or more.")
+        if self.resume_from and not Path(self.resume_from).expanduser().is_absolute():
+            raise ConfigError(
+                f"resume-from='{self.resume_from}' is a relative path: give the absolute path of the run folder "
+                "to continue (the ServerApp runs in a Flower-managed working folder)."
+            )
+        if self.fault_injection:
+            from task.faults import parse_faults  # test-only: refused unless explicitly enabled
+
+            parse_faults(self.fault_injection)
         if self.samples_per_class < 0:
             raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")
         sizes = self.ae_hidden_sizes

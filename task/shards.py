@@ -47,7 +47,7 @@ def train_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = 
     mnist = mnist or load_mnist(settings.data_dir)
     try:
         return partition(
-            settings.partitioning, mnist.train_labels, num_partitions, settings.seed, settings.samples_per_class
+            settings.partitioning, mnist.train_labels, num_partitions, settings.seed, **settings.partition_options
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -57,7 +57,8 @@ def local_test_shards(settings: Settings, num_partitions: int, mnist: Mnist | No
     """Indices into the 10,000 test images, one array per node (as many per class as fit)."""
     mnist = mnist or load_mnist(settings.data_dir)
     try:
-        return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1)
+        options = {k: v for k, v in settings.partition_options.items() if k != "samples_per_class"}
+        return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1, **options)
     except ValueError as exc:
         raise ConfigError(
             f"the nodes' local test shards cannot be cut from the 10,000 test images ({exc}): "

@@ -1,51 +1,152 @@
-"""CheckedFedAvg: FedAvg's weighting, the per-round metrics it keeps, failed rounds."""
+"""What happens to replies: sampling, the checks before averaging, retries, order."""
+
+import re
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from server_app.strategy import CheckedFedAvg, RoundFailed
+from server_app.strategy import RoundFailed, RoundRunner, array_spec, check_train_reply, sample_partitions
+from task.config import Settings
+
+SPEC_ARRAYS = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.zeros(2, np.float32))})
 
 
-def _reply(value: float, num_examples: int, node: int, **extra: int) -> Message:
+def _reply(node: int, w: np.ndarray | None = None, num_examples: int = 100, loss: float = 0.5, **arrays) -> Message:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
     ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    TaskIdentity.node_id = node
+    w = np.full((2, 2), 1.0, np.float32) if w is None else w
+    record = arrays or {"w": w, "b": np.zeros(2, np.float32)}
     content = RecordDict(
         {
-            "arrays": ArrayRecord([np.full((2, 2), value, dtype=np.float32)]),
-            "metrics": MetricRecord({"train-loss": value, "num-examples": num_examples, **extra}),
+            "arrays": ArrayRecord({k: Array(v) for k, v in record.items()}),
+            "metrics": MetricRecord({"train-loss": loss, "num-examples": num_examples}),
         }
     )
-    return Message(content=content, reply_to=ask)
+    reply = Message(content=content, reply_to=ask)
+    TaskIdentity.node_id = 0
+    return reply
 
 
 def _error(node: int, reason: str) -> Message:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, node
     ask = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    return Message(Error(code=0, reason=reason), reply_to=ask)
+    TaskIdentity.node_id = node
+    reply = Message(Error(code=0, reason=reason), reply_to=ask)
+    TaskIdentity.node_id = 0
+    return reply
 
 
-def test_fedavg_weights_each_node_by_its_number_of_examples():
-    strategy = CheckedFedAvg()
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1.0, 100, 1), _reply(4.0, 300, 2)])
-    (mean,) = arrays.to_numpy_ndarrays()
-    assert np.allclose(mean, (1.0 * 100 + 4.0 * 300) / 400)
-    assert metrics["train-loss"] == pytest.approx(3.25)
-    assert strategy.train_metrics[1] == {"train-loss": pytest.approx(3.25), "nodes": 2, "num-examples": 400}
+def test_sampling_is_seeded_by_run_round_and_attempt_not_by_node_ids():
+    available = list(range(100))
+    a = sample_partitions(available, 0.1, 1, seed=42, server_round=3, attempt=0, phase="train")
+    assert a == sample_partitions(list(reversed(available)), 0.1, 1, 42, 3, 0, "train")
+    assert len(a) == 10 and a == sorted(a)
+    assert a != sample_partitions(available, 0.1, 1, 42, 4, 0, "train")
+    assert a != sample_partitions(available, 0.1, 1, 42, 3, 1, "train")
+    assert a != sample_partitions(available, 0.1, 1, 43, 3, 0, "train")
+    assert sample_partitions([4, 7], 0.1, 1, 42, 1, 0, "train") in ([4], [7])  # at least the minimum
+    assert sample_partitions([4, 7], 0.1, 5, 42, 1, 0, "train") == [4, 7]  # at most what there is
 
 
-def test_a_round_where_every_node_failed_stops_the_run():
-    strategy = CheckedFedAvg()
-    with pytest.raises(RoundFailed, match="partition-id=7 is outside"):
-        strategy.aggregate_train(2, [_error(1, "partition-id=7 is outside [0, 2)"), _error(2, "x")])
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        (lambda: _reply(1), None),
+        (lambda: _error(1, "boom"), "the node failed: boom"),
+        (lambda: _reply(1, np.full((2, 2), np.nan, np.float32)), "array w holds NaN or infinite values"),
+        (lambda: _reply(1, np.zeros((3, 3), np.float32)), r"array w has shape \(3, 3\) and dtype float32, expected \(2, 2\)"),
+        (lambda: _reply(1, np.zeros((2, 2), np.float64)), "dtype float64, expected"),
+        (lambda: _reply(1, x=np.zeros(2, np.float32)), "arrays named"),
+        (lambda: _reply(1, loss=float("inf")), "metric train-loss=inf is not a finite number"),
+        (lambda: _reply(1, num_examples=0), "num-examples=0: a reply must say how many examples"),
+    ],
+)
+def test_every_reply_is_checked_before_it_is_averaged(reply, reason):
+    found = check_train_reply(reply(), array_spec(SPEC_ARRAYS))
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and re.search(reason, found), found
 
 
-def test_a_round_where_no_node_replied_stops_the_run():
-    with pytest.raises(RoundFailed, match="Round 3: no node replied"):
-        CheckedFedAvg().aggregate_train(3, [])
+class FakeBook:
+    def __init__(self, nodes: dict[int, int]) -> None:
+        self.nodes = nodes  # partition -> node
+
+    def refresh(self, grid, timeout):
+        pass
+
+    def available(self):
+        return sorted(self.nodes)
+
+    def node_of(self, pid):
+        return self.nodes.get(pid, -1)
 
 
-def test_one_failed_node_does_not_stop_the_round():
-    arrays, _ = CheckedFedAvg().aggregate_train(1, [_error(1, "boom"), _reply(2.0, 10, 2)])
-    assert np.allclose(arrays.to_numpy_ndarrays()[0], 2.0)
+class ScriptedGrid:
+    """Answers each node with a scripted reply (None: the node stays silent)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.asked: list[list[int]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.asked.append([m.metadata.dst_node_id for m in messages])
+        replies = [self.script(m.metadata.dst_node_id) for m in messages]
+        return [r for r in replies if r is not None]
+
+
+def _runner(nodes, **knobs) -> RoundRunner:
+    settings = Settings.from_run_config({"fraction-train": 1.0, "fraction-evaluate": 0.0, **knobs})
+    return RoundRunner(settings, FakeBook(nodes))
+
+
+def test_weights_are_averaged_by_examples_whatever_order_replies_arrive_in():
+    values = {11: (1.0, 100), 12: (4.0, 300), 13: (2.0, 200)}
+    results = []
+    for order in ([11, 12, 13], [13, 11, 12]):
+        replies = {n: _reply(n, np.full((2, 2), values[n][0], np.float32), values[n][1]) for n in order}
+
+        class Shuffled(ScriptedGrid):
+            def send_and_receive(self, messages, *, timeout=None):
+                list(messages)
+                return [replies[n] for n in order]
+
+        result = _runner({0: 11, 1: 12, 2: 13}).train(Shuffled(None), 1, SPEC_ARRAYS)
+        results.append(result.arrays["w"].numpy())
+        assert result.metrics["nodes"] == 3 and result.metrics["num-examples"] == 600
+    assert np.array_equal(results[0], results[1])
+    assert np.allclose(results[0], (1 * 100 + 4 * 300 + 2 * 200) / 600)
+
+
+def test_bad_replies_are_dropped_and_recorded_and_the_round_counts():
+    script = {11: _reply(11, np.full((2, 2), np.nan, np.float32)), 12: _reply(12, np.full((2, 2), 2.0, np.float32)),
+              13: None}
+    result = _runner({0: 11, 1: 12, 2: 13}).train(ScriptedGrid(script.get), 1, SPEC_ARRAYS)
+    assert np.allclose(result.arrays["w"].numpy(), 2.0)
+    reasons = {f["partition-id"]: f["reason"] for f in result.failures}
+    assert reasons == {0: "array w holds NaN or infinite values", 2: "no reply within round-timeout"}
+    assert all(f["round"] == 1 and f["phase"] == "train" for f in result.failures)
+
+
+def test_a_round_short_of_good_replies_is_retried_without_the_nodes_that_failed():
+    script = {11: _error(11, "boom"), 12: _reply(12), 13: _reply(13)}
+    runner = _runner({0: 11, 1: 12, 2: 13}, **{"fraction-train": 0.34, "min-train-replies": 1})
+    # a round whose first pick (one node of three) is the failing partition 0
+    server_round = next(r for r in range(1, 100) if sample_partitions([0, 1, 2], 0.34, 1, 42, r, 0, "train") == [0])
+    grid = ScriptedGrid(script.get)
+    result = runner.train(grid, server_round, SPEC_ARRAYS)
+    assert grid.asked[0] == [11] and len(grid.asked) == 2 and grid.asked[1] in ([12], [13])
+    assert np.allclose(result.arrays["w"].numpy(), 1.0)
+    assert [(f["attempt"], f["partition-id"]) for f in result.failures] == [(1, 0)]
+
+
+def test_a_round_that_stays_short_stops_the_run_saying_what_happened():
+    grid = ScriptedGrid(lambda node: _error(node, "out of memory"))
+    with pytest.raises(RoundFailed, match=r"Round 2: 0 good training replies, fewer than min-train-replies=1, after 2 "
+                                          r"attempt\(s\). Last failures: partition \d: the node failed: out of memory"):
+        _runner({0: 11, 1: 12}, **{"round-retries": 1, "fraction-train": 0.5}).train(grid, 2, SPEC_ARRAYS)
