@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Make a Docker engine answer on this machine: install it if missing, start the daemon
+# if it is not running, wait until it answers. Idempotent: safe to run again and again.
+#
+#   sudo deploy/engine.sh          # Debian/Ubuntu without systemd (CI containers, build boxes)
+#
+# On a desktop or server with systemd, install Docker the usual way instead
+# (https://docs.docker.com/engine/install/) and skip this script.
+set -euo pipefail
+
+LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
+CLI=/usr/bin/docker   # the distribution's client: `docker build` with DOCKER_BUILDKIT=1 works without buildx
+
+answers() { "$CLI" info >/dev/null 2>&1; }
+
+if [[ -x $CLI ]] && answers; then
+    echo "engine.sh: the Docker engine answers ($("$CLI" version --format '{{.Server.Version}}'))"
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "engine.sh: no Docker engine answers and installing one needs root: run 'sudo $0'" >&2
+    exit 1
+fi
+
+missing=()
+[[ -x /usr/sbin/dockerd && -x $CLI ]] || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if ((${#missing[@]})); then
+    echo "engine.sh: installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! answers; then
+    if pgrep -x dockerd >/dev/null; then
+        echo "engine.sh: dockerd is running but does not answer yet; waiting"
+    else
+        echo "engine.sh: starting dockerd (log: $LOG)"
+        # Its own session, so that it outlives this script and the shell that ran it.
+        setsid /usr/sbin/dockerd >>"$LOG" 2>&1 </dev/null &
+    fi
+    for _ in $(seq 1 60); do
+        answers && break
+        sleep 1
+    done
+fi
+if ! answers; then
+    echo "engine.sh: dockerd did not answer within 60 s; see $LOG:" >&2
+    tail -n 20 "$LOG" >&2 || true
+    exit 1
+fi
+echo "engine.sh: the Docker engine answers ($("$CLI" version --format '{{.Server.Version}}'))"

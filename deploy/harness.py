@@ -1,0 +1,191 @@
+"""Tools for the tests that run docker-compose.yml: its commands as local processes
+(tests/test_compose.py) and the real containers (tests/test_containers.py).
+
+Standard library and PyYAML only; nothing here starts anything by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+TLS_FILE = ROOT / "deploy" / "tls.yml"
+GPU_FILE = ROOT / "deploy" / "gpu.yml"
+
+
+class HarnessError(RuntimeError):
+    """Something the deployment under test did not do in time, with what it logged."""
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def commands(path: Path, kind: str | None = None) -> dict[str, list[str]]:
+    """Service name -> its ``command`` as argv, for services running ``kind`` (all if None)."""
+    out = {}
+    for name, service in load(path)["services"].items():
+        if "command" not in service:
+            continue
+        argv = shlex.split(service["command"]) if isinstance(service["command"], str) else list(service["command"])
+        if kind is None or argv[0] == kind:
+            out[name] = argv
+    return out
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def replace_flags(argv: Sequence[str], values: dict[str, str]) -> list[str]:
+    """The same command line with the value after each named flag replaced (the flag must be there)."""
+    out = list(argv)
+    for flag, value in values.items():
+        out[out.index(flag) + 1] = value
+    return out
+
+
+def map_paths(argv: Sequence[str], prefix: str, folder: Path) -> list[str]:
+    """Every argument under ``prefix`` (a mount point such as /certs) moved into ``folder``."""
+    return [str(folder / a[len(prefix) :].lstrip("/")) if a.startswith(prefix + "/") else a for a in argv]
+
+
+def wait_healthy(
+    url: str,
+    timeout: float = 60,
+    ca: str | os.PathLike | None = None,
+    alive: Callable[[], bool] | None = None,
+    log: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``url`` (a SuperLink's /health) until it answers 200. ``alive`` says whether the
+    process behind it still runs; ``log`` gives its output for the error."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise HarnessError(f"{url}: the process exited before it answered:\n{log() if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise HarnessError(f"{url} did not answer within {timeout:g} s:\n{log() if log else ''}")
+
+
+# --- docker --------------------------------------------------------------------------------
+
+
+def docker_cli() -> str | None:
+    """A docker client that reaches an engine, or None."""
+    for cli in filter(None, [os.environ.get("DOCKER"), shutil.which("docker"), "/usr/bin/docker"]):
+        if Path(cli).exists() or shutil.which(cli):
+            try:
+                if subprocess.run([cli, "info"], capture_output=True, timeout=20).returncode == 0:
+                    return cli
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+    return None
+
+
+def compose_cli(docker: str) -> list[str] | None:
+    """``docker compose`` (v2) if the plugin is there, else ``docker-compose`` (v1), else None.
+    ``$FEDMNIST_COMPOSE`` (e.g. "docker-compose") picks one."""
+    if chosen := os.environ.get("FEDMNIST_COMPOSE"):
+        return shlex.split(chosen)
+    if subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    if v1 := shutil.which("docker-compose"):
+        return [v1]
+    return None
+
+
+class Compose:
+    """One compose project (its own name, so it shares nothing with anything else)."""
+
+    def __init__(self, cli: list[str], docker: str, project: str, env: dict[str, str]) -> None:
+        self.cli, self.docker, self.project = cli, docker, project
+        self.env = {**os.environ, **env}
+
+    def __call__(self, files: Sequence[Path], *args: str, check: bool = True, timeout: float = 300) -> str:
+        argv = [*self.cli, "--project-name", self.project, "--project-directory", str(ROOT)]
+        for f in files:
+            argv += ["-f", str(f)]
+        proc = subprocess.run(
+            [*argv, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise HarnessError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    def run(self, files: Sequence[Path], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [*self.cli, "--project-name", self.project, "--project-directory", str(ROOT)]
+        for f in files:
+            argv += ["-f", str(f)]
+        return subprocess.run(
+            [*argv, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+    def container(self, service: str) -> str | None:
+        out = subprocess.run(
+            [self.docker, "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+             "--filter", f"label=com.docker.compose.service={service}"],
+            capture_output=True, text=True,
+        ).stdout.split()
+        return out[0] if out else None
+
+    def logs(self, service: str, tail: int = 60) -> str:
+        cid = self.container(service)
+        if cid is None:
+            return f"({service}: no container)"
+        proc = subprocess.run([self.docker, "logs", "--tail", str(tail), cid], capture_output=True, text=True)
+        return proc.stdout + proc.stderr
+
+    def health(self, service: str) -> str:
+        cid = self.container(service)
+        if cid is None:
+            return "missing"
+        out = subprocess.run(
+            [self.docker, "inspect", "--format", "{{json .State}}", cid], capture_output=True, text=True
+        ).stdout
+        state = json.loads(out or "{}")
+        return (state.get("Health") or {}).get("Status") or state.get("Status", "unknown")
+
+    def wait_healthy(self, services: Sequence[str], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = {s: self.health(s) for s in services}
+            if all(v == "healthy" for v in states.values()):
+                return
+            time.sleep(1)
+        raise HarnessError(
+            f"not healthy within {timeout:g} s: {states}\n" + "\n".join(self.logs(s, 20) for s in services)
+        )
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Containers, networks and volumes of this project that still exist."""
+        label = f"label=com.docker.compose.project={self.project}"
+        found = {}
+        for kind, argv in {
+            "containers": ["ps", "-aq", "--filter", label],
+            "networks": ["network", "ls", "-q", "--filter", label],
+            "volumes": ["volume", "ls", "-q", "--filter", label],
+        }.items():
+            found[kind] = subprocess.run([self.docker, *argv], capture_output=True, text=True).stdout.split()
+        return {k: v for k, v in found.items() if v}
