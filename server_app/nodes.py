@@ -8,6 +8,7 @@ a federation whose nodes disagree stops before anything is averaged.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
@@ -41,6 +42,14 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
+def node_error(reply: Message) -> str:
+    """A node's error in one line. Flower's simulation wraps the ClientApp's exception
+    in Ray's traceback; the exception's own message is at its end."""
+    reason = reply.error.reason
+    found = re.findall(r"Exception ClientAppException occurred\. Message: (.*?)'?>?\s*$", reason, flags=re.S)
+    return f"the node failed: {(found[-1] if found else reason).strip()}"
+
+
 def ask_partitions(
     grid: Grid, node_ids: Iterable[int], timeout: float
 ) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
@@ -53,7 +62,7 @@ def ask_partitions(
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node_id = reply.metadata.src_node_id
         if reply.has_error():
-            errors[node_id] = reply.error.reason
+            errors[node_id] = node_error(reply)
             continue
         record = reply.content[NODE_RECORD]
         answers[node_id] = (int(record[PARTITION_ID]), int(record[NUM_PARTITIONS]))

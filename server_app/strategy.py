@@ -2,8 +2,10 @@
 and how the trusted ones are averaged.
 
 Small pure helpers (sample, check) and a thin :class:`RoundRunner` around one of
-Flower's own strategies (FedAvg by default), which does the averaging. On top of
-plain FedAvg:
+Flower's own strategies (``strategy``: FedAvg by default, or FedAvgM, FedAdam,
+FedYogi, FedAdagrad, FedProx; optionally wrapped in Flower's server-side
+fixed-clipping differential privacy), which configures the messages and does the
+averaging. On top of what the strategy does:
 
 - every training reply is checked before it is averaged (the model's exact array
   names, shapes and dtypes, all finite; finite metrics), and a bad one is dropped
@@ -28,9 +30,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedYogi,
+    Strategy,
+)
 
-from server_app.nodes import NodeBook
+from server_app.nodes import NodeBook, node_error
 from task.config import Settings
 
 WEIGHTED_BY = "num-examples"
@@ -41,6 +52,71 @@ ArraySpec = dict[str, tuple[tuple[int, ...], str]]
 
 class RoundFailed(RuntimeError):
     """A round could not gather enough good training replies, even after retries."""
+
+
+STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedprox": FedProx,
+}
+DP_DELTA = 1e-5  # the delta at which the privacy spent is reported
+
+
+def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
+    """Flower's own strategy for ``settings.strategy``, with the run's server-side knobs.
+
+    Sampling is done here, by partition id (see :func:`sample_partitions`), so the
+    strategy is told to take every node it is shown."""
+    common: dict[str, Any] = dict(
+        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
+        weighted_by_key=WEIGHTED_BY,
+    )
+    name, lr = settings.strategy, settings.server_learning_rate
+    if name == "fedavgm":
+        common.update(server_momentum=settings.server_momentum, **({"server_learning_rate": lr} if lr else {}))
+    elif name in ("fedadam", "fedyogi", "fedadagrad"):
+        # eta_l is the clients' learning rate, which FedOpt only logs; the nodes use learning-rate.
+        common.update(eta_l=settings.learning_rate, **({"eta": lr} if lr else {}))
+    elif name == "fedprox":
+        common.update(proximal_mu=settings.proximal_mu)
+    strategy: Strategy = STRATEGY_CLASSES[name](**common)
+    if settings.differential_privacy:
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, num_sampled
+        )
+    return strategy
+
+
+class PrivacyLedger:
+    """The privacy spent so far, with Flower's RDP accountant (Google's dp-accounting):
+    client-level (add or remove one node's data), one Gaussian release per round, with
+    no credit taken for sampling (an upper bound). Only rounds whose nodes weighed the
+    same are accountable: FedAvg's weighting by examples otherwise changes the sensitivity."""
+
+    def __init__(self, settings: Settings, population: int) -> None:
+        from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+        from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+        self.settings = settings
+        self.population = population
+        self.accountant = RdpAccountant(
+            PrivacyConfig(DP_DELTA, population, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION)
+        )
+        self.accountable = True
+
+    def release(self, sample_size: int, uniform: bool) -> dict[str, Any]:
+        from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+        self.accountable = self.accountable and uniform and self.settings.dp_noise_multiplier > 0
+        if not self.accountable:
+            why = "no noise" if self.settings.dp_noise_multiplier == 0 else "nodes of unequal weight"
+            return {"epsilon": None, "delta": DP_DELTA, "why-not": why}
+        self.accountant.compose(GaussianPrivacyEvent(self.settings.dp_noise_multiplier, sample_size, self.population))
+        spent = self.accountant.get_privacy_spent()
+        return {"epsilon": float(spent.epsilon), "delta": DP_DELTA}
 
 
 def array_spec(arrays: ArrayRecord) -> ArraySpec:
@@ -62,7 +138,7 @@ def sample_partitions(
 def check_train_reply(reply: Message, expected: ArraySpec) -> str | None:
     """Why a training reply cannot be averaged, or None when it can."""
     if reply.has_error():
-        return f"the node failed: {reply.error.reason}"
+        return node_error(reply)
     arrays, metrics = reply.content.array_records, reply.content.metric_records
     if len(arrays) != 1 or len(metrics) != 1:
         return f"expected one ArrayRecord and one MetricRecord, got {len(arrays)} and {len(metrics)}"
@@ -82,7 +158,7 @@ def check_train_reply(reply: Message, expected: ArraySpec) -> str | None:
 def check_metrics(reply: Message) -> str | None:
     """Why a reply's metrics cannot be used (non-finite values, no example count), or None."""
     if reply.has_error():
-        return f"the node failed: {reply.error.reason}"
+        return node_error(reply)
     if len(reply.content.metric_records) != 1:
         return f"expected one MetricRecord, got {len(reply.content.metric_records)}"
     (metrics,) = reply.content.metric_records.values()
@@ -112,10 +188,12 @@ class PhaseResult:
 class RoundRunner:
     """Runs the training and evaluation phases of each round through a Flower strategy."""
 
-    def __init__(self, settings: Settings, book: NodeBook, strategy: FedAvg | None = None) -> None:
+    def __init__(self, settings: Settings, book: NodeBook, strategy: Strategy | None = None) -> None:
         self.settings = settings
         self.book = book
-        self.strategy = strategy or FedAvg(weighted_by_key=WEIGHTED_BY)
+        num_sampled = max(int(len(book.available()) * settings.fraction_train), settings.min_train_replies)
+        self.strategy = strategy or build_strategy(settings, num_sampled)
+        self.privacy = PrivacyLedger(settings, max(len(book.available()), 1)) if settings.differential_privacy else None
 
     def train(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> PhaseResult:
         s = self.settings
@@ -126,6 +204,8 @@ class RoundRunner:
         for attempt in range(s.round_retries + 1):
             self.book.refresh(grid, s.round_timeout)
             available = [p for p in self.book.available() if self.book.node_of(p) not in excluded]
+            if len(available) < s.min_train_replies:  # too few fresh nodes: give the failed ones another chance
+                available = self.book.available()
             if not available:
                 result.failures.append(self._failure(server_round, attempt, "train", None, "no node available"))
                 continue
@@ -144,6 +224,9 @@ class RoundRunner:
                 if averaged is not None and is_finite(averaged):
                     result.arrays = averaged
                     result.metrics = self._with_counts(metrics, [m for _, m in good])
+                    if self.privacy is not None:
+                        counts = {self._count(m) for _, m in good}
+                        result.metrics["privacy"] = self.privacy.release(len(good), uniform=len(counts) == 1)
                     return result
                 result.failures.append(
                     self._failure(server_round, attempt, "train", None, "the averaged model is not finite: discarded")
@@ -185,11 +268,11 @@ class RoundRunner:
     ) -> dict[int, Message | None]:
         """Send to the nodes holding ``partitions``; their replies by partition id, in
         partition order (None where no reply came within ``round-timeout``)."""
-        config = ConfigRecord({"server-round": server_round})
-        messages = [
-            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=self.book.node_of(p), message_type=kind)
-            for p in partitions
-        ]
+        chosen = _ChosenNodes([self.book.node_of(p) for p in partitions])
+        configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
+        # The strategy writes the messages (its config: server-round, FedProx's proximal-mu, ...)
+        # and remembers the arrays it sent (FedOpt, FedAvgM, DP clipping need them to aggregate).
+        messages = sorted(configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: m.metadata.dst_node_id)
         log(INFO, "Round %d: %s on %d node(s)", server_round, kind, len(messages))
         by_node = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=self.settings.round_timeout)}
         return {p: by_node.get(self.book.node_of(p)) for p in partitions}
@@ -202,15 +285,42 @@ class RoundRunner:
                 "reason": reason}
 
     @staticmethod
-    def _with_counts(metrics: MetricRecord | None, replies: list[Message]) -> dict[str, Any]:
+    def _count(reply: Message) -> int:
+        (metrics,) = reply.content.metric_records.values()
+        return int(metrics[WEIGHTED_BY])
+
+    def _with_counts(self, metrics: MetricRecord | None, replies: list[Message]) -> dict[str, Any]:
         """The weighted means plus how many nodes and examples they stand for."""
-        examples = sum(int(m.content.metric_records[next(iter(m.content.metric_records))][WEIGHTED_BY]) for m in replies)
-        return {**dict(metrics or {}), "nodes": len(replies), "num-examples": examples}
+        return {**dict(metrics or {}), "nodes": len(replies), "num-examples": sum(self._count(m) for m in replies)}
 
     def state(self) -> dict[str, Any]:
-        """What the strategy carries from round to round (nothing for FedAvg; moments for FedAdam)."""
-        return {k: v for k, v in vars(self.strategy).items() if isinstance(v, (ArrayRecord, list, dict, np.ndarray))}
+        """What the strategy carries from round to round (nothing for FedAvg; the server
+        momentum of FedAvgM, the moments of FedAdam/FedYogi/FedAdagrad), and the privacy spent."""
+        inner = getattr(self.strategy, "strategy", self.strategy)  # inside the DP wrapper
+        state = {k: v for k, v in vars(inner).items() if k in _CARRIED}
+        if self.privacy is not None:
+            state["privacy"] = {"accountant": self.privacy.accountant.state_dict(), "accountable": self.privacy.accountable}
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
+        inner = getattr(self.strategy, "strategy", self.strategy)
         for key, value in state.items():
-            setattr(self.strategy, key, value)
+            if key in _CARRIED:
+                setattr(inner, key, value)
+        if self.privacy is not None and "privacy" in state:
+            self.privacy.accountant.load_state_dict(state["privacy"]["accountant"])
+            self.privacy.accountable = state["privacy"]["accountable"]
+
+
+# Attributes of Flower's strategies that carry state from one round to the next.
+_CARRIED = ("momentum_vector", "m_t", "v_t")
+
+
+class _ChosenNodes:
+    """A view of the Grid that shows a strategy only the nodes chosen for this round."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)

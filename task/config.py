@@ -16,6 +16,7 @@ from task.errors import UserError
 from task.objective import Objective, objective_for
 
 MODELS = ("mlp", "autoencoder")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -58,6 +59,12 @@ class Settings:
     round_retries: int = 3
     resume_from: str = ""
     fault_injection: str = ""
+    strategy: str = "fedavg"
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.0
+    proximal_mu: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 0.0
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
@@ -117,6 +124,8 @@ class Settings:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("device", self.device, DEVICES)
         _one_of("partitioning", self.partitioning, tuple(PARTITIONERS))
+        _one_of("strategy", self.strategy, STRATEGIES)
+        self._validate_server_side()
         for key in ("num-server-rounds", "local-epochs", "batch-size", "min-available-nodes", "central-epochs"):
             value = getattr(self, key.replace("-", "_"))
             if value < 1:
@@ -194,6 +203,42 @@ class Settings:
                 f"from 784 to the code ({' > '.join(map(str, widths))}): use widths that shrink."
             )
         self._validate_pretraining()
+
+    def _validate_server_side(self) -> None:
+        if self.server_learning_rate < 0:
+            raise ConfigError(
+                f"server-learning-rate={self.server_learning_rate} is not allowed: use 0 (the strategy's default) "
+                "or a number > 0."
+            )
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server-momentum={self.server_momentum} is not allowed: use 0 <= server-momentum < 1.")
+        if self.server_momentum and self.strategy != "fedavgm":
+            raise ConfigError(
+                f"server-momentum={self.server_momentum} applies to strategy='fedavgm' only: set it to 0 "
+                f"for strategy='{self.strategy}'."
+            )
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu={self.proximal_mu} is not allowed: use 0 or a number > 0.")
+        if self.proximal_mu and self.strategy != "fedprox":
+            raise ConfigError(
+                f"proximal-mu={self.proximal_mu} applies to strategy='fedprox' only: set it to 0, "
+                "or choose strategy='fedprox'."
+            )
+        if self.dp_noise_multiplier < 0 or self.dp_clipping_norm < 0:
+            raise ConfigError(
+                f"dp-noise-multiplier={self.dp_noise_multiplier}, dp-clipping-norm={self.dp_clipping_norm}: "
+                "both must be >= 0 (0 and 0 = no differential privacy)."
+            )
+        if self.dp_noise_multiplier > 0 and self.dp_clipping_norm == 0:
+            raise ConfigError(
+                f"dp-noise-multiplier={self.dp_noise_multiplier} needs dp-clipping-norm > 0: the noise is scaled "
+                "to the norm each node's update is clipped to (e.g. dp-clipping-norm=1.0)."
+            )
+
+    @property
+    def differential_privacy(self) -> bool:
+        """Server-side fixed clipping (and noise, when the multiplier is > 0) is on."""
+        return self.dp_clipping_norm > 0
 
     def _validate_pretraining(self) -> None:
         rounds = self.ae_pretrain_rounds

@@ -6,7 +6,9 @@ node holding partition 1 returns NaN weights in every round, the node holding
 partition 2 hangs in round 3. Kinds:
 
 - ``raise``: the training handler raises an error;
-- ``hang``: the training handler sleeps far past any sensible round timeout;
+- ``hang``: the training handler sleeps for the run's ``round-timeout`` plus 20
+  seconds, past the point where the server gives up on it (a finite sleep, so
+  that Flower's simulation can still shut down afterwards);
 - ``nan``: the returned weights are NaN;
 - ``shape``: the first returned array has the wrong shape.
 
@@ -24,14 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from task.errors import UserError
+from task.config import ConfigError
 
 ENABLE_ENV = "FEDMNIST_ALLOW_FAULTS"
 KINDS = ("raise", "hang", "nan", "shape")
-HANG_S = 3600.0
 
 
-class FaultConfigError(UserError, ValueError):
+class FaultConfigError(ConfigError):
     """``fault-injection`` is malformed, or used without being enabled."""
 
 
@@ -71,12 +72,12 @@ def fault_for(text: str, partition_id: int, server_round: int) -> str | None:
     return None
 
 
-def misbehave(kind: str, weights: list[np.ndarray]) -> list[np.ndarray]:
+def misbehave(kind: str, weights: list[np.ndarray], round_timeout: float) -> list[np.ndarray]:
     """Apply a fault to a training result (or raise/hang, as the fault says)."""
     if kind == "raise":
         raise RuntimeError("injected fault: this node fails its training round")
     if kind == "hang":
-        time.sleep(HANG_S)
+        time.sleep(round_timeout + 20)
     if kind == "nan":
         return [np.full_like(w, np.nan) for w in weights]
     if kind == "shape":

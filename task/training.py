@@ -54,21 +54,30 @@ def train(
     device: torch.device,
     seed: int,
     epochs: int | None = None,
+    proximal_mu: float = 0.0,
 ) -> float:
     """Train in place for ``epochs`` (default ``local-epochs``); return the mean
-    training loss of the last epoch."""
+    training loss of the last epoch. ``proximal_mu`` > 0 adds FedProx's term
+    ``mu/2 ||w - w_start||^2``, which keeps the node near the model it was sent."""
     model.to(device)
     data = data.to(device)
     optimizer = make_optimizer(model, settings)
     gen = torch.Generator().manual_seed(seed)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     last = 0.0
     for _ in range(epochs or settings.local_epochs):
-        last = train_epoch(model, data, optimizer, settings, gen)
+        last = train_epoch(model, data, optimizer, settings, gen, anchor, proximal_mu)
     return last
 
 
 def train_epoch(
-    model: nn.Module, data: Batchable, optimizer: torch.optim.Optimizer, settings: Settings, gen: torch.Generator
+    model: nn.Module,
+    data: Batchable,
+    optimizer: torch.optim.Optimizer,
+    settings: Settings,
+    gen: torch.Generator,
+    anchor: list[torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
 ) -> float:
     """One pass over ``data`` (already on the model's device) in batches shuffled
     by ``gen``; returns the mean training loss. The caller owns the optimizer, so
@@ -84,6 +93,8 @@ def train_epoch(
         x, y = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
         loss = objective.loss(model(x), x, y)
+        if anchor is not None:
+            loss = loss + proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
         loss.backward()
         if settings.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -100,11 +111,12 @@ def train_round(
     seed: int,
     server_round: int,
 ) -> float:
-    """A node's work in one round: the whole model, or, while greedy pretraining
-    (``ae-pretrain-rounds``) lasts, only this round's encoder/decoder pair."""
+    """A node's work in one round: the whole model (held near the global model by
+    ``proximal-mu`` under FedProx), or, while greedy pretraining (``ae-pretrain-rounds``)
+    lasts, only this round's encoder/decoder pair."""
     stage = settings.pretrain_stage(server_round)
     if stage is None:
-        return train(model, data, settings, device, seed)
+        return train(model, data, settings, device, seed, proximal_mu=settings.proximal_mu)
     below, pair = model.stage(stage)
     with torch.no_grad():
         inputs = below.to(device)(data.x.to(device))

@@ -28,6 +28,14 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
             echo=False,
         )
         assert all(node.poll() is None for node in nodes)  # still serving after the run
+        again = flwr_run(
+            home,
+            "loopback",
+            {"num-server-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 1.0, "local-epochs": 1,
+             "output-dir": str(tmp_path), "run-name": "again"},
+            echo=False,
+        )
+        assert again != run_id
 
     run = rf.read_completed_run(tmp_path / "deployed")
     history = run.history
@@ -37,3 +45,8 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
     assert history["rounds"][1]["clients-train"]["num-examples"] == 60000
     assert history["rounds"][1]["server"]["accuracy"] > 0.9
     assert run.folder.file(rf.MODEL).stat().st_size > 700_000
+    # the same seed and config, once more on the same federation: the same bytes and metrics
+    rerun = rf.read_completed_run(tmp_path / "again")
+    assert rerun.folder.file(rf.MODEL).read_bytes() == run.folder.file(rf.MODEL).read_bytes()
+    strip = lambda rounds: [{k: v for k, v in r.items() if k not in ("wall-time-s", "elapsed-s")} for r in rounds]  # noqa: E731
+    assert strip(rerun.rounds) == strip(run.rounds)

@@ -150,3 +150,29 @@ def test_a_round_that_stays_short_stops_the_run_saying_what_happened():
     with pytest.raises(RoundFailed, match=r"Round 2: 0 good training replies, fewer than min-train-replies=1, after 2 "
                                           r"attempt\(s\). Last failures: partition \d: the node failed: out of memory"):
         _runner({0: 11, 1: 12}, **{"round-retries": 1, "fraction-train": 0.5}).train(grid, 2, SPEC_ARRAYS)
+
+
+@pytest.mark.parametrize(
+    "knobs, cls, attrs",
+    [
+        ({}, "FedAvg", {}),
+        ({"strategy": "fedavgm", "server-momentum": 0.9}, "FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 1.0}),
+        ({"strategy": "fedadam", "server-learning-rate": 0.02}, "FedAdam", {"eta": 0.02}),
+        ({"strategy": "fedyogi"}, "FedYogi", {"eta": 0.01}),  # Flower's own default when the knob is 0
+        ({"strategy": "fedprox", "proximal-mu": 0.5}, "FedProx", {"proximal_mu": 0.5}),
+    ],
+)
+def test_the_strategy_knob_builds_flowers_own_class(knobs, cls, attrs):
+    from server_app.strategy import build_strategy
+
+    strategy = build_strategy(Settings.from_run_config(knobs), num_sampled=10)
+    assert type(strategy).__name__ == cls
+    assert all(getattr(strategy, k) == v for k, v in attrs.items())
+
+
+def test_differential_privacy_wraps_the_strategy():
+    from server_app.strategy import build_strategy
+
+    strategy = build_strategy(Settings.from_run_config({"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.5}), 10)
+    assert type(strategy).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+    assert strategy.clipping_norm == 1.0 and strategy.noise_multiplier == 0.5 and strategy.num_sampled_clients == 10

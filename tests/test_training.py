@@ -66,3 +66,14 @@ def test_cuda_asked_for_without_a_gpu_says_what_to_do(monkeypatch):
     assert pick_device("auto").type == "cpu"
     with pytest.raises(ConfigError, match="device='cuda' but this process sees no CUDA GPU"):
         pick_device("cuda")
+
+
+def test_the_proximal_term_keeps_a_node_near_the_model_it_was_sent(shard):
+    settings = Settings(local_epochs=2, learning_rate=0.1)
+    distances = {}
+    for mu in (0.0, 1.0):
+        model = build_model(settings)
+        start = [p.detach().clone() for p in model.parameters()]
+        train(model, shard, settings, CPU, seed=0, proximal_mu=mu)
+        distances[mu] = sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
+    assert distances[1.0] < 0.5 * distances[0.0]

@@ -1,0 +1,131 @@
+"""Faults injected for real, through Flower's runtime: misbehaving clients in a Ray
+simulation, a SuperNode killed with SIGKILL mid-round and restarted, a SuperLink
+killed after round 2 and the run resumed to the same bytes as an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run_folder as rf
+from launcher.flower import FlowerError, flower_home, flwr_run, start_superlink, start_supernode
+from launcher.simulate import run_simulation
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"local-epochs": 1, "fraction-train": 1.0, "fraction-evaluate": 0.0, "seed": 7}
+
+
+@pytest.fixture
+def faults_allowed(monkeypatch):
+    monkeypatch.setenv("FEDMNIST_ALLOW_FAULTS", "1")  # reaches the SuperLink, the ServerApp and every ClientApp
+
+
+def _wait_for_round(folder: Path, server_round: int, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(r["round"] >= server_round for r in rf.RunFolder(folder).history()["rounds"]):
+                return
+        except (rf.RunFolderError, FileNotFoundError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"round {server_round} never appeared in {folder}")
+
+
+def test_misbehaving_clients_are_dropped_and_the_run_completes(tmp_path, faults_allowed):
+    run_dir = run_simulation(
+        {**QUICK, "num-server-rounds": 2, "round-timeout": 10.0, "run-name": "faulty",
+         "fault-injection": "nan@1 shape@2 raise@3:1 hang@0:2"},
+        num_supernodes=5,
+        output_dir=tmp_path,
+        echo=False,
+    )
+    run = rf.read_completed_run(run_dir)
+    first, second = run.rounds[1], run.rounds[2]
+    reasons = {(f["round"], f["partition-id"]): f["reason"] for r in run.rounds for f in r["failures"]}
+    assert reasons[(1, 1)] == reasons[(2, 1)] == "array net.1.weight holds NaN or infinite values"
+    assert reasons[(1, 2)].startswith("array net.1.weight has shape (3, 3)")
+    assert "injected fault" in reasons[(1, 3)]
+    assert reasons[(2, 0)] == "no reply within round-timeout"
+    assert first["clients-train"]["nodes"] == 2 and second["clients-train"]["nodes"] == 2  # 5 asked, 3 dropped
+    assert all(np.isfinite(v.numpy()).all() for v in run.model.state_dict().values())
+    assert second["server"]["accuracy"] > 0.85
+
+
+def test_a_supernode_killed_mid_round_does_not_end_the_run_and_rejoins(tmp_path):
+    with flower_home() as home:
+        address = start_superlink(home, simulation=False)
+        home.add_connection("loopback", address)
+        nodes = [start_supernode(home, address, partition_id=i, num_partitions=3) for i in range(3)]
+        folder = tmp_path / "killed"
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["run-id"] = flwr_run(
+                    home, "loopback",
+                    {**QUICK, "num-server-rounds": 6, "min-available-nodes": 3, "round-timeout": 120.0,
+                     "output-dir": str(tmp_path), "run-name": "killed"},
+                    echo=False, timeout=900,
+                )
+            except FlowerError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for_round(folder, 1)
+        os.kill(nodes[2].pid, signal.SIGKILL)  # round 2 is under way: its reply never comes
+        _wait_for_round(folder, 2)
+        start_supernode(home, address, partition_id=2, num_partitions=3)  # the same shard, a new node id
+        thread.join(900)
+        assert "error" not in outcome, outcome.get("error")
+    run = rf.read_completed_run(folder)
+    trained = [r["clients-train"]["nodes"] for r in run.rounds[1:]]
+    assert trained[0] == 3 and trained[1] == 2  # round 2 went on without the killed node
+    assert trained[-1] == 3  # the restarted node took part again
+    assert any(f["partition-id"] == 2 for f in run.rounds[2]["failures"])
+
+
+def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
+    knobs = {**QUICK, "num-server-rounds": 4, "fraction-train": 0.5, "fraction-evaluate": 0.5}
+    whole = run_simulation({**knobs, "run-name": "whole"}, num_supernodes=4, output_dir=tmp_path, echo=False)
+    again = run_simulation({**knobs, "run-name": "again"}, num_supernodes=4, output_dir=tmp_path, echo=False)
+    assert rf.RunFolder(whole).file(rf.MODEL).read_bytes() == rf.RunFolder(again).file(rf.MODEL).read_bytes()
+    assert _metrics(whole) == _metrics(again)
+
+    cut = tmp_path / "cut"
+    with flower_home() as home:
+        home.add_connection("sim", start_superlink(home, simulation=True))
+        superlink = home.processes[0]
+        thread = threading.Thread(
+            target=lambda: pytest.raises(FlowerError, flwr_run, home, "sim",
+                                         {**knobs, "output-dir": str(tmp_path), "run-name": "cut"},
+                                         {"num-supernodes": 4}, echo=False, timeout=600)
+        )
+        thread.start()
+        _wait_for_round(cut, 2)
+        os.killpg(superlink.pid, signal.SIGKILL)  # the SuperLink, the ServerApp and Ray, all at once
+        thread.join(120)
+    history = rf.RunFolder(cut).history()
+    assert history["status"] == "running"  # a reader can tell the run never finished
+    with pytest.raises(rf.RunFolderError, match="resume-from="):
+        rf.read_completed_run(cut)
+
+    resumed = run_simulation({**knobs, "run-name": "resumed", "resume-from": str(cut)}, num_supernodes=4,
+                             output_dir=tmp_path, echo=False)
+    assert rf.RunFolder(resumed).config()["resumed-from"] == str(cut)
+    assert rf.RunFolder(resumed).file(rf.MODEL).read_bytes() == rf.RunFolder(whole).file(rf.MODEL).read_bytes()
+    assert _metrics(resumed) == _metrics(whole)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """Each round's metrics and failures, without the wall times."""
+    rounds = rf.RunFolder(run_dir).history()["rounds"]
+    return [{k: v for k, v in r.items() if k not in ("wall-time-s", "elapsed-s")} for r in rounds]
