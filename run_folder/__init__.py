@@ -14,6 +14,11 @@ Layout of ``<output-dir>/<run-name>/``:
   (global weights, round, history, the strategy's state); ``resume-from`` reads it.
 - ``model.pt``: the final global ``state_dict`` (CPU tensors), written when the
   run completes.
+- ``manifest.json``: what it takes to rerun the run: versions, Python, machine,
+  seeds, a hash of every node's shard, and (when a launcher started it) the
+  exact command and the project's git commit.
+- ``server.log``: the ServerApp's own log of the run (Flower's records included).
+- ``tensorboard/``: per-round metrics as TensorBoard event files, when asked for.
 - What later tools add: the report (``report.md`` and its figures) and the
   autoencoder's outputs (codes, pictures, anomaly scores).
 
@@ -45,6 +50,9 @@ CONFIG = "config.json"
 HISTORY = "history.json"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
+MANIFEST = "manifest.json"
+SERVER_LOG = "server.log"
+TENSORBOARD = "tensorboard"
 REPORT = "report.md"
 REPORT_CURVES = "report-curves.png"
 REPORT_LOCAL_VS_MERGED = "report-local-vs-merged.png"
@@ -147,6 +155,19 @@ class RunFolder:
         """Saved as CPU tensors, so that a model trained on a GPU loads anywhere."""
         cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
         atomic_write(self.path / MODEL, lambda fh: torch.save(cpu, fh))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write(self.path / MANIFEST, lambda fh: fh.write(to_json(manifest)))
+
+    def update_manifest(self, **entries: Any) -> None:
+        """Add what only the process that started the run knows (its command, the checkout)."""
+        manifest = self._read_json(MANIFEST) if (self.path / MANIFEST).is_file() else {}
+        self.write_manifest({**manifest, **entries})
+
+    def manifest(self) -> dict[str, Any]:
+        if not (self.path / MANIFEST).is_file():
+            raise RunFolderError(f"{self.path} has no {MANIFEST}: it was made by an older version; {_REDO}.")
+        return self._read_json(MANIFEST)
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Atomically (temporary file, fsync, rename, folder fsync): a crash at any

@@ -16,14 +16,17 @@ from logging import ERROR, INFO
 from typing import Any
 
 import flwr
+import torch
 from flwr.app import Array, ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunFolder
 from server_app.nodes import NodeBook, wait_for_nodes
+from server_app.records import ServerLog, TensorBoardLog, build_manifest
 from server_app.strategy import RoundRunner
 from task.config import ConfigError, Settings
+from task.data import Batchable
 from task.errors import UserError
 from task.models import build_model
 from task.shards import server_test_set, train_shards
@@ -54,12 +57,30 @@ def main(grid: Grid, context: Context) -> None:
         book = NodeBook()
         num_partitions = book.start(grid, wait_for_nodes(grid, settings.min_available_nodes, NODE_WAIT_S), NODE_WAIT_S)
         train_shards(settings, num_partitions)  # a partitioning that cannot fit these nodes stops here
+        TensorBoardLog.check_available(settings.tensorboard)
         folder = RunFolder.create(settings.output_dir, settings.run_name, settings.model, context.run_id)
     except UserError as exc:
         log(ERROR, "Run not started: %s", exc)
         raise  # marks the run failed, with this message as its status details
 
+    with ServerLog(folder):
+        _run(grid, context, settings, test_set, device, book, num_partitions, folder, resumed)
+
+
+def _run(
+    grid: Grid,
+    context: Context,
+    settings: Settings,
+    test_set: Batchable,
+    device: torch.device,
+    book: NodeBook,
+    num_partitions: int,
+    folder: RunFolder,
+    resumed: tuple[RunFolder, Checkpoint] | None,
+) -> None:
+    """The rounds, with the run folder made and the log going into it."""
     log(INFO, "Writing results to %s", folder.path)
+    folder.write_manifest(build_manifest(settings, num_partitions, context.run_id))
     config = {**settings.to_run_config(), "run-id": context.run_id, "flwr-version": flwr.__version__,
               "num-partitions": num_partitions}
     if resumed is not None:
@@ -68,7 +89,7 @@ def main(grid: Grid, context: Context) -> None:
 
     model = build_model(settings)
     runner = RoundRunner(settings, book)
-    recorder = HistoryRecorder(folder, settings)
+    recorder = HistoryRecorder(folder, settings, TensorBoardLog(folder, settings.tensorboard))
     arrays = ArrayRecord(model.state_dict())
     first_round = 1
     if resumed is not None:
@@ -112,6 +133,8 @@ def main(grid: Grid, context: Context) -> None:
         except BaseException as exc:
             recorder.write(FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            recorder.tensorboard.close()
     recorder.write(COMPLETED)
     log(INFO, "Run complete: %s", folder.path)
 
@@ -161,9 +184,10 @@ class _signals_raise_interrupted:
 class HistoryRecorder:
     """Collects each round's server and client metrics, rewrites the history, logs progress."""
 
-    def __init__(self, folder: RunFolder, settings: Settings) -> None:
+    def __init__(self, folder: RunFolder, settings: Settings, tensorboard: TensorBoardLog | None = None) -> None:
         self.folder = folder
         self.settings = settings
+        self.tensorboard = tensorboard or TensorBoardLog(folder, enabled=False)
         self.rounds: list[dict] = []
         self.last = time.monotonic()
         self.elapsed = 0.0
@@ -203,6 +227,7 @@ class HistoryRecorder:
         }
         self.rounds.append(entry)
         self.write(RUNNING)
+        self.tensorboard.round(entry)
         objective = self.settings.objective
         stage = self.settings.pretrain_stage(server_round)
         log(

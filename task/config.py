@@ -65,6 +65,7 @@ class Settings:
     proximal_mu: float = 0.0
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 0.0
+    tensorboard: bool = False
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:

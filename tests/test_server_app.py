@@ -161,3 +161,34 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         _run(tmp_path, TWO, **{"run-name": "second", "learning-rate": 0.5, "resume-from": str(tmp_path / "first")})
     with pytest.raises(ConfigError, match="already has 1 rounds and num-server-rounds=1"):
         _run(tmp_path, TWO, **{"run-name": "third", "num-server-rounds": 1, "resume-from": str(tmp_path / "first")})
+
+
+def test_the_run_folder_keeps_the_manifest_the_log_and_tensorboard_events(tmp_path):
+    _run(tmp_path, TWO, **{"run-name": "kept", "tensorboard": True})
+    folder = rf.RunFolder(tmp_path / "kept")
+    manifest = folder.manifest()
+    assert manifest["versions"]["flwr"] == "1.41.0" and manifest["versions"]["python"].startswith("3.11")
+    assert manifest["num-partitions"] == 2 and len(manifest["shards"]["train"]) == 2
+    assert manifest["shards"]["train"][0] != manifest["shards"]["train"][1]
+    assert manifest["run-config"]["seed"] == 42 and manifest["machine"]["cpu-count"] >= 1
+    log_text = folder.file(rf.SERVER_LOG).read_text()
+    assert "Round 2/2: server test accuracy" in log_text and "Run complete" in log_text
+    events = list(folder.file(rf.TENSORBOARD).glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
+def test_shard_hashes_are_the_same_for_the_same_seed_and_differ_for_another():
+    from server_app.records import shard_hashes
+    from task.config import Settings
+
+    assert shard_hashes(Settings(), 10) == shard_hashes(Settings(), 10)
+    assert shard_hashes(Settings(), 10)["train"] != shard_hashes(Settings(seed=1), 10)["train"]
+
+
+def test_tensorboard_asked_for_but_missing_is_refused_before_round_1(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    with pytest.raises(ConfigError, match="tensorboard=true needs the tensorboard package"):
+        _run(tmp_path, TWO, **{"run-name": "tb", "tensorboard": True})
+    assert not (tmp_path / "tb").exists()
