@@ -5,6 +5,14 @@ handlers below unpack each message, call the NumPyClient, and pack its answer:
 the NumPyClient keeps the plain ``fit`` / ``evaluate`` contract, the messages
 keep the current wire format. A third handler tells the server which shard
 this node holds, before round 1.
+
+Flower calls a handler once per message. In simulation one worker process
+(a Ray actor) serves many nodes and many rounds, so what does not change
+between messages is kept per process: the checked settings of a run config,
+the shard indices of a partitioning, the model object (its weights are
+overwritten from every message) and the device. Only the node's own images are
+cut per message, from MNIST already in memory. In deployment each message runs
+in a fresh process, where these caches cost nothing.
 """
 
 from __future__ import annotations
@@ -14,27 +22,53 @@ import re
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
+from client_app import simulation_queue
 from task.config import ConfigError, Settings
+from task.data import Batchable, load_mnist
 from task.faults import fault_for, misbehave
 from task.models import build_model
-from task.shards import NODE_RECORD, NUM_PARTITIONS, PARTITION_ID, NodeData, check_partition, load_node_data
+from task.shards import (
+    NODE_RECORD,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    NodeData,
+    check_partition,
+    local_test_shards,
+    train_shards,
+)
 from task.training import evaluate, get_weights, pick_device, set_weights, train_round
+
+
+# Flower's simulation loads this module in its own process before its message loop starts:
+# the moment to give that loop its one-pass delivery (a no-op anywhere else).
+simulation_queue.install()
 
 
 class MnistClient(NumPyClient):
     """Trains and evaluates the run's model on this node's shard only."""
 
-    def __init__(self, settings: Settings, data: NodeData, partition_id: int, num_partitions: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        data: NodeData,
+        partition_id: int,
+        num_partitions: int,
+        model: torch.nn.Module | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.settings = settings
         self.data = data
         self.partition_id = partition_id
         self.num_partitions = num_partitions
-        self.device = pick_device(settings.device)
-        self.model = build_model(settings)
+        self.device = device if device is not None else pick_device(settings.device)
+        # A model shared with other clients of this process is fine: fit and evaluate
+        # load every weight from the message before using it.
+        self.model = model if model is not None else build_model(settings)
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         set_weights(self.model, parameters)
@@ -45,7 +79,7 @@ class MnistClient(NumPyClient):
         weights = get_weights(self.model)
         fault = fault_for(self.settings.fault_injection, self.partition_id, server_round)
         if fault:  # tests only: see task/faults.py
-            weights = misbehave(fault, weights)
+            weights = misbehave(fault, weights, self.settings.round_timeout)
         return weights, len(self.data.train), {"train-loss": loss}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
@@ -69,11 +103,53 @@ def node_partition(context: Context) -> tuple[int, int]:
 
 
 def client_from_context(context: Context) -> MnistClient:
-    """Build this node's client from the run config and the node config."""
-    settings = Settings.from_run_config(dict(context.run_config))
+    """This node's client for the run config and the node config: settings, shard
+    indices, model and device come from this process's caches (see the module doc)."""
+    settings = run_settings(context.run_config)
     partition_id, num_partitions = node_partition(context)
     data = load_node_data(settings, partition_id, num_partitions)
-    return MnistClient(settings, data, partition_id, num_partitions)
+    return MnistClient(settings, data, partition_id, num_partitions, model=run_model(settings), device=run_device(settings))
+
+
+def run_settings(run_config: dict) -> Settings:
+    """The checked :class:`Settings` of a run config, built once per process and config."""
+    # The type is part of the key: 1, 1.0 and True are equal but not the same setting.
+    return _settings(tuple(sorted((key, type(value).__name__, value) for key, value in dict(run_config).items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _settings(items: tuple) -> Settings:
+    return Settings.from_run_config({key: value for key, _, value in items})
+
+
+@functools.lru_cache(maxsize=4)
+def _shard_indices(settings: Settings, num_partitions: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every node's training and local test indices: cut once per process, not per message
+    (a partitioning shuffles all 60,000 labels; a node keeps only its own slice)."""
+    mnist = load_mnist(settings.data_dir)
+    return train_shards(settings, num_partitions, mnist), local_test_shards(settings, num_partitions, mnist)
+
+
+def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
+    """The same arrays as :func:`task.shards.load_node_data`, cut from the cached indices."""
+    check_partition(partition_id, num_partitions)
+    train_idx, test_idx = (shards[partition_id] for shards in _shard_indices(settings, num_partitions))
+    mnist = load_mnist(settings.data_dir)
+    return NodeData(
+        train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
+        test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def run_model(settings: Settings) -> torch.nn.Module:
+    """One model object per process and run config; every message overwrites its weights."""
+    return build_model(settings)
+
+
+@functools.lru_cache(maxsize=2)
+def run_device(settings: Settings) -> torch.device:
+    return pick_device(settings.device)
 
 
 # An absolute path in an error message; what the server sees keeps only its last part.
@@ -93,9 +169,12 @@ def reports_without_paths(handler: Callable[[Message, Context], Message]) -> Cal
         try:
             return handler(msg, context)
         except Exception as exc:
-            raise type(exc)(scrub_paths(str(exc))) if isinstance(exc, ConfigError) else RuntimeError(
-                f"{type(exc).__name__}: {scrub_paths(str(exc))}"
-            ) from None
+            text = scrub_paths(str(exc))
+            try:
+                clean = type(exc)(text)
+            except Exception:  # an exception type that wants other arguments
+                clean = RuntimeError(f"{type(exc).__name__}: {text}")
+            raise clean from None
 
     return wrapped
 

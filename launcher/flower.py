@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +73,17 @@ class FlowerHome:
             f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n'
         )
 
-    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start a Flower process in its own process group, logging to ``<name>.log``."""
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str | None] | None = None) -> subprocess.Popen:
+        """Start a Flower process in its own process group, logging to ``<name>.log``;
+        ``env`` adds to its environment (a ``None`` value removes that variable)."""
         log = open(self.path / f"{name}.log", "wb")
+        merged = {**self.env, **(env or {})}
         proc = subprocess.Popen(
-            list(args), env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            list(args),
+            env={k: v for k, v in merged.items() if v is not None},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes.append(proc)
         return proc
@@ -107,8 +113,17 @@ def flower_home(keep: bool = False) -> Iterator[FlowerHome]:
             _rmtree(path)
 
 
-def start_superlink(home: FlowerHome, simulation: bool) -> str:
-    """Start ``flower-superlink`` on free loopback ports; return its address."""
+def start_superlink(
+    home: FlowerHome,
+    simulation: bool,
+    env: dict[str, str | None] | None = None,
+    while_starting: Callable[[], object] | None = None,
+) -> str:
+    """Start ``flower-superlink`` on free loopback ports; return its address.
+
+    ``env`` is added to its environment (the simulation it runs inherits it, e.g.
+    ``RAY_ADDRESS``); ``while_starting`` is called once the process is spawned and
+    before waiting for it to answer, so slow imports can overlap its start-up."""
     port, control = free_port(), free_port()
     args = [
         "flower-superlink",
@@ -123,8 +138,10 @@ def start_superlink(home: FlowerHome, simulation: bool) -> str:
     ]
     if simulation:
         args.append("--simulation")
-    proc = home.spawn("superlink", args)
+    proc = home.spawn("superlink", args, env=env)
     address = f"127.0.0.1:{port}"
+    if while_starting is not None:
+        while_starting()
     _wait_healthy(proc, f"http://{address}/health", home, "superlink")
     return address
 
@@ -155,6 +172,27 @@ def start_supernode(home: FlowerHome, superlink: str, partition_id: int, num_par
         f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
     return home.spawn(f"supernode-{partition_id}", args, env=supernode_threads())
+
+
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this machine shows to its processes, by name, found without
+    importing torch: ``nvidia-smi -L``, else the driver's ``/proc/driver/nvidia/gpus``;
+    none when ``CUDA_VISIBLE_DEVICES`` hides them all (empty or ``-1``)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return []
+    names: list[str] = []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        if out.returncode == 0:
+            names = [line.split(" (UUID")[0].split(": ", 1)[-1] for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    except (OSError, subprocess.TimeoutExpired):
+        gpus = Path("/proc/driver/nvidia/gpus")
+        names = [f"NVIDIA GPU {d.name}" for d in sorted(gpus.iterdir())] if gpus.is_dir() else []
+    if hidden is not None and names:
+        keep = [x.strip() for x in hidden.split(",") if x.strip()]
+        names = [name for i, name in enumerate(names) if str(i) in keep] or names[: len(keep)]
+    return names
 
 
 def toml_value(value: object) -> str:

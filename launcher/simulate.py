@@ -8,25 +8,36 @@ its own ``flower-superlink --simulation`` on free ports with a temporary Flower
 home (so no other SuperLink on the machine is used or left behind), runs
 ``flwr run . --stream``, waits for ``finished:completed`` (at most --timeout
 seconds), stops the SuperLink and prints the run folder.
+
+On a machine with an NVIDIA GPU the virtual clients get a share of it by default
+(``--gpus-per-client``, 0.25: four clients per GPU), and the launcher says so;
+``--gpus-per-client 0`` keeps them on the CPU. ``--ray-address HOST:PORT`` (or
+``RAY_ADDRESS`` in the environment) runs the virtual clients on an existing Ray
+cluster instead of a Ray started for this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 import click
 from flwr.common.config import get_project_config, parse_config_args
 
-from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, start_superlink
+from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, start_superlink, visible_gpus
 from task.config import ConfigError, Settings
 from task.errors import run_cli
 
 CONNECTION = "local-simulation"
 DEFAULT_OUTPUT_DIR = Path("outputs")
 DEFAULT_TIMEOUT_S = 3600.0
+# Clients' share of a GPU when the machine has one and --gpus-per-client is not given:
+# four virtual clients train side by side on each GPU (each holds a CUDA context of a
+# few hundred MB; the models are small).
+DEFAULT_GPU_SHARE = 0.25
 
 
 def parse_run_config(items: list[str]) -> dict[str, object]:
@@ -94,34 +105,73 @@ def pick_output_dir(flag: Path | None, run_config: dict[str, object]) -> Path:
     return DEFAULT_OUTPUT_DIR.resolve()
 
 
+def gpu_share(requested: float | None, gpus: list[str], device: str = "auto") -> tuple[float, str | None]:
+    """Each virtual client's share of a GPU, and what to tell the user about it.
+
+    ``requested`` (``--gpus-per-client``) wins when given. Otherwise clients get
+    :data:`DEFAULT_GPU_SHARE` of a GPU when the machine shows one and the run
+    config does not pin ``device='cpu'``, and nothing on a CPU-only machine
+    (Ray then hides GPUs from the clients)."""
+    if requested is not None:
+        if requested > 0 and not gpus:
+            return requested, f"--gpus-per-client={requested:g} but no NVIDIA GPU is visible here: Ray will find none."
+        return requested, None
+    if not gpus or device == "cpu":
+        return 0.0, None
+    per_gpu = round(1 / DEFAULT_GPU_SHARE)
+    return DEFAULT_GPU_SHARE, (
+        f"GPU found ({', '.join(gpus)}): each virtual client gets {DEFAULT_GPU_SHARE:g} of a GPU "
+        f"({per_gpu} train side by side on each); the ServerApp and the report use it too. "
+        "--gpus-per-client 0 keeps the clients on the CPU."
+    )
+
+
 def run_simulation(
     run_config: dict[str, object],
     num_supernodes: int,
     output_dir: Path | None = None,
     cpus_per_client: float = 1.0,
-    gpus_per_client: float = 0.0,
+    gpus_per_client: float | None = 0.0,
     echo: bool = True,
     timeout: float = DEFAULT_TIMEOUT_S,
+    ray_address: str | None = None,
 ) -> Path:
     """Run the app in simulation and return its run folder (see :func:`pick_output_dir`).
-    Raises ConfigError (or DataError) before anything starts when the run cannot work."""
+    Raises ConfigError (or DataError) before anything starts when the run cannot work.
+
+    ``gpus_per_client=None`` picks the share as :func:`gpu_share` says (and prints
+    why when ``echo``). ``ray_address`` joins that Ray cluster (the simulation's
+    ``ray.init()`` reads ``RAY_ADDRESS``) instead of starting a Ray for this run."""
     settings = check_run_config(run_config)
     check_nodes(settings, num_supernodes)
     output_dir = pick_output_dir(output_dir, run_config)
-    from run_folder import default_run_name
+    env: dict[str, str | None] = {"RAY_ADDRESS": None}  # a Ray of its own unless told otherwise
+    if ray_address:  # this machine's GPUs say nothing about the cluster's: only an explicit share
+        gpus_per_client, note = gpus_per_client or 0.0, f"Virtual clients run on the Ray cluster at {ray_address}."
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        gpus = visible_gpus() if gpus_per_client != 0 else []
+        gpus_per_client, note = gpu_share(gpus_per_client, gpus, settings.device)
+    if note and echo:
+        print(note, flush=True)
+    names: dict[str, str] = {}
 
-    run_name = str(run_config.get("run-name") or default_run_name(settings.model))
-    config = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
+    def name_the_run() -> None:  # imports torch: done while the SuperLink starts
+        from run_folder import default_run_name
+
+        names["run"] = str(run_config.get("run-name") or default_run_name(settings.model))
+
     federation = {
         "num-supernodes": num_supernodes,
         "client-resources-num-cpus": _whole(cpus_per_client),
         "client-resources-num-gpus": _whole(gpus_per_client),
     }
     with flower_home() as home:
-        address = start_superlink(home, simulation=True)
+        address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
         home.add_connection(CONNECTION, address)
+        config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
         flwr_run(home, CONNECTION, config, federation, echo=echo, timeout=timeout)
-    return output_dir / run_name
+    return output_dir / names["run"]
 
 
 def _whole(x: float) -> float | int:
@@ -146,8 +196,20 @@ def main(argv: list[str] | None = None) -> int:
         help="a preset TOML file or 'key=value ...'; repeat to combine, later ones win",
     )
     parser.add_argument("--report", action="store_true", help="write report.md (federated vs central) into the run folder")
-    parser.add_argument("--cpus-per-client", type=float, default=1.0)
-    parser.add_argument("--gpus-per-client", type=float, default=0.0, help="e.g. 0.25 to share one GPU by 4 clients")
+    parser.add_argument("--cpus-per-client", type=float, default=1.0, help="CPU cores per virtual client (default 1)")
+    parser.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=None,
+        help=f"share of a GPU per virtual client, e.g. 0.25 for 4 per GPU (default: {DEFAULT_GPU_SHARE:g} when "
+        "an NVIDIA GPU is visible, else 0)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="run the virtual clients on this existing Ray cluster (HOST:PORT of its head, as `ray start "
+        "--head` prints; default: $RAY_ADDRESS, else a Ray started for this run)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -159,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num-supernodes={args.num_supernodes}: use 1 or more.")
     if not 0 < args.timeout < math.inf:
         parser.error(f"--timeout={args.timeout}: use a number of seconds > 0.")
+    if not 0 < args.cpus_per_client < math.inf:
+        parser.error(f"--cpus-per-client={args.cpus_per_client}: use a number of cores > 0.")
+    if args.gpus_per_client is not None and not 0 <= args.gpus_per_client < math.inf:
+        parser.error(f"--gpus-per-client={args.gpus_per_client}: use 0 or a share > 0 (0.25: 4 clients per GPU).")
 
     def simulate() -> int:
         try:
@@ -169,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.cpus_per_client,
                 args.gpus_per_client,
                 timeout=args.timeout,
+                ray_address=args.ray_address,
             )
         except FlowerError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)

@@ -13,6 +13,9 @@ Where the images come from, in order:
 Every load is checked: shapes, label counts, and SHA-256 digests of the arrays.
 The arrays are kept per process, so a worker that serves many clients reads the
 file once. :class:`Batchable` is the form training and evaluation take them in.
+This module imports torch only when a :class:`Batchable` is made, so checks
+that only read the labels (the launcher's, before Flower starts) skip its
+import time.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from task.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 from task.files import atomic_write
 
 CACHE_FILE = "mnist-uint8.npz"
@@ -76,6 +83,8 @@ class Batchable:
 
     @classmethod
     def from_uint8(cls, images: np.ndarray, labels: np.ndarray) -> Batchable:
+        import torch  # here, not at the top: reading MNIST and cutting shards needs no torch
+
         x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
         return cls(x, torch.from_numpy(labels.astype(np.int64)))
 

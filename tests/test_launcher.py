@@ -43,15 +43,24 @@ def no_flower(monkeypatch):
 
 @pytest.fixture
 def fake_flower(monkeypatch) -> list[dict]:
-    """Stand-ins for the SuperLink and ``flwr run``; returns the calls made to ``flwr_run``."""
+    """Stand-ins for the SuperLink and ``flwr run`` on a machine without a GPU; returns the
+    calls made to ``flwr_run`` (each with the ``superlink_env`` the SuperLink was given)."""
     calls: list[dict] = []
+    superlinks: list[dict] = []
+
+    def fake_superlink(home, simulation, env=None, while_starting=None):
+        superlinks.append(dict(env or {}))
+        if while_starting is not None:
+            while_starting()
+        return "127.0.0.1:9"
 
     def fake_flwr_run(home, connection, run_config, federation_config=None, **kwargs):
-        calls.append({"run_config": run_config, "federation": federation_config, **kwargs})
+        calls.append({"run_config": run_config, "federation": federation_config, "superlink_env": superlinks[-1], **kwargs})
         return 1
 
-    monkeypatch.setattr(simulate, "start_superlink", lambda home, simulation: "127.0.0.1:9")
+    monkeypatch.setattr(simulate, "start_superlink", fake_superlink)
     monkeypatch.setattr(simulate, "flwr_run", fake_flwr_run)
+    monkeypatch.setattr(simulate, "visible_gpus", lambda: [])
     return calls
 
 
@@ -413,3 +422,109 @@ def test_run_id_in_reads_flwr_run_json(text, run_id):
 )
 def test_status_in_reads_flwr_list_json(text, expected):
     assert _status_in(text) == expected
+
+
+# --- GPUs without asking -------------------------------------------------------
+
+
+def test_on_a_cpu_only_machine_clients_get_no_gpu_and_nothing_is_said(fake_flower, tmp_path, capsys):
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
+    assert fake_flower[0]["federation"] == {"num-supernodes": 2, "client-resources-num-cpus": 1, "client-resources-num-gpus": 0}
+    assert "GPU" not in capsys.readouterr().out
+
+
+def test_on_a_gpu_machine_clients_share_it_by_default_and_the_launcher_says_so(fake_flower, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(simulate, "visible_gpus", lambda: ["NVIDIA H100 80GB HBM3"])
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
+    assert fake_flower[0]["federation"]["client-resources-num-gpus"] == simulate.DEFAULT_GPU_SHARE == 0.25
+    out = capsys.readouterr().out
+    assert "GPU found (NVIDIA H100 80GB HBM3): each virtual client gets 0.25 of a GPU (4 train side by side" in out
+    assert "--gpus-per-client 0 keeps the clients on the CPU" in out
+
+
+def test_gpus_per_client_0_keeps_clients_on_the_cpu_without_looking_for_a_gpu(fake_flower, tmp_path, monkeypatch):
+    monkeypatch.setattr(simulate, "visible_gpus", lambda: pytest.fail("looked for GPUs"))
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path), "--gpus-per-client", "0"]) == 0
+    assert fake_flower[0]["federation"]["client-resources-num-gpus"] == 0
+
+
+def test_a_run_pinned_to_the_cpu_gets_no_gpu_share():
+    assert simulate.gpu_share(None, ["NVIDIA A100"], device="cpu") == (0.0, None)
+    assert simulate.gpu_share(None, [], device="auto") == (0.0, None)
+    assert simulate.gpu_share(0.5, ["NVIDIA A100"]) == (0.5, None)
+    share, note = simulate.gpu_share(0.5, [])
+    assert share == 0.5 and "no NVIDIA GPU is visible" in note
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "lots"])
+def test_a_bad_gpu_share_is_refused(value, capsys, no_flower):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--gpus-per-client", value])
+    assert exit_.value.code == 2
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, stdout: str, rc: int = 0) -> None:
+    script = tmp_path / "bin" / "nvidia-smi"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{stdout}EOF\nexit {rc}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+TWO_GPUS = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)\nGPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-bbbb)\n"
+
+
+def test_visible_gpus_reads_nvidia_smi(tmp_path, monkeypatch):
+    from launcher.flower import visible_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_nvidia_smi(tmp_path, monkeypatch, TWO_GPUS)
+    assert visible_gpus() == ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert visible_gpus() == ["NVIDIA A100-SXM4-40GB"]
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert visible_gpus() == []
+
+
+def test_visible_gpus_is_empty_when_nvidia_smi_fails_or_is_missing(tmp_path, monkeypatch):
+    from launcher.flower import visible_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA-SMI has failed\n", rc=9)
+    assert visible_gpus() == []
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    if not Path("/proc/driver/nvidia/gpus").is_dir():
+        assert visible_gpus() == []
+
+
+# --- an existing Ray cluster ----------------------------------------------------
+
+
+def test_ray_address_reaches_the_simulation_and_no_gpu_is_guessed(fake_flower, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(simulate, "visible_gpus", lambda: ["NVIDIA H100"])  # this machine's GPU is not the cluster's
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path), "--ray-address", "10.0.0.5:6379"]) == 0
+    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.5:6379"}
+    assert fake_flower[0]["federation"]["client-resources-num-gpus"] == 0
+    assert "Virtual clients run on the Ray cluster at 10.0.0.5:6379." in capsys.readouterr().out
+
+
+def test_ray_address_defaults_to_the_environment(fake_flower, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
+    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.7:6379"}
+
+
+def test_without_an_address_the_simulation_starts_its_own_ray(fake_flower, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")  # inherited, but not asked for
+    run_simulation({}, 2, tmp_path, echo=False)
+    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": None}
+
+
+def test_a_none_in_spawn_env_removes_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDMNIST_PROBE", "inherited")
+    home = FlowerHome(tmp_path)
+    for name, env in (("kept", None), ("removed", {"FEDMNIST_PROBE": None}), ("set", {"FEDMNIST_PROBE": "x"})):
+        home.spawn(name, ["sh", "-c", 'echo "probe=${FEDMNIST_PROBE-unset}"'], env=env).wait()
+    assert [home.log_tail(n) for n in ("kept", "removed", "set")] == ["probe=inherited", "probe=unset", "probe=x"]
+    home.stop_all()

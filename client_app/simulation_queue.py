@@ -1,0 +1,94 @@
+"""Flower 1.41's simulation hands messages to the virtual clients in one pass, not one per node.
+
+In the simulation process a thread of Flower's runtime (``add_messages_to_queue``
+in ``flwr.server.superlink.fleet.vce.vce_api``) wakes every 0.1 s and asks the
+in-memory state for one undelivered message *per registered node*; each ask
+scans *every* stored message and re-checks it (a lock, the clock, its TTL, the
+federation). With N nodes and M messages in flight that is N x M checks per
+pass: with 100 nodes and 100 messages the thread kept about half a core busy
+for the whole round on a 2-core machine, CPU taken from the clients' training,
+and with 10,000 nodes a pass would take longer than a round.
+
+:func:`add_messages_to_queue` below delivers exactly what Flower's does (at
+most one undelivered message per node per pass, the same validity checks, the
+same ``delivered_at`` stamp) in one scan of the stored messages: M checks per
+pass. :func:`install` puts it in place of Flower's, only in a process where
+Flower's simulation runtime is loaded and only for the Flower minor version it
+was written against (``SUPPORTED``); anywhere else it does nothing. The client
+app imports this module, because the client app is the first of this project's
+code that Flower loads in its simulation process, before that thread starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+from collections.abc import Iterable
+from logging import INFO
+from queue import Queue
+from typing import Any
+
+VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+SUPPORTED = ("1.41.",)  # the Flower versions whose internals this was checked against
+POLL_S = 0.1  # as Flower's own loop
+
+
+def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event) -> None:
+    """Drop-in for Flower's ``add_messages_to_queue``: same arguments, same deliveries."""
+    nodes = set(nodes_mapping)
+    while not f_stop.is_set():
+        for message in take_undelivered(state, nodes):
+            queue.put(message)
+        f_stop.wait(POLL_S)
+
+
+def take_undelivered(state: Any, nodes: Iterable[int]) -> list:
+    """At most one undelivered message per node in ``nodes``, oldest first, stamped as
+    delivered; expired or invalid messages are dropped on the way, as Flower does."""
+    from flwr.supercore.date import now
+
+    nodes = set(nodes)
+    store = getattr(state, "message_ins_store", None)
+    if store is None or not hasattr(state, "_check_stored_messages"):  # not the in-memory state: ask per node
+        return [m for node in nodes for m in state.get_message_ins(node_id=node, limit=1)]
+    taken: list = []
+    served: set[int] = set()
+    with state.lock:
+        ids = list(store.keys())
+        state._check_stored_messages(set(ids))  # TTL and federation checks, once per message
+        for msg_id in ids:
+            message = store.get(msg_id)
+            if message is None:
+                continue
+            meta = message.metadata
+            node = meta.dst_node_id
+            if node in nodes and node not in served and meta.delivered_at == "":
+                taken.append(message)
+                served.add(node)
+    delivered_at = now().isoformat()
+    for message in taken:
+        message.metadata.delivered_at = delivered_at
+    return taken
+
+
+def install() -> bool:
+    """Use :func:`add_messages_to_queue` in Flower's simulation runtime, if it is loaded
+    in this process and its version is one this was checked against. True if in place."""
+    vce_api = sys.modules.get(VCE_MODULE)
+    if vce_api is None:
+        return False
+    current = getattr(vce_api, "add_messages_to_queue", None)
+    if current is add_messages_to_queue:
+        return True
+    import flwr
+
+    if current is None or not flwr.__version__.startswith(SUPPORTED):
+        return False
+    if list(inspect.signature(current).parameters) != list(inspect.signature(add_messages_to_queue).parameters):
+        return False
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    from flwr.common.logger import log
+
+    log(INFO, "Simulation: messages reach the virtual clients in one pass over the queue (client_app.simulation_queue)")
+    return True

@@ -1,0 +1,126 @@
+"""The one-pass delivery that replaces Flower 1.41's per-node scan in its simulation
+runtime: the same messages reach the same nodes, pass by pass, on Flower's own
+in-memory state, and it is put in place only where Flower's simulation runs."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+from client_app import simulation_queue
+from client_app.simulation_queue import add_messages_to_queue, install, take_undelivered
+
+def _federation(num_nodes: int, sends: list[int]):
+    """Flower's own in-memory state and grid, as its simulation sets them up, with one
+    message pushed to the n-th node for every n in ``sends`` (in that order)."""
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    # messages take their sender from the task identity, as in Flower's simulation process
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run.run_id, SUPERLINK_NODE_ID, run.primary_task_id
+    state = factory.state()
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
+    nodes = list(vce_api._register_nodes(num_nodes, factory))
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    messages = [
+        Message(RecordDict({"c": ConfigRecord({"seq": seq})}), dst_node_id=nodes[n], message_type=MessageType.TRAIN)
+        for seq, n in enumerate(sends)
+    ]
+    assert len(list(grid.push_messages(messages))) == len(sends)
+    return state, nodes
+
+
+def _seen(messages) -> list[tuple[int, int]]:
+    return sorted((m.metadata.dst_node_id, int(m.content["c"]["seq"])) for m in messages)
+
+
+def _flower_pass(state, nodes):
+    """What one pass of Flower's own add_messages_to_queue takes from the state."""
+    return [m for node in nodes for m in state.get_message_ins(node_id=node, limit=1)]
+
+
+def test_one_pass_delivers_what_flowers_per_node_scan_delivers_pass_by_pass():
+    sends = [0, 1, 2, 0, 0, 3, 1, 7, 7, 2, 9]  # several messages for some nodes, none for others
+    flower_state, flower_nodes = _federation(10, sends)
+    ours_state, ours_nodes = _federation(10, sends)
+    for _ in range(4):  # node 0 holds three messages: three passes, then nothing
+        flower = sorted((flower_nodes.index(n), s) for n, s in _seen(_flower_pass(flower_state, flower_nodes)))
+        ours = sorted((ours_nodes.index(n), s) for n, s in _seen(take_undelivered(ours_state, ours_nodes)))
+        assert ours == flower
+    assert ours == []
+
+
+def test_delivered_messages_are_stamped_and_other_nodes_messages_stay_queued():
+    state, nodes = _federation(4, [0, 1, 2, 3])
+    taken = take_undelivered(state, nodes[:2])
+    assert _seen(taken) == sorted([(nodes[0], 0), (nodes[1], 1)])
+    assert all(m.metadata.delivered_at for m in taken)
+    assert _seen(take_undelivered(state, nodes)) == sorted([(nodes[2], 2), (nodes[3], 3)])
+
+
+def test_the_loop_feeds_the_queue_until_stopped():
+    state, nodes = _federation(3, [0, 1, 2, 1])
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    thread = threading.Thread(target=add_messages_to_queue, args=(state, out, {n: i for i, n in enumerate(nodes)}, stop))
+    thread.start()
+    got = [out.get(timeout=10) for _ in range(4)]
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert _seen(got) == sorted([(nodes[0], 0), (nodes[1], 1), (nodes[2], 2), (nodes[1], 3)])
+
+
+def test_install_replaces_flowers_loop_only_where_the_simulation_runtime_is_loaded(monkeypatch):
+    original = vce_api.add_messages_to_queue
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)  # restored after the test
+    monkeypatch.delitem(sys.modules, simulation_queue.VCE_MODULE)
+    assert install() is False and vce_api.add_messages_to_queue is original
+    monkeypatch.setitem(sys.modules, simulation_queue.VCE_MODULE, vce_api)
+    assert install() is True and vce_api.add_messages_to_queue is add_messages_to_queue
+    assert install() is True  # twice is harmless
+
+
+def test_install_leaves_other_flower_versions_alone(monkeypatch):
+    import flwr
+
+    original = vce_api.add_messages_to_queue
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)
+    monkeypatch.setattr(flwr, "__version__", "1.42.0")
+    assert install() is False and vce_api.add_messages_to_queue is original
+
+
+@pytest.mark.parametrize("num_nodes", [2000])
+def test_a_pass_over_many_idle_nodes_costs_one_scan(num_nodes):
+    """Flower's scan asks every stored message once per node; ours once per pass."""
+    state, nodes = _federation(num_nodes, list(range(0, num_nodes, 10)))
+    calls = {"n": 0}
+    check = state._check_stored_messages
+
+    def counting(ids, run_id=None):
+        calls["n"] += len(ids)
+        return check(ids, run_id)
+
+    state._check_stored_messages = counting
+    taken = take_undelivered(state, nodes)
+    assert len(taken) == num_nodes // 10
+    assert calls["n"] == num_nodes // 10
