@@ -211,6 +211,22 @@ def check(command: Command) -> None:
         check_node_config(command)
 
 
+def announce(command: Command) -> str | None:
+    """One line on what a SuperNode or SuperLink is about to do (Flower's own retry messages do
+    not say where they try to connect)."""
+    tls = "TLS" if "--insecure" not in command.argv else "no TLS"
+    if command.program == "flower-supernode":
+        auth = ", authenticated" if "--auth-supernode-private-key" in command.files else ""
+        return (
+            f'SuperNode with --node-config "{command.value("--node-config")}": connecting to the SuperLink at '
+            f"{command.value('--superlink') or '127.0.0.1:8000'} ({tls}{auth}); it retries until the SuperLink answers"
+        )
+    if command.program == "flower-superlink":
+        auth = ", SuperNode authentication" if "--enable-supernode-auth" in command.argv else ""
+        return f"SuperLink on port {command.value('--port') or '8000'} ({tls}{auth})"
+    return None
+
+
 # --- running as root: pick the user, hand it what it needs, drop privileges -----------------
 
 
@@ -300,6 +316,8 @@ def main(argv: list[str]) -> int:
     except InputError as exc:
         print(f"{socket.gethostname()}: {exc}", file=sys.stderr, flush=True)
         return 2
+    if line := announce(command):
+        print(f"{socket.gethostname()}: {line}", file=sys.stderr, flush=True)
     if os.getuid() == 0:
         owner_of = os.environ.get("FEDMNIST_RUN_AS_OWNER_OF", "").split(":")
         uid, gid = target_user([p for p in owner_of if p])
