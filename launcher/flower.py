@@ -51,6 +51,16 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+TIMINGS_ENV = "FEDMNIST_TIMINGS"
+
+
+def mark(label: str) -> None:
+    """With ``FEDMNIST_TIMINGS=1``, print ``[timing] label`` as a phase ends: the
+    benchmark (``benchmarks/perf.py``) times the launcher's phases by these lines."""
+    if os.environ.get(TIMINGS_ENV) == "1":
+        print(f"[timing] {label}", flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,6 +153,7 @@ def start_superlink(
     if while_starting is not None:
         while_starting()
     _wait_healthy(proc, f"http://{address}/health", home, "superlink")
+    mark("superlink up")
     return address
 
 
@@ -235,6 +246,7 @@ def flwr_run(
     run_id = _run_id_in(submitted.stdout)
     if submitted.returncode != 0 or run_id is None:
         raise FlowerError(f"flwr run exited with {submitted.returncode}:\n{submitted.stdout}{submitted.stderr}")
+    mark("run submitted")
     follow = subprocess.Popen(
         ["flwr", "log", str(run_id), connection, "--stream"],
         env=home.env,

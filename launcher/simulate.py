@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 from flwr.common.config import get_project_config, parse_config_args
 
-from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, start_superlink, visible_gpus
+from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, mark, start_superlink, visible_gpus
 from task.config import ConfigError, Settings
 from task.errors import run_cli
 
@@ -145,6 +145,7 @@ def run_simulation(
     settings = check_run_config(run_config)
     check_nodes(settings, num_supernodes)
     output_dir = pick_output_dir(output_dir, run_config)
+    mark("checks done")
     env: dict[str, str | None] = {"RAY_ADDRESS": None}  # a Ray of its own unless told otherwise
     if ray_address:  # this machine's GPUs say nothing about the cluster's: only an explicit share
         gpus_per_client, note = gpus_per_client or 0.0, f"Virtual clients run on the Ray cluster at {ray_address}."
@@ -156,10 +157,13 @@ def run_simulation(
         print(note, flush=True)
     names: dict[str, str] = {}
 
-    def name_the_run() -> None:  # imports torch: done while the SuperLink starts
-        from run_folder import default_run_name
+    def name_the_run() -> None:
+        if run_config.get("run-name"):
+            names["run"] = str(run_config["run-name"])
+            return
+        from run_folder import default_run_name  # imports torch: done while the SuperLink starts
 
-        names["run"] = str(run_config.get("run-name") or default_run_name(settings.model))
+        names["run"] = default_run_name(settings.model)
 
     federation = {
         "num-supernodes": num_supernodes,
