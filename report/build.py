@@ -18,16 +18,26 @@ import torch
 import run_folder as rf
 from report.central import CentralResult, Log, central_baseline, log_stderr
 from report.device import report_device
-from report.figures import curves_png, grid_png, local_vs_merged_png
-from report.local_vs_merged import LocalVsMerged, compare_local_and_merged
+from partitioning import label_counts
+from report.figures import curves_png, grid_png, label_heatmap_png, local_vs_merged_png
+from report.local_vs_merged import OWN_SHARD, LocalVsMerged, compare_local_and_merged
 from run_folder import CompletedRun, read_completed_run
 from task.data import load_mnist
 from task.errors import UserError
 from task.models import build_model
 from task.pca import PCA
-from task.shards import server_test_set
+from task.shards import server_test_set, train_shards
 
 GRID_DIGITS = 10
+# The nodes-by-digits picture. run_folder names the report's files; until it names this
+# one too, the report uses the same pattern (report-*.png).
+REPORT_LABELS = getattr(rf, "REPORT_LABELS", "report-labels.png")
+STRATEGY_NAMES = {
+    "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+    "fedadagrad": "FedAdagrad", "fedprox": "FedProx",
+}
+# Flower 1.41's defaults, used when server-learning-rate is 0 (see server_app/strategy.py).
+DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
 
 
 class ReportError(UserError):
@@ -58,21 +68,28 @@ def make_report(
     central = central_baseline(settings, run.num_partitions, dev, cache_dir, log)
     epochs = local_epochs or settings.local_epochs
     local = compare_local_and_merged(settings, run.num_partitions, run.model.state_dict(), epochs, dev, nodes, log)
+    counts = label_counts(load_mnist(settings.data_dir).train_labels, train_shards(settings, run.num_partitions), 10)
 
     files: dict[str, bytes] = {
         rf.REPORT_CURVES: curves_png(run.rounds, central.epochs, objective, f"{run.folder.name}: federated vs central"),
+        REPORT_LABELS: label_heatmap_png(
+            counts,
+            f"Training images of each digit on each of the {run.num_partitions} nodes ({_partitioning(settings)}); "
+            "red marks: the nodes sampled for local vs merged",
+            [r.node for r in local.rows],
+        ),
         rf.REPORT_LOCAL_VS_MERGED: local_vs_merged_png(
             [r.node for r in local.rows],
             [r.local[objective.key] for r in local.rows],
             [r.merged[objective.key] for r in local.rows],
             objective,
-            "Each node's test images: its own model vs the merged model",
+            f"Each node's {local.test_set}: its own model vs the merged model",
         ),
     }
     extra: list[str] = []
     if not objective.classifier:
         files[rf.REPORT_RECONSTRUCTIONS], extra = reconstructions(run, central, settings)
-    files[rf.REPORT] = render(run, settings, central, local, extra).encode()
+    files[rf.REPORT] = render(run, settings, central, local, extra, counts).encode()
     run.folder.write_files(files)
     return run.folder.file(rf.REPORT)
 
@@ -114,7 +131,10 @@ def reconstructions(run: CompletedRun, central: CentralResult, settings) -> tupl
     return png, lines
 
 
-def render(run: CompletedRun, settings, central: CentralResult, local: LocalVsMerged, extra: list[str]) -> str:
+def render(
+    run: CompletedRun, settings, central: CentralResult, local: LocalVsMerged, extra: list[str],
+    counts: np.ndarray | None = None,
+) -> str:
     objective = settings.objective
     metric, fmt, column = objective.key, objective.format, objective.column
     fed_final = run.rounds[-1]["server"][metric]
@@ -124,16 +144,19 @@ def render(run: CompletedRun, settings, central: CentralResult, local: LocalVsMe
     winner = "federated" if objective.better(fed_final, cen_final) else "central"
     unit = objective.label + ("" if objective.higher_is_better else " (lower is better)")
 
+    strategy = STRATEGY_NAMES.get(settings.strategy, settings.strategy)
+    private = " with differential privacy" if settings.differential_privacy else ""
     lines = [
         f"# Federated vs central: {run.path.name}",
         "",
-        f"The {_model_name(settings)} trained with FedAvg over {run.num_partitions} nodes "
-        f"({settings.partitioning} shards), against the same model trained centrally on the union "
+        f"The {_model_name(settings)} trained with {strategy}{private} over {run.num_partitions} nodes "
+        f"({_partitioning(settings)}), against the same model trained centrally on the union "
         f"of those shards. Both are tested on the 10,000 MNIST test images; the headline number is {unit}.",
         "",
+        *strategy_lines(run, settings),
         "## Headline",
         "",
-        "| | federated (FedAvg) | central |",
+        f"| | federated ({strategy}{', DP' if private else ''}) | central |",
         "|---|---|---|",
         f"| final {objective.label} | {fmt(fed_final)} | {fmt(cen_final)} |",
         f"| best {objective.label} | {fmt(objective.best([r['server'][metric] for r in run.rounds]))} "
@@ -187,32 +210,10 @@ def render(run: CompletedRun, settings, central: CentralResult, local: LocalVsMe
             + " |"
         )
     lines += ["", *extra]
+    if counts is not None:
+        lines += label_lines(settings, counts, [r.node for r in local.rows])
+    lines += local_lines(settings, local)
     lines += [
-        "## Local against merged",
-        "",
-        f"For {len(local.rows)} sampled nodes: a model trained only on the node's own training shard "
-        f"(from the same initial weights, with the run's optimizer, for {local.epochs} epoch(s)"
-        + (" = local-epochs, as the tutorial did; `python -m report --local-epochs N` gives it more"
-           if local.epochs == settings.local_epochs else "")
-        + ") against the merged global model, both tested on the node's held-out local test images (its share of "
-        "the 10,000 test images, never used for training).",
-        "",
-        f"| node | train images | test images | local {column} | merged {column} |",
-        "|---|---|---|---|---|",
-    ]
-    for row in local.rows:
-        lines.append(
-            f"| {row.node} | {row.train_images} | {row.test_images} | {fmt(row.local[metric])} "
-            f"| {fmt(row.merged[metric])} |"
-        )
-    wins = sum(objective.better(r.merged[metric], r.local[metric]) for r in local.rows)
-    lines += [
-        f"| **mean** | | | **{fmt(local.mean('local'))}** | **{fmt(local.mean('merged'))}** |",
-        "",
-        f"The merged model is better on {wins} of {len(local.rows)} nodes' own test images.",
-        "",
-        f"![local vs merged]({rf.REPORT_LOCAL_VS_MERGED})",
-        "",
         "## Configuration",
         "",
         "| key | value |",
@@ -245,6 +246,159 @@ def render(run: CompletedRun, settings, central: CentralResult, local: LocalVsMe
         "",
     ]
     return "\n".join(lines)
+
+
+def strategy_lines(run: CompletedRun, settings) -> list[str]:
+    """The server-side strategy and the DP setting, when they are not the defaults."""
+    if settings.strategy == "fedavg" and not settings.differential_privacy:
+        return []
+    lines = ["## Strategy and privacy", ""]
+    name = STRATEGY_NAMES.get(settings.strategy, settings.strategy)
+    lr = settings.server_learning_rate or DEFAULT_SERVER_LR.get(settings.strategy)
+    lr_text = (f"server learning rate {lr:g}" + (" (Flower's default)" if not settings.server_learning_rate else "")
+               if lr is not None else "")
+    if settings.strategy == "fedavg":
+        lines.append("- Strategy: FedAvg (Flower's `FedAvg`), the default.")
+    elif settings.strategy == "fedavgm":
+        lines.append(f"- Strategy: FedAvgM (Flower's `FedAvgM`): {lr_text}, server momentum {settings.server_momentum:g}.")
+    elif settings.strategy == "fedprox":
+        lines.append(f"- Strategy: FedProx (Flower's `FedProx`): proximal term mu = {settings.proximal_mu:g} "
+                     "in every node's local loss, FedAvg's averaging on the server.")
+    else:
+        lines.append(f"- Strategy: {name} (Flower's `{name}`): {lr_text}; the server treats the averaged update "
+                     "as a gradient and steps with its own adaptive optimizer.")
+    if settings.differential_privacy:
+        lines.append(
+            f"- Differential privacy: Flower's `DifferentialPrivacyServerSideFixedClipping` around {name}: each "
+            f"node's update (its weights minus the global weights) clipped to L2 norm {settings.dp_clipping_norm:g} "
+            f"on the server, then Gaussian noise of standard deviation {settings.dp_noise_multiplier:g} x "
+            f"{settings.dp_clipping_norm:g} / (nodes sampled) added to the average (noise multiplier "
+            f"{settings.dp_noise_multiplier:g})."
+        )
+        lines.append(f"- Privacy spent: {privacy_text(run)}")
+    return lines + [""]
+
+
+def privacy_text(run: CompletedRun) -> str:
+    """Epsilon after the last round, and what it means, from the history's per-round privacy record."""
+    last = None
+    for r in run.rounds:
+        privacy = (r.get("clients-train") or {}).get("privacy")
+        if privacy is not None:
+            last = (r["round"], privacy)
+    if last is None:
+        return "not recorded in history.json."
+    rnd, privacy = last
+    delta = privacy.get("delta", 1e-5)
+    if privacy.get("epsilon") is None:
+        return (f"not computed ({privacy.get('why-not', 'no reason recorded')}), so no (epsilon, delta) "
+                "guarantee is claimed.")
+    return (
+        f"epsilon = {privacy['epsilon']:.3g} at delta = {delta:g} after {rnd} rounds (Flower's RDP accountant). "
+        "Client-level: it bounds what the released models reveal about whether any one node took part, "
+        "whatever its data. No credit is taken for sampling only some nodes per round (amplification), so it "
+        "is an upper bound on the loss of privacy under this accounting. It assumes the server is trusted "
+        "(the server sees each node's update before clipping and noising) and says nothing about "
+        "individual images within a node beyond what follows from the node-level bound."
+    )
+
+
+def label_lines(settings, counts: np.ndarray, marked: list[int]) -> list[str]:
+    """The nodes-by-digits picture and a one-line summary of the skew."""
+    sizes = counts.sum(axis=1)
+    shares = counts / np.maximum(sizes[:, None], 1)
+    digits = (counts > 0).sum(axis=1)
+    major = (shares >= 0.1).sum(axis=1)
+    return [
+        "## Label distribution",
+        "",
+        f"Training images of each digit on each node ({_partitioning(settings)}); the red marks are the "
+        f"{len(marked)} nodes of the local-vs-merged comparison below.",
+        "",
+        f"![label distribution per node]({REPORT_LABELS})",
+        "",
+        f"Images per node: {sizes.min():,} to {sizes.max():,} (mean {sizes.mean():,.0f}). Digits per node: "
+        f"{digits.min()} to {digits.max()} present (mean {digits.mean():.1f}), {major.min()} to {major.max()} "
+        f"making up at least 10% of the node's images (mean {major.mean():.1f}). "
+        f"The largest single digit holds {100 * shares.max(axis=1).mean():.0f}% of a node's images on average "
+        "(10% for a perfectly IID split).",
+        "",
+    ]
+
+
+def local_lines(settings, local: LocalVsMerged) -> list[str]:
+    objective = settings.objective
+    metric, fmt, column = objective.key, objective.format, objective.column
+    own = local.test_set
+    if own == OWN_SHARD:
+        where = ("both tested on the node's held-out local test images (its share of the 10,000 test images, "
+                 "never used for training, spread over the digits like its training images)")
+    else:
+        where = (
+            "both tested on the node's own distribution: the 10,000 test images of the digits the node trains on, "
+            "each digit weighted by its share of the node's training images (what the node's own users would "
+            "send it). The node's local test shard is not used here: for a non-IID partitioning it is cut from the "
+            "test images with another seed and holds other digits than the node's training shard"
+        )
+    lines = [
+        "## Local against merged",
+        "",
+        f"For {len(local.rows)} sampled nodes: a model trained only on the node's own training shard "
+        f"(from the same initial weights, with the run's optimizer, for {local.epochs} epoch(s)"
+        + (" = local-epochs, as the tutorial did; `python -m report --local-epochs N` gives it more"
+           if local.epochs == settings.local_epochs else "")
+        + f") against the merged global model, {where}. Both are also tested on all 10,000 test images.",
+        "",
+        f"| node | digits in training (images) | train images | test images | local {column}, {own} "
+        f"| merged {column}, {own} | local {column}, all 10,000 | merged {column}, all 10,000 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    merged_all = local.merged_all.get(metric)
+    for row in local.rows:
+        digits = ", ".join(f"{d} ({n})" for d, n in enumerate(row.digits) if n) if row.digits else ""
+        lines.append(
+            f"| {row.node} | {digits} | {row.train_images} | {row.test_images} | {fmt(row.local[metric])} "
+            f"| {fmt(row.merged[metric])} | {fmt(row.local_all[metric]) if row.local_all else ''} "
+            f"| {fmt(merged_all) if merged_all is not None else ''} |"
+        )
+    wins = sum(objective.better(r.merged[metric], r.local[metric]) for r in local.rows)
+    local_all = [r.local_all[metric] for r in local.rows if r.local_all]
+    mean_local_all = fmt(float(np.mean(local_all))) if local_all else ""
+    lines += [
+        f"| **mean** | | | | **{fmt(local.mean('local'))}** | **{fmt(local.mean('merged'))}** "
+        f"| **{mean_local_all}** | **{fmt(merged_all) if merged_all is not None else ''}** |",
+        "",
+        f"The merged model is better on {wins} of {len(local.rows)} nodes' {own}.",
+        "",
+    ]
+    if own == OWN_SHARD:
+        lines.append(
+            "What the gap means: on IID data a node's test images look like everyone's, so the gap is what "
+            "the node gains from the others' data (more images of the same kind)."
+        )
+    else:
+        lines.append(
+            "What the gap means: on non-IID data a node's own model only has to tell apart the few digits it "
+            "sees, so on its own distribution it can match or beat the merged model (a gap in the local model's "
+            "favour is the price of one model for all nodes); on all 10,000 test images it fails on every digit "
+            "it never saw, which the merged model recognises. A node joins the federation for that last column: "
+            "to be right on inputs unlike its own data."
+        )
+    lines += ["", f"![local vs merged]({rf.REPORT_LOCAL_VS_MERGED})", ""]
+    return lines
+
+
+def _partitioning(settings) -> str:
+    """The partitioning and its knobs, in words."""
+    name = settings.partitioning
+    if name == "shards":
+        per = settings.shards_per_client or "num-shards / nodes"
+        return f"shards: {settings.num_shards} label-sorted shards, {per} per node"
+    if name == "dirichlet":
+        return f"dirichlet, alpha = {settings.dirichlet_alpha:g}"
+    if name == "iid-balanced":
+        return "iid-balanced" + (f", {settings.samples_per_class} images per digit" if settings.samples_per_class else "")
+    return f"{name} shards"
 
 
 def _model_name(settings) -> str:

@@ -138,3 +138,32 @@ def comparison_png(runs: Sequence[tuple[str, list[dict[str, Any]]]], objective: 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
     return _png(fig)
+
+
+def label_heatmap_png(counts: np.ndarray, title: str, marked: Sequence[int] = ()) -> bytes:
+    """Nodes by digits: one column per node, one row per digit, colour = how many of the
+    node's training images show that digit. Every node is drawn (100 columns stay readable);
+    with 20 nodes or fewer each cell also carries its count. ``marked`` node ids (the
+    report's local-vs-merged sample) get a tick mark under their column."""
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    nodes, digits = counts.shape
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.12 * nodes + 2.5)), 3.9))
+    image = ax.imshow(counts.T, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower")
+    ax.set_yticks(range(digits), [str(d) for d in range(digits)])
+    ax.set_ylabel("digit")
+    step = 1 if nodes <= 20 else 5 if nodes <= 50 else 10
+    ax.set_xticks(range(0, nodes, step), [str(n) for n in range(0, nodes, step)])
+    ax.set_xlabel("node (partition id)")
+    if nodes <= 20:
+        top = counts.max() or 1
+        for n in range(nodes):
+            for d in range(digits):
+                ax.text(n, d, str(counts[n, d]), ha="center", va="center", fontsize=7,
+                        color="black" if counts[n, d] > 0.6 * top else "white")
+    for n in marked:
+        ax.plot(n, -0.5, marker="^", color="red", ms=5, clip_on=False)
+    fig.colorbar(image, ax=ax, label="training images", pad=0.01)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

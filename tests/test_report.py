@@ -19,11 +19,12 @@ from launcher.simulate import main as simulate_cli
 from report import ReportError, make_report
 from report.__main__ import main as report_cli
 from report.central import central_baseline
-from report.local_vs_merged import compare_local_and_merged, sample_nodes
+from report.figures import label_heatmap_png
+from report.local_vs_merged import OWN_DISTRIBUTION, OWN_SHARD, compare_local_and_merged, sample_nodes
 from run_folder import RunFolder, RunFolderError
 from task.config import Settings
 from task.models import build_model
-from task.shards import load_node_data, local_test_shards
+from task.shards import load_node_data, local_test_shards, server_test_set
 from task.training import evaluate, train
 
 REPORT_FILE, CURVES_FILE, LOCAL_FILE, RECON_FILE = (
@@ -189,7 +190,7 @@ def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
     assert "| final test MSE per pixel |" in text and "PCA with 8 components" in text
     # every table says its unit
     assert "| federated MSE per pixel |" in text and "| central MSE per pixel |" in text
-    assert "| local MSE per pixel | merged MSE per pixel |" in text
+    assert "| local MSE per pixel, own test shard | merged MSE per pixel, own test shard |" in text
     assert (run_dir / RECON_FILE).read_bytes()[:4] == b"\x89PNG"
     assert "pretrained" not in text
 
@@ -230,3 +231,110 @@ def test_report_at_the_end_of_a_real_simulation(tmp_path, monkeypatch, capsys):
 def test_bad_report_options_are_refused(tmp_path, option, message):
     with pytest.raises(ReportError, match=message):
         make_report(tmp_path, **option)
+
+
+# McMahan's pathological split at its smallest: 200 label-sorted shards of 300, one per node,
+# so each of the 4 nodes holds 300 images of (mostly) one digit.
+NON_IID = {"partitioning": "shards", "num-shards": 200, "shards-per-client": 1}
+
+
+def _tiny_central(monkeypatch, tmp_path):
+    """The report's central baseline on the tiny IID shards (seconds), whatever the run's partitioning."""
+    import report.build
+
+    tiny = central_baseline(Settings.from_run_config(TINY), NODES, torch.device("cpu"), tmp_path / "cache", lambda _: None)
+    monkeypatch.setattr(report.build, "central_baseline", lambda *args, **kwargs: tiny)
+
+
+def test_local_vs_merged_on_non_iid_data_tests_each_node_on_its_own_digits(tmp_path):
+    settings = Settings.from_run_config({**TINY, **NON_IID})
+    merged = build_model(settings)
+    result = compare_local_and_merged(settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=2,
+                                      log=lambda _: None)
+    assert result.test_set == OWN_DISTRIBUTION
+    test = server_test_set(settings)
+    labels = test.y.numpy()
+    cpu = torch.device("cpu")
+    for row in result.rows:
+        data = load_node_data(settings, row.node, NODES)
+        assert row.digits == np.bincount(data.train.y.numpy(), minlength=10).tolist()
+        seen = [d for d, n in enumerate(row.digits) if n]
+        assert len(seen) <= 2  # one shard of 300 label-sorted images
+        # the test images of exactly the node's digits, weighted like its training images
+        assert row.test_images == int(np.isin(labels, seen).sum())
+        expected = sum(
+            row.digits[d] / sum(row.digits)
+            * evaluate(merged, type(test)(test.x[test.y == d], test.y[test.y == d]), cpu, settings.objective)["accuracy"]
+            for d in seen
+        )
+        assert row.merged["accuracy"] == pytest.approx(expected)
+        # a model that saw one digit is right on its own distribution and wrong on most of the test set
+        assert row.local["accuracy"] > 0.9 and row.local_all["accuracy"] < 0.3
+    assert result.merged_all == evaluate(merged, test, cpu, settings.objective)
+
+
+def test_local_vs_merged_on_iid_data_keeps_each_nodes_held_out_shard(tmp_path):
+    settings = Settings.from_run_config(TINY)
+    result = compare_local_and_merged(settings, NODES, build_model(settings).state_dict(), 1, torch.device("cpu"),
+                                      nodes=1, log=lambda _: None)
+    assert result.test_set == OWN_SHARD
+    assert result.rows[0].test_images == len(local_test_shards(settings, NODES)[result.rows[0].node])
+
+
+def test_non_iid_report_shows_labels_strategy_and_privacy(tmp_path, monkeypatch):
+    _tiny_central(monkeypatch, tmp_path)
+    knobs = {**NON_IID, "strategy": "fedavgm", "server-momentum": 0.9, "dp-clipping-norm": 1.0,
+             "dp-noise-multiplier": 0.5}
+    run_dir = fake_run(tmp_path, **knobs)
+    folder = RunFolder(run_dir)
+    rounds = folder.history()["rounds"]
+    rounds[1]["clients-train"]["privacy"] = {"epsilon": 12.345, "delta": 1e-5}
+    folder.write_history(rf.COMPLETED, rounds, num_nodes=NODES)
+    text = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "trained with FedAvgM with differential privacy over 4 nodes (shards: 200 label-sorted shards, 1 per node)" in text
+    assert "## Strategy and privacy" in text
+    assert "server learning rate 1 (Flower's default), server momentum 0.9" in text
+    assert "clipped to L2 norm 1" in text and "noise multiplier 0.5" in text
+    assert "epsilon = 12.3 at delta = 1e-05 after 1 rounds" in text and "upper bound" in text
+    assert "| | federated (FedAvgM, DP) | central |" in text
+    assert "## Label distribution" in text and "![label distribution per node](report-labels.png)" in text
+    assert (run_dir / "report-labels.png").read_bytes()[:4] == b"\x89PNG"
+    assert "tested on the node's own distribution" in text and "What the gap means: on non-IID data" in text
+    assert "| local accuracy, own distribution | merged accuracy, own distribution |" in text
+
+
+def test_default_report_has_no_strategy_section_and_says_fedavg(tmp_path):
+    run_dir = fake_run(tmp_path)
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "## Strategy and privacy" not in text and "trained with FedAvg over 4 nodes (iid-balanced" in text
+    assert "## Label distribution" in text and "What the gap means: on IID data" in text
+
+
+def test_privacy_without_epsilon_says_why(tmp_path, monkeypatch):
+    _tiny_central(monkeypatch, tmp_path)
+    run_dir = fake_run(tmp_path, **{"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.0})
+    folder = RunFolder(run_dir)
+    rounds = folder.history()["rounds"]
+    rounds[1]["clients-train"]["privacy"] = {"epsilon": None, "delta": 1e-5, "why-not": "no noise"}
+    folder.write_history(rf.COMPLETED, rounds, num_nodes=NODES)
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "not computed (no noise), so no (epsilon, delta) guarantee is claimed" in text
+
+
+def test_the_label_picture_fails_with_the_rest(tmp_path, monkeypatch):
+    run_dir = fake_run(tmp_path)
+    before = _snapshot(run_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr("report.build.label_heatmap_png", broken)
+    with pytest.raises(RuntimeError):
+        make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("nodes", [4, 100])
+def test_label_heatmap_draws_every_node(nodes):
+    counts = np.random.default_rng(0).integers(0, 50, size=(nodes, 10))
+    assert label_heatmap_png(counts, "labels", marked=[0, nodes - 1])[:4] == b"\x89PNG"

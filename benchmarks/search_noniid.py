@@ -1,0 +1,136 @@
+"""Searches behind the non-IID and strategy presets (issue 13): in-process FedAvg with
+the server-side updates of Flower's FedAvgM and FedAdam written out in a plain loop.
+
+    .venv/bin/python -m benchmarks.search_noniid GRID [ROW ...]
+
+GRID is one of the names in ``GRIDS``; rows are 0-based (all rows by default). Prints one
+Markdown row per configuration: the knobs, the first round at >= 97%, the accuracy at a few
+rounds and the wall time. For the search only: every figure in RESULTS.md comes from a
+Flower run (launcher.simulate) of the chosen setting.
+
+The server updates follow flwr/serverapp/strategy (Flower 1.41):
+
+- fedavgm: g = w - avg; v = mu * v + g (v = g in round 1); w -= server_lr * v
+- fedadam: d = avg - w; m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
+  w += eta * sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) * m / (sqrt(v) + tau), b1 0.9, b2 0.99, tau 1e-3
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from task.config import Settings
+from task.models import build_model
+from task.shards import load_node_data, server_test_set
+from task.training import evaluate, get_weights, set_weights, train_round
+
+NONIID = dict(partitioning="shards", num_shards=200, shards_per_client=2)
+
+# Each row: (label, strategy, server lr, server momentum, Settings keyword arguments)
+GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
+    # The client learning rate of the paper's non-IID 2NN setting (C=0.1, E=1, B=10).
+    "mcmahan-lr": [
+        (f"lr {lr}", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=lr))
+        for lr in (0.02, 0.05, 0.1, 0.2)
+    ],
+    # The fastest non-IID setting (goal: 97% in at most 332 rounds).
+    "noniid-best": [
+        ("fedavg C=0.1 E=1 lr0.1", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
+        ("fedavg C=0.2 E=5 lr0.05", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=5, learning_rate=0.05)),
+        ("fedavgm 0.9 C=0.1 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
+        ("fedavgm 0.9 C=0.2 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.05)),
+        ("fedavgm 0.9 C=0.2 E=2 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.05)),
+        ("fedavgm 0.9 C=0.1 E=1 lr0.02", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.02)),
+        ("fedadam 0.01 C=0.1 E=1 lr0.05", "fedadam", 0.01, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
+        ("fedavgm 0.7 C=0.2 E=1 lr0.1", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.9 C=0.3 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.05)),
+    ],
+    # The fastest IID setting (goal: 97% in at most 11 rounds; `fast` needs 16 with FedAvg).
+    "iid-best": [
+        ("fedavg fast", "fedavg", 1.0, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 fast", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.7 C=0.2 E=5", "fedavgm", 1.0, 0.7, dict(fraction_train=0.2, local_epochs=5, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=0.2 E=5 lr0.05 no mom", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=5, learning_rate=0.05)),
+        ("fedadam 0.003 fast", "fedadam", 0.003, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=0.3 E=10", "fedavgm", 1.0, 0.5, dict(fraction_train=0.3, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm slr1.5 C=0.2 E=10", "fedavgm", 1.5, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+    ],
+}
+
+
+def run(strategy: str, server_lr: float, server_momentum: float, settings: Settings, num_nodes: int = 100) -> dict:
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    nodes = [load_node_data(settings, i, num_nodes) for i in range(num_nodes)]
+    test = server_test_set(settings)
+    model = build_model(settings)
+    weights = get_weights(model)
+    rng = np.random.default_rng(settings.seed)
+    per_round = max(1, int(num_nodes * settings.fraction_train))
+    objective = settings.objective
+    values, first_hit, started = [], None, time.monotonic()
+    mom: list[np.ndarray] | None = None
+    m = v = None
+    for rnd in range(1, settings.num_server_rounds + 1):
+        chosen = rng.choice(num_nodes, per_round, replace=False)
+        total = sum(len(nodes[i].train) for i in chosen)
+        avg = [np.zeros_like(w) for w in weights]
+        for i in chosen:
+            set_weights(model, weights)
+            train_round(model, nodes[i].train, settings, device, rnd * 1000 + int(i), rnd)
+            for acc, w in zip(avg, get_weights(model)):
+                acc += w * (len(nodes[i].train) / total)
+        if strategy == "fedavg":
+            weights = avg
+        elif strategy == "fedavgm":
+            g = [w - a for w, a in zip(weights, avg)]
+            if server_momentum > 0:
+                mom = g if mom is None else [server_momentum * p + q for p, q in zip(mom, g)]
+                g = mom
+            weights = [w - server_lr * p for w, p in zip(weights, g)]
+        elif strategy == "fedadam":
+            d = [a - w for w, a in zip(weights, avg)]
+            m = [np.zeros_like(x) for x in d] if m is None else m
+            v = [np.zeros_like(x) for x in d] if v is None else v
+            m = [0.9 * p + 0.1 * q for p, q in zip(m, d)]
+            v = [0.99 * p + 0.01 * q * q for p, q in zip(v, d)]
+            eta = server_lr * np.sqrt(1 - 0.99 ** (rnd + 1.0)) / (1 - 0.9 ** (rnd + 1.0))
+            weights = [w + eta * p / (np.sqrt(q) + 1e-3) for w, p, q in zip(weights, m, v)]
+        else:
+            raise ValueError(strategy)
+        weights = [w.astype(np.float32) for w in weights]
+        set_weights(model, weights)
+        values.append(evaluate(model, test, device, objective)[objective.key])
+        print(f"  round {rnd}: {values[-1]:.4f}", file=sys.stderr, flush=True)
+        if first_hit is None and objective.reached(values[-1]):
+            first_hit = rnd
+            if settings.num_server_rounds > 50:
+                break  # long searches stop at the target
+    return {"by-round": values, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}
+
+
+def main(grid: str, rows: list[int], rounds: int) -> None:
+    table = GRIDS[grid]
+    checkpoints = [r for r in (10, 11, 50, 100, 200, 300) if r <= rounds]
+    print("| row | setting | rounds to 97% | " + " | ".join(f"acc @{r}" for r in checkpoints) + " | seconds |")
+    print("|---|---|---|" + "---|" * len(checkpoints) + "---|")
+    for row in rows or range(len(table)):
+        label, strategy, slr, smom, kwargs = table[row]
+        settings = Settings(num_server_rounds=rounds, **kwargs)
+        r = run(strategy, slr, smom, settings)
+        vals = r["by-round"]
+        accs = " | ".join(f"{100 * vals[c - 1]:.2f}%" if c <= len(vals) else "-" for c in checkpoints)
+        hit = r["rounds-to-target"] or "not reached"
+        print(f"| {row} | {label} | {hit} | {accs} | {r['seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    rounds = 100
+    if args and args[0].startswith("--rounds="):
+        rounds = int(args.pop(0).split("=", 1)[1])
+    main(args[0], [int(a) for a in args[1:]], rounds)
