@@ -9,8 +9,6 @@ is written, so a run can be followed while it goes and continued after a crash.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from logging import ERROR, INFO
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.exit import add_exit_handler
 
 from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunFolder
 from server_app.nodes import NodeBook, wait_for_nodes
@@ -41,10 +40,6 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 app = ServerApp()
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT reached the ServerApp (``flwr stop``, Ctrl-C, a container stopping)."""
 
 
 @app.main()
@@ -104,37 +99,40 @@ def _run(
         set_weights(model, arrays.to_numpy_ndarrays())
         return evaluate(model, test_set, device, settings.objective)
 
-    with _signals_raise_interrupted():
-        try:
-            if resumed is None:
-                recorder.record(0, evaluate_global(0, arrays), num_nodes=len(book.available()))
-            for server_round in range(first_round, settings.num_server_rounds + 1):
-                trained = runner.train(grid, server_round, arrays)
-                arrays = trained.arrays
-                evaluated = runner.evaluate(grid, server_round, arrays)
-                recorder.record(
-                    server_round,
-                    evaluate_global(server_round, arrays),
-                    num_nodes=len(book.available()),
-                    clients_train=trained.metrics,
-                    clients_evaluate=evaluated.metrics,
-                    failures=trained.failures + evaluated.failures,
-                )
-                folder.write_checkpoint(
-                    Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, recorder.rounds,
-                               recorder.num_nodes, runner.state())
-                )
-            set_weights(model, arrays.to_numpy_ndarrays())
-            folder.write_model(model.state_dict())
-        except Interrupted as exc:
-            recorder.write(INTERRUPTED, error=str(exc))
-            log(ERROR, "Run interrupted after round %d: %s", recorder.last_round, folder.path)
-            raise SystemExit(1) from None
-        except BaseException as exc:
+    # `flwr stop`, Ctrl-C or a container stopping reach the ServerApp as a signal, which
+    # Flower turns into a graceful exit: the history then says 'interrupted'.
+    add_exit_handler(lambda: recorder.interrupted("stopped by a signal (flwr stop, Ctrl-C or shutdown)"),
+                     run_before_force_exit=True)
+    try:
+        if resumed is None:
+            recorder.record(0, evaluate_global(0, arrays), num_nodes=len(book.available()))
+        for server_round in range(first_round, settings.num_server_rounds + 1):
+            trained = runner.train(grid, server_round, arrays)
+            arrays = trained.arrays
+            evaluated = runner.evaluate(grid, server_round, arrays)
+            recorder.record(
+                server_round,
+                evaluate_global(server_round, arrays),
+                num_nodes=len(book.available()),
+                clients_train=trained.metrics,
+                clients_evaluate=evaluated.metrics,
+                failures=trained.failures + evaluated.failures,
+            )
+            folder.write_checkpoint(
+                Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, recorder.rounds,
+                           recorder.num_nodes, runner.state())
+            )
+        set_weights(model, arrays.to_numpy_ndarrays())
+        folder.write_model(model.state_dict())
+    except KeyboardInterrupt:
+        recorder.interrupted("stopped by SIGINT")
+        raise
+    except BaseException as exc:
+        if not recorder.finished:
             recorder.write(FAILED, error=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            recorder.tensorboard.close()
+        raise
+    finally:
+        recorder.tensorboard.close()
     recorder.write(COMPLETED)
     log(INFO, "Run complete: %s", folder.path)
 
@@ -161,26 +159,6 @@ def _checkpoint_to_resume(settings: Settings) -> tuple[RunFolder, Checkpoint] | 
     return old, checkpoint
 
 
-class _signals_raise_interrupted:
-    """SIGTERM and SIGINT become :class:`Interrupted` in the main thread, so the history
-    says 'interrupted' instead of ending mid-write. Elsewhere (a thread), nothing changes."""
-
-    def __enter__(self) -> None:
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._raise)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    @staticmethod
-    def _raise(signum: int, frame: object) -> None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
-
-
 class HistoryRecorder:
     """Collects each round's server and client metrics, rewrites the history, logs progress."""
 
@@ -192,6 +170,7 @@ class HistoryRecorder:
         self.last = time.monotonic()
         self.elapsed = 0.0
         self.num_nodes = 0
+        self.finished = False
 
     @property
     def last_round(self) -> int:
@@ -245,3 +224,10 @@ class HistoryRecorder:
 
     def write(self, status: str, error: str | None = None) -> None:
         self.folder.write_history(status, self.rounds, self.num_nodes, error)
+        self.finished = status != RUNNING
+
+    def interrupted(self, why: str) -> None:
+        """Once, and only for a run that has not ended otherwise."""
+        if not self.finished:
+            self.write(INTERRUPTED, error=why)
+            log(ERROR, "Run interrupted after round %d (%s): %s", self.last_round, why, self.folder.path)

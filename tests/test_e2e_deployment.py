@@ -50,3 +50,49 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
     assert rerun.folder.file(rf.MODEL).read_bytes() == run.folder.file(rf.MODEL).read_bytes()
     strip = lambda rounds: [{k: v for k, v in r.items() if k not in ("wall-time-s", "elapsed-s")} for r in rounds]  # noqa: E731
     assert strip(rerun.rounds) == strip(run.rounds)
+
+
+def test_flwr_stop_leaves_an_interrupted_history_and_a_checkpoint_to_resume(tmp_path):
+    import json
+    import subprocess
+    import threading
+    import time
+
+    from launcher.flower import FlowerError
+
+    with flower_home() as home:
+        address = start_superlink(home, simulation=False)
+        home.add_connection("loopback", address)
+        for i in range(2):
+            start_supernode(home, address, partition_id=i, num_partitions=2)
+        outcome = {}
+
+        def run() -> None:
+            try:
+                flwr_run(home, "loopback", {"num-server-rounds": 50, "local-epochs": 1, "fraction-evaluate": 0.0,
+                                            "output-dir": str(tmp_path), "run-name": "stopped"}, echo=False, timeout=600)
+            except FlowerError as exc:
+                outcome["error"] = str(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if len(rf.RunFolder(tmp_path / "stopped").history()["rounds"]) >= 2:
+                    break
+            except (rf.RunFolderError, FileNotFoundError):
+                pass
+            time.sleep(0.5)
+        listed = subprocess.run(["flwr", "list", "loopback", "--format", "json"], env=home.env, capture_output=True,
+                                text=True, check=True)
+        run_id = json.loads(listed.stdout)["runs"][0]["run-id"]
+        subprocess.run(["flwr", "stop", str(run_id), "loopback"], env=home.env, capture_output=True, check=True)
+        thread.join(120)
+    assert "finished:stopped" in outcome["error"]
+    folder = rf.RunFolder(tmp_path / "stopped")
+    history = folder.history()
+    assert history["status"] == "interrupted" and "stopped by a signal" in history["error"]
+    assert folder.read_checkpoint().server_round >= 1
+    with pytest.raises(rf.RunFolderError, match="was interrupted .* resume-from="):
+        rf.read_completed_run(folder.path)

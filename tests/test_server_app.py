@@ -136,14 +136,14 @@ def test_a_stopped_run_resumes_to_the_same_model_and_history(tmp_path, monkeypat
 
     def crash_in_round_3(self, grid, server_round, arrays):
         if server_round == 3:
-            raise KeyboardInterrupt  # as if the process died: the history stays unfinished
+            raise KeyboardInterrupt  # Ctrl-C in round 3
         return real(self, grid, server_round, arrays)
 
     monkeypatch.setattr(server_module.RoundRunner, "train", crash_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, TWO, **{"run-name": "cut", "num-server-rounds": 3})
     cut = rf.RunFolder(tmp_path / "cut")
-    assert cut.history()["status"] == "failed" and not cut.file(rf.MODEL).exists()
+    assert cut.history()["status"] == "interrupted" and not cut.file(rf.MODEL).exists()
     assert cut.read_checkpoint().server_round == 2
     monkeypatch.setattr(server_module.RoundRunner, "train", real)
 
