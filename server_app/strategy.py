@@ -223,7 +223,7 @@ class RoundRunner:
                 averaged, metrics = self.strategy.aggregate_train(server_round, [m for _, m in good])
                 if averaged is not None and is_finite(averaged):
                     result.arrays = averaged
-                    result.metrics = self._with_counts(metrics, [m for _, m in good])
+                    result.metrics = {**self._with_counts(metrics, [m for _, m in good]), "asked": len(chosen)}
                     if self.privacy is not None:
                         counts = {self._count(m) for _, m in good}
                         result.metrics["privacy"] = self.privacy.release(len(good), uniform=len(counts) == 1)
@@ -260,7 +260,7 @@ class RoundRunner:
                 result.failures.append(self._failure(server_round, 0, "evaluate", pid, reason))
         if good:
             metrics = self.strategy.aggregate_evaluate(server_round, good)
-            result.metrics = self._with_counts(metrics, good) if metrics is not None else None
+            result.metrics = {**self._with_counts(metrics, good), "asked": len(chosen)} if metrics is not None else None
         return result
 
     def _ask(
