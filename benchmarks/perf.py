@@ -47,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from client_app.simulation_queue import DISABLE_ENV
 from launcher.flower import PROJECT_ROOT, TIMINGS_ENV, flower_home, flwr_run, start_superlink, start_supernode, visible_gpus
 
 RESULTS_MD = PROJECT_ROOT / "benchmarks" / "RESULTS-perf.md"
@@ -128,6 +129,7 @@ class TreeMemory:
         self.peak_rss = self.peak_pss = 0
         self.peak_procs = 0
         self.peak_names: list[str] = []
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -152,10 +154,54 @@ class TreeMemory:
             r, p = memory_of(pid)
             rss, pss = rss + r, pss + p
             names.append(_read(f"/proc/{pid}/comm").strip())
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                role = self.cpu[pid][0] if pid in self.cpu else role_of(pid)
+                self.cpu[pid] = (role, seconds)
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(pids))
+
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used by the sampled processes, summed by role (as last sampled)."""
+        roles: dict[str, float] = {}
+        for role, seconds in self.cpu.values():
+            roles[role] = roles.get(role, 0.0) + seconds
+        return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
+
+
+ROLES = (  # (role, a piece of the command line that tells it)
+    ("clients (Ray actors)", "ClientAppActor"),
+    ("clients (ClientApp processes)", "flwr-clientapp"),
+    ("simulation process (ServerApp + Flower runtime)", "flwr-simulation"),
+    ("ServerApp process", "flwr-serverapp"),
+    ("SuperNodes", "flower-supernode"),
+    ("SuperLink, SuperExec", "flower-super"),
+    ("flwr CLI", "bin/flwr "),
+    ("launcher", "launcher.simulate"),
+)
+
+
+def role_of(pid: int) -> str:
+    cmdline = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+    for role, marker in ROLES:
+        if marker in cmdline:
+            return role
+    return "Ray's own processes" if "ray" in cmdline else "other"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_note(cpu: dict[str, float]) -> str:
+    return "CPU s: " + ", ".join(f"{role} {seconds:.0f}" for role, seconds in cpu.items() if seconds >= 0.5)
 
 
 def tree(root: int, include_root: bool = True) -> list[int]:
@@ -238,14 +284,17 @@ def steady(times: list[float]) -> float:
 # --- runs through the launcher --------------------------------------------------------------
 
 
-def launch(num_nodes: int, run_config: dict[str, Any], out: Path, timeout: float = 3600) -> dict[str, Any]:
+def launch(
+    num_nodes: int, run_config: dict[str, Any], out: Path, timeout: float = 3600, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``python -m launcher.simulate`` as a user runs it, with the clients on the CPU: the run's
-    round times, when each line of its output arrived, and the peak memory of its processes."""
+    round times, when each line of its output arrived, the peak memory of its processes and
+    the CPU time each kind of process used."""
     name = str(run_config["run-name"])
     pairs = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
     cmd = [sys.executable, "-m", "launcher.simulate", "--num-supernodes", str(num_nodes), "--output-dir", str(out),
            "--gpus-per-client", "0", "--timeout", str(timeout), "--run-config", pairs]
-    env = {**os.environ, TIMINGS_ENV: "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, TIMINGS_ENV: "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -261,7 +310,7 @@ def launch(num_nodes: int, run_config: dict[str, Any], out: Path, timeout: float
     times = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     return {"times": times, "lines": lines, "total_s": time.perf_counter() - start, "history": history,
             "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss, "procs": mem.peak_procs, "names": mem.peak_names,
-            "one_pass": any("one pass over the queue" in text for _, text in lines)}
+            "cpu": mem.cpu_by_role(), "one_pass": any("one pass over the queue" in text for _, text in lines)}
 
 
 def _toml(value: Any) -> str:
@@ -280,7 +329,7 @@ def _metric(history: dict) -> float:
 # --- the rows -------------------------------------------------------------------------------
 
 
-def overhead(rounds: int, work_dir: Path) -> list[Row]:
+def overhead(rounds: int, work_dir: Path, with_flower_delivery: bool = True) -> list[Row]:
     rows = []
     for model in ("mlp", "autoencoder"):
         config = {**WORK, "model": model, "num-server-rounds": rounds}
@@ -300,9 +349,17 @@ def overhead(rounds: int, work_dir: Path) -> list[Row]:
         rows.append(Row("overhead", f"{model}: flwr run simulation, 100 clients", steady(sim["times"]),
                         steady(sim["times"]) / best, sim["times"][0], sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9,
                         load=(l2, l3),
-                        notes=f"{key} {_metric(sim['history']):.4f}; ratio against the faster plain loop"
-                        + ("" if sim["one_pass"] else "; one-pass delivery NOT in place"),
-                        extra={"rounds": sim["times"]}))
+                        notes=f"{key} {_metric(sim['history']):.4f}; ratio against the faster plain loop; "
+                        + cpu_note(sim["cpu"]) + ("" if sim["one_pass"] else "; one-pass delivery NOT in place"),
+                        extra={"rounds": sim["times"], "cpu": sim["cpu"]}))
+        if model == "mlp" and with_flower_delivery:  # the same run with Flower's own message loop, for comparison
+            old = launch(100, {**config, "run-name": f"overhead-{model}-flower-delivery"}, work_dir,
+                         env={DISABLE_ENV: "1"})
+            l4 = load1()
+            rows.append(Row("overhead", f"{model}: the same, Flower's own per-node delivery", steady(old["times"]),
+                            steady(old["times"]) / best, old["times"][0], old["peak_rss"] / 1e9, old["peak_pss"] / 1e9,
+                            load=(l3, l4), notes=f"{key} {_metric(old['history']):.4f}; " + cpu_note(old["cpu"]),
+                            extra={"rounds": old["times"], "cpu": old["cpu"]}))
     return rows
 
 
@@ -331,8 +388,8 @@ def coldstart(work_dir: Path) -> list[Row]:
         previous = at
     end = next((t for t, text in run["lines"] if "Round 1/" in text), None)
     return [Row("coldstart", "command to end of round 1, 100 clients", None, None, end,
-                run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1), notes="; ".join(phases),
-                extra={"total_s": run["total_s"], "phases": phases})]
+                run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1), notes="; ".join(phases + [cpu_note(run["cpu"])]),
+                extra={"total_s": run["total_s"], "phases": phases, "cpu": run["cpu"]})]
 
 
 def scale(sizes: list[int], work_dir: Path) -> list[Row]:
@@ -346,8 +403,8 @@ def scale(sizes: list[int], work_dir: Path) -> list[Row]:
         per = max(1, int(n * 0.1))
         rows.append(Row("scale", f"{n:,} clients ({60000 // n:,} images each, {per:,} per round)", steady(run["times"]),
                         None, run["times"][0], run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1),
-                        notes=f"{run['procs']} processes at most; start to finish {run['total_s']:.0f} s",
-                        extra={"rounds": run["times"], "names_at_peak": run["names"]}))
+                        notes=f"{run['procs']} processes at most; start to finish {run['total_s']:.0f} s; " + cpu_note(run["cpu"]),
+                        extra={"rounds": run["times"], "names_at_peak": run["names"], "cpu": run["cpu"]}))
     return rows
 
 
@@ -369,11 +426,12 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
     return [
         Row("deployment", "3 SuperNodes on loopback (20,000 images each)", steady(deployed), steady(deployed) / steady(sim["times"]),
             deployed[0], mem.peak_rss / 1e9, mem.peak_pss / 1e9, load=(l0, l1),
-            notes=f"accuracy {_metric(history):.4f}; ratio against the simulation below; one ClientApp process per message",
-            extra={"rounds": deployed}),
+            notes=f"accuracy {_metric(history):.4f}; ratio against the simulation below; one ClientApp process per "
+            f"message; {cpu_note(mem.cpu_by_role())}",
+            extra={"rounds": deployed, "cpu": mem.cpu_by_role()}),
         Row("deployment", "simulation, 3 clients (20,000 images each)", steady(sim["times"]), None, sim["times"][0],
-            sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9, load=(l1, l2), notes=f"accuracy {_metric(sim['history']):.4f}",
-            extra={"rounds": sim["times"]}),
+            sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9, load=(l1, l2),
+            notes=f"accuracy {_metric(sim['history']):.4f}; {cpu_note(sim['cpu'])}", extra={"rounds": sim["times"], "cpu": sim["cpu"]}),
     ]
 
 

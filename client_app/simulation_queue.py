@@ -14,7 +14,8 @@ most one undelivered message per node per pass, the same validity checks, the
 same ``delivered_at`` stamp) in one scan of the stored messages: M checks per
 pass. :func:`install` puts it in place of Flower's, only in a process where
 Flower's simulation runtime is loaded and only for the Flower minor version it
-was written against (``SUPPORTED``); anywhere else it does nothing. The client
+was written against (``SUPPORTED``); anywhere else it does nothing, and
+``FEDMNIST_FLOWER_DELIVERY=1`` in the environment keeps Flower's own. The client
 app imports this module, because the client app is the first of this project's
 code that Flower loads in its simulation process, before that thread starts.
 """
@@ -22,6 +23,7 @@ code that Flower loads in its simulation process, before that thread starts.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -30,6 +32,7 @@ from queue import Queue
 from typing import Any
 
 VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+DISABLE_ENV = "FEDMNIST_FLOWER_DELIVERY"  # =1: keep Flower's own loop (to measure the difference)
 SUPPORTED = ("1.41.",)  # the Flower versions whose internals this was checked against
 POLL_S = 0.1  # as Flower's own loop
 
@@ -76,7 +79,7 @@ def install() -> bool:
     """Use :func:`add_messages_to_queue` in Flower's simulation runtime, if it is loaded
     in this process and its version is one this was checked against. True if in place."""
     vce_api = sys.modules.get(VCE_MODULE)
-    if vce_api is None:
+    if vce_api is None or os.environ.get(DISABLE_ENV) == "1":
         return False
     current = getattr(vce_api, "add_messages_to_queue", None)
     if current is add_messages_to_queue:

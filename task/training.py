@@ -7,6 +7,8 @@ Python overhead of a loader would cost more than the arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch import nn
@@ -41,10 +43,49 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(w)) for k, w in zip(keys, weights)}, strict=True)
 
 
-def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer:
+class MomentumSGD:
+    """SGD with optional momentum: the arithmetic of ``torch.optim.SGD`` (no weight decay,
+    dampening or Nesterov), operation for operation, so every step gives the same bits.
+
+    It stands in for ``torch.optim.SGD`` because of what comes with it: the first
+    ``torch.optim`` optimizer a process creates imports ``torch._dynamo`` (about 3 s
+    on a 2-core CPU, 20 s under load), which every simulation worker paid on its first
+    message and a deployment pays on every message (one ClientApp process each), and
+    every step passes through its hooks."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0) -> None:
+        self.params = list(params)
+        self.lr = lr
+        self.momentum = momentum
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None:  # as torch.optim: parameters without a gradient are left alone
+                continue
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad, alpha=1)
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
+def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer | MomentumSGD:
     if settings.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
+    return MomentumSGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
 
 
 def train(
@@ -73,7 +114,7 @@ def train(
 def train_epoch(
     model: nn.Module,
     data: Batchable,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | MomentumSGD,
     settings: Settings,
     gen: torch.Generator,
     anchor: list[torch.Tensor] | None = None,

@@ -100,6 +100,13 @@ def test_install_replaces_flowers_loop_only_where_the_simulation_runtime_is_load
     assert install() is True  # twice is harmless
 
 
+def test_install_can_be_turned_off_to_measure_flowers_own_loop(monkeypatch):
+    original = vce_api.add_messages_to_queue
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)
+    monkeypatch.setenv(simulation_queue.DISABLE_ENV, "1")
+    assert install() is False and vce_api.add_messages_to_queue is original
+
+
 def test_install_leaves_other_flower_versions_alone(monkeypatch):
     import flwr
 
