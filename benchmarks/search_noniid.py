@@ -48,6 +48,9 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
         ("fedadam 0.01 C=0.1 E=1 lr0.05", "fedadam", 0.01, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
         ("fedavgm 0.7 C=0.2 E=1 lr0.1", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
         ("fedavgm 0.9 C=0.3 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.05)),
+        ("fedavgm 0.5 C=0.1 E=1 lr0.1", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
+        ("fedavg C=0.2 E=1 lr0.1", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.9 C=0.1 E=1 lr0.01", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.01)),
     ],
     # The fastest IID setting (goal: 97% in at most 11 rounds; `fast` needs 16 with FedAvg).
     "iid-best": [
