@@ -153,10 +153,12 @@ class TreeMemory:
         for pid in pids:
             r, p = memory_of(pid)
             rss, pss = rss + r, pss + p
-            names.append(_read(f"/proc/{pid}/comm").strip())
+            names.append(f"{_read(f'/proc/{pid}/comm').strip()} {r / 1e6:.0f}/{p / 1e6:.0f} MB")
             seconds = cpu_seconds(pid)
-            if seconds is not None:
-                role = self.cpu[pid][0] if pid in self.cpu else role_of(pid)
+            if seconds is not None:  # the role as last seen: a Ray worker becomes an actor after it starts
+                role = role_of(pid)
+                if role == "other" and pid in self.cpu:  # an exiting process has no command line left
+                    role = self.cpu[pid][0]
                 self.cpu[pid] = (role, seconds)
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
@@ -285,7 +287,12 @@ def steady(times: list[float]) -> float:
 
 
 def launch(
-    num_nodes: int, run_config: dict[str, Any], out: Path, timeout: float = 3600, env: dict[str, str] | None = None
+    num_nodes: int,
+    run_config: dict[str, Any],
+    out: Path,
+    timeout: float = 3600,
+    env: dict[str, str] | None = None,
+    cpus_per_client: float = 1.0,
 ) -> dict[str, Any]:
     """``python -m launcher.simulate`` as a user runs it, with the clients on the CPU: the run's
     round times, when each line of its output arrived, the peak memory of its processes and
@@ -293,7 +300,8 @@ def launch(
     name = str(run_config["run-name"])
     pairs = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
     cmd = [sys.executable, "-m", "launcher.simulate", "--num-supernodes", str(num_nodes), "--output-dir", str(out),
-           "--gpus-per-client", "0", "--timeout", str(timeout), "--run-config", pairs]
+           "--gpus-per-client", "0", "--cpus-per-client", str(cpus_per_client), "--timeout", str(timeout),
+           "--run-config", pairs]
     env = {**os.environ, TIMINGS_ENV: "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
@@ -394,14 +402,18 @@ def coldstart(work_dir: Path) -> list[Row]:
 
 def scale(sizes: list[int], work_dir: Path) -> list[Row]:
     rows = []
-    for n in sizes:
+    cores = os.cpu_count() or 1
+    # every size with one worker per core; 1,000 clients also with a single worker (cores per client = all)
+    plan = [(n, 1.0) for n in sizes] + ([(1000, float(cores))] if 1000 in sizes and cores > 1 else [])
+    for n, cpus in plan:
         config = {**WORK, "fraction-train": 0.1, "fraction-evaluate": 0.1, "num-server-rounds": 3,
-                  "run-name": f"scale-{n}"}
+                  "run-name": f"scale-{n}-{cpus:g}"}
         l0 = load1()
-        run = launch(n, config, work_dir, timeout=5400)
+        run = launch(n, config, work_dir, timeout=5400, cpus_per_client=cpus)
         l1 = load1()
         per = max(1, int(n * 0.1))
-        rows.append(Row("scale", f"{n:,} clients ({60000 // n:,} images each, {per:,} per round)", steady(run["times"]),
+        workers = "" if cpus == 1 else f", one worker (--cpus-per-client {cpus:g})"
+        rows.append(Row("scale", f"{n:,} clients ({60000 // n:,} images each, {per:,} per round{workers})", steady(run["times"]),
                         None, run["times"][0], run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1),
                         notes=f"{run['procs']} processes at most; start to finish {run['total_s']:.0f} s; " + cpu_note(run["cpu"]),
                         extra={"rounds": run["times"], "names_at_peak": run["names"], "cpu": run["cpu"]}))
@@ -532,7 +544,7 @@ def targets(rows: list[Row]) -> str:
             found["overhead-mlp"] = r.ratio
         if r.section == "coldstart" and r.first_round_s is not None:
             found["coldstart"] = r.first_round_s
-        if r.section == "scale" and r.peak_rss_gb is not None:
+        if r.section == "scale" and r.peak_rss_gb is not None and "one worker" not in r.name:
             n = r.name.split(" ")[0].replace(",", "")
             if f"scale-{n}" in TARGETS:
                 found[f"scale-{n}"] = r.peak_rss_gb

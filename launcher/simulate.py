@@ -82,7 +82,8 @@ def check_nodes(settings: Settings, num_supernodes: int) -> None:
             f"min-available-nodes={settings.min_available_nodes} is more than --num-supernodes={num_supernodes}, "
             "so the run would wait forever for nodes: lower min-available-nodes or raise --num-supernodes."
         )
-    from task.shards import local_test_shards, train_shards  # brings torch: only when a run starts
+    from task.data import release_mnist
+    from task.shards import local_test_shards, train_shards
 
     try:
         train_shards(settings, num_supernodes)
@@ -90,6 +91,8 @@ def check_nodes(settings: Settings, num_supernodes: int) -> None:
     except ConfigError as exc:
         fit = f"--num-supernodes={num_supernodes} does not fit partitioning='{settings.partitioning}'"
         raise ConfigError(f"{fit}: {exc}") from None
+    finally:
+        release_mnist()  # the launcher trains nothing: no reason to hold MNIST through the run
 
 
 def pick_output_dir(flag: Path | None, run_config: dict[str, object]) -> Path:

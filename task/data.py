@@ -107,6 +107,12 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> Mnist:
     return _load_cached(str(folder))
 
 
+def release_mnist() -> None:
+    """Drop this process's copies of MNIST (about 55 MB), e.g. once a check that read
+    the labels is done in a process that trains nothing."""
+    _load_cached.cache_clear()
+
+
 @lru_cache(maxsize=4)
 def _load_cached(folder: str) -> Mnist:
     root = Path(folder)
