@@ -1,0 +1,93 @@
+"""The benchmark's own helpers, without running a benchmark: steady-state rounds, the
+process-tree memory sampler, the verdicts on the issue's targets, and the GPU rows,
+which on a machine without a GPU must say why they were not measured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import benchmarks.perf as perf
+from benchmarks.perf import Row, TreeMemory, memory_of, steady, table, targets, tree
+
+
+def test_steady_state_is_the_median_of_rounds_after_the_first():
+    assert steady([20.0, 3.0, 5.0, 4.0]) == 4.0
+    assert steady([7.0]) == 7.0
+
+
+def test_the_tree_sampler_sums_the_memory_of_child_processes():
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(200_000_000); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 30
+        while memory_of(child.pid)[0] < 200_000_000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert child.pid in tree(os.getpid(), include_root=False)
+        with TreeMemory(os.getpid(), include_root=False, interval=0.05) as mem:
+            time.sleep(0.3)
+        assert mem.peak_rss >= 200_000_000 and 0 < mem.peak_pss <= mem.peak_rss
+        assert mem.peak_procs >= 1 and any(name.startswith("python") for name in mem.peak_names)
+        assert mem.cpu_by_role()  # CPU seconds by role, even if tiny
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_targets_say_met_or_by_how_much_they_were_missed():
+    rows = [
+        Row("overhead", "mlp: flwr run simulation, 100 clients", ratio=1.1),
+        Row("coldstart", "command to end of round 1, 100 clients", first_round_s=18.0),
+        Row("scale", "1,000 clients (60 images each, 100 per round)", peak_rss_gb=3.6),
+        Row("scale", "1,000 clients (60 images each, 100 per round, one worker (--cpus-per-client 2))", peak_rss_gb=2.0),
+        Row("scale", "10,000 clients (6 images each, 1,000 per round)", peak_rss_gb=3.9),
+    ]
+    text = targets(rows)
+    assert "| simulation / plain loop, MLP, steady state | at most 1.3 x | 1.10 x | met |" in text
+    assert "| command to end of round 1, 100 clients | at most 15 s | 18.00 s | missed by 3.00 s (20% over) |" in text
+    assert "3.60 GB | missed by 0.60 GB (20% over)" in text  # the single-worker row does not stand for the target
+    assert "| peak memory, 10,000 clients (RSS summed) | at most 4 GB | 3.90 GB | met |" in text
+
+
+def test_the_table_has_a_row_per_measurement_with_its_load():
+    text = table([Row("gpu", "x", notes="not measured: no GPU", load=(2.5, 3.25))])
+    assert text.splitlines()[2] == "| gpu: x |  |  |  |  |  | 2.5 → 3.2 | not measured: no GPU |"
+
+
+def test_without_a_gpu_the_gpu_rows_say_not_measured_and_why(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(perf, "visible_gpus", lambda: [])
+    rows = perf.gpu(2, tmp_path)
+    assert len(rows) == 2 and all(r.notes.startswith("not measured: no GPU on this machine") for r in rows)
+    monkeypatch.setattr(perf, "visible_gpus", lambda: ["NVIDIA H100"])
+    assert "nvidia-smi shows NVIDIA H100 but torch" in perf.gpu(2, tmp_path)[0].notes
+
+
+def test_with_a_gpu_the_gpu_rows_compare_cuda_with_the_cpu_and_run_a_simulation(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(perf, "throughput", lambda kind, device: {"cpu": 1000.0, "cuda": 8000.0}[device])
+    runs = []
+
+    def fake_launch_gpu(num_nodes, run_config, out):
+        runs.append((num_nodes, run_config))
+        return {"times": [9.0, 2.0, 2.0], "total_s": 30.0, "peak_rss": 5e9, "peak_pss": 3e9}
+
+    monkeypatch.setattr(perf, "launch_gpu", fake_launch_gpu)
+    rows = perf.gpu(3, tmp_path)
+    assert [r.ratio for r in rows[:2]] == [8.0, 8.0]
+    assert "8,000 images/s on CUDA, 1,000 on the CPU" in rows[0].notes
+    assert rows[2].s_per_round == 2.0 and runs[0][0] == 100 and runs[0][1]["num-server-rounds"] == 3
+
+
+@pytest.mark.parametrize("bad", ["overhead,speed", "gpus"])
+def test_an_unknown_section_is_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        perf.main(["--only", bad, "--no-write"])
+    assert "unknown section" in capsys.readouterr().err
