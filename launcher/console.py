@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
+from pathlib import Path
 from typing import IO, Any
 
 from task.objective import Objective
@@ -84,10 +86,10 @@ class ProgressDisplay:
             self.out.flush()
 
 
-def summary(history: dict[str, Any], objective: Objective, run_dir: str) -> str:
+def summary(history: dict[str, Any], objective: Objective) -> str:
     """The short summary after a run: how it ended, the final and best metric, where it is."""
     rounds = history.get("rounds") or []
-    lines = [f"Run {history.get('status', 'unknown')}: {run_dir}"]
+    lines = [f"Run {history.get('status', 'unknown')}."]
     if len(rounds) > 1:
         values = [r["server"][objective.key] for r in rounds if r["server"].get(objective.key) is not None]
         last = rounds[-1]
@@ -105,3 +107,58 @@ def summary(history: dict[str, Any], objective: Objective, run_dir: str) -> str:
     if history.get("error"):
         lines.append(f"  error: {history['error']}")
     return "\n".join(lines)
+
+
+class RunWatcher:
+    """While a run goes: shows its progress from the run folder (when ``show``), keeps
+    every line Flower prints, and at the end writes them to the run folder's log and
+    prints the summary."""
+
+    def __init__(self, run_dir: Path, total_rounds: int, objective: Objective, show: bool, verbose: bool) -> None:
+        self.run_dir = run_dir
+        self.objective = objective
+        self.show, self.verbose = show, verbose
+        self.display = ProgressDisplay(total_rounds, objective) if show and not verbose else None
+        self.lines: list[str] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> RunWatcher:
+        self.thread.start()
+        return self
+
+    def on_line(self, line: str) -> None:
+        self.lines.append(strip_ansi(line))
+        if self.show and self.verbose:
+            tty = sys.stdout.isatty()
+            sys.stdout.write(line if tty else strip_ansi(line))
+            sys.stdout.flush()
+
+    def _history(self) -> dict[str, Any] | None:
+        from run_folder import RunFolder, RunFolderError
+
+        try:
+            return RunFolder(self.run_dir).history()
+        except (RunFolderError, OSError):
+            return None
+
+    def _watch(self) -> None:
+        while not self.stop_event.wait(0.5):
+            history = self._history()
+            if history is not None and self.display is not None:
+                self.display.update(history)
+
+    def __exit__(self, *exc: object) -> None:
+        from run_folder import FLOWER_LOG
+
+        self.stop_event.set()
+        self.thread.join(5)
+        history = self._history()
+        if self.display is not None:
+            if history is not None:
+                self.display.update(history)
+            self.display.close()
+        if self.run_dir.is_dir() and self.lines:
+            (self.run_dir / FLOWER_LOG).write_text("".join(self.lines), encoding="utf-8")
+        if self.show and history is not None:
+            print(summary(history, self.objective), flush=True)

@@ -230,6 +230,7 @@ def flwr_run(
     app_dir: Path = PROJECT_ROOT,
     echo: bool = True,
     timeout: float = 3600,
+    on_line: Callable[[str], None] | None = None,
 ) -> int:
     """Submit the app with ``flwr run``, follow its log with ``flwr log --stream`` (echoed
     when ``echo``), and return the run id once the run has finished. Raises
@@ -258,6 +259,8 @@ def flwr_run(
     assert follow.stdout is not None
     try:
         for line in lines_until(follow.stdout, deadline):
+            if on_line is not None:
+                on_line(line)
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()

@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 from flwr.common.config import get_project_config, parse_config_args
 
+from launcher.console import RunWatcher
 from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, mark, start_superlink, visible_gpus
 from task.config import ConfigError, Settings
 from task.errors import run_cli
@@ -138,12 +140,15 @@ def run_simulation(
     echo: bool = True,
     timeout: float = DEFAULT_TIMEOUT_S,
     ray_address: str | None = None,
+    verbose: bool = False,
 ) -> Path:
     """Run the app in simulation and return its run folder (see :func:`pick_output_dir`).
     Raises ConfigError (or DataError) before anything starts when the run cannot work.
 
-    ``gpus_per_client=None`` picks the share as :func:`gpu_share` says (and prints
-    why when ``echo``). ``ray_address`` joins that Ray cluster (the simulation's
+    ``echo`` shows a progress line per round and a summary (``verbose``: Flower's and
+    Ray's own records instead of the progress line); either way those records go to
+    the run folder's ``flower.log``. ``gpus_per_client=None`` picks the share as
+    :func:`gpu_share` says (and prints why when ``echo``). ``ray_address`` joins that Ray cluster (the simulation's
     ``ray.init()`` reads ``RAY_ADDRESS``) instead of starting a Ray for this run."""
     settings = check_run_config(run_config)
     check_nodes(settings, num_supernodes)
@@ -177,8 +182,34 @@ def run_simulation(
         address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
         home.add_connection(CONNECTION, address)
         config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
-        flwr_run(home, CONNECTION, config, federation, echo=echo, timeout=timeout)
+        watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
+        with watcher:
+            flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout, on_line=watcher.on_line)
     return output_dir / names["run"]
+
+
+def record_origin(run_dir: Path, command: list[str]) -> None:
+    """Add to the run's manifest what only this process knows: the command and the checkout."""
+    import shlex
+
+    from run_folder import RunFolder, RunFolderError
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    try:
+        RunFolder.open(run_dir).update_manifest(
+            command=shlex.join(command),
+            git={"commit": commit, "clean": status == "" if status is not None else None} if commit else None,
+        )
+    except RunFolderError:  # the run never made its folder: nothing to add to
+        pass
 
 
 def _whole(x: float) -> float | int:
@@ -203,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a preset TOML file or 'key=value ...'; repeat to combine, later ones win",
     )
     parser.add_argument("--report", action="store_true", help="write report.md (federated vs central) into the run folder")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Flower's and Ray's own records instead of the progress line"
+    )
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="CPU cores per virtual client (default 1)")
     parser.add_argument(
         "--gpus-per-client",
@@ -243,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.gpus_per_client,
                 timeout=args.timeout,
                 ray_address=args.ray_address,
+                verbose=args.verbose,
             )
         except FlowerError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 1
-        print(f"\nRun folder: {run_dir}")
+        record_origin(run_dir, ["python", "-m", "launcher.simulate", *(sys.argv[1:] if argv is None else argv)])
+        print(f"Run folder: {run_dir}")
         if args.report:
             from report import make_report  # the report sits downstream of the run
 

@@ -18,6 +18,7 @@ Layout of ``<output-dir>/<run-name>/``:
   seeds, a hash of every node's shard, and (when a launcher started it) the
   exact command and the project's git commit.
 - ``server.log``: the ServerApp's own log of the run (Flower's records included).
+- ``flower.log``: everything Flower and Ray printed while the launcher ran it.
 - ``tensorboard/``: per-round metrics as TensorBoard event files, when asked for.
 - What later tools add: the report (``report.md`` and its figures) and the
   autoencoder's outputs (codes, pictures, anomaly scores).
@@ -52,6 +53,7 @@ MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"
 SERVER_LOG = "server.log"
+FLOWER_LOG = "flower.log"
 TENSORBOARD = "tensorboard"
 REPORT = "report.md"
 REPORT_CURVES = "report-curves.png"

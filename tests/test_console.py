@@ -60,8 +60,8 @@ def test_strip_ansi_removes_flowers_colours():
 
 def test_summary_says_how_it_ended_and_the_numbers():
     history = {"status": "completed", "rounds": [_round(0, 0.1, 0.0), _round(1, 0.95, 2.0), _round(2, 0.975, 4.0)]}
-    text = summary(history, CLASSIFICATION, "outputs/r")
-    assert text.splitlines()[0] == "Run completed: outputs/r"
+    text = summary(history, CLASSIFICATION)
+    assert text.splitlines()[0] == "Run completed."
     assert "2 rounds in 4 s; final test accuracy 97.50%, best 97.50%" in text and "first at 97.00%: round 2" in text
-    failed = summary({"status": "failed", "rounds": [_round(0, 0.1, 0.0)], "error": "RoundFailed: x"}, CLASSIFICATION, "r")
+    failed = summary({"status": "failed", "rounds": [_round(0, 0.1, 0.0)], "error": "RoundFailed: x"}, CLASSIFICATION)
     assert "error: RoundFailed: x" in failed
