@@ -124,6 +124,9 @@ class RunWatcher:
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> RunWatcher:
+        if self.display is not None:
+            print(f"Run {self.run_dir.name}: {self.display.total_rounds} round(s); Flower's own records go to "
+                  f"{self.run_dir}/flower.log (--verbose shows them here)", flush=True)
         self.thread.start()
         return self
 
