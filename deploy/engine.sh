@@ -9,30 +9,29 @@
 set -euo pipefail
 
 LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
-CLI=/usr/bin/docker   # the distribution's client: `docker build` with DOCKER_BUILDKIT=1 works without buildx
+# The distribution's client first: `docker build` with DOCKER_BUILDKIT=1 works there without buildx.
+CLI=$(command -v /usr/bin/docker || command -v docker || echo /usr/bin/docker)
 
 answers() { "$CLI" info >/dev/null 2>&1; }
 
-if [[ -x $CLI ]] && answers; then
-    echo "engine.sh: the Docker engine answers ($("$CLI" version --format '{{.Server.Version}}'))"
-    exit 0
-fi
-if [[ $(id -u) -ne 0 ]]; then
-    echo "engine.sh: no Docker engine answers and installing one needs root: run 'sudo $0'" >&2
-    exit 1
-fi
+have_compose() { command -v docker-compose >/dev/null || "$CLI" compose version >/dev/null 2>&1; }
 
 missing=()
-[[ -x /usr/sbin/dockerd && -x $CLI ]] || missing+=(docker.io)
-command -v docker-compose >/dev/null || missing+=(docker-compose)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
+answers || [[ -x /usr/sbin/dockerd && -x $CLI ]] || missing+=(docker.io)
+have_compose || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)  # for deploy/base-image.sh
 if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "engine.sh: missing ${missing[*]}, and installing needs root: run 'sudo $0'" >&2
+        exit 1
+    fi
     echo "engine.sh: installing ${missing[*]} with apt-get"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! answers; then
+    [[ $(id -u) -eq 0 ]] || { echo "engine.sh: no Docker engine answers, and starting one needs root: run 'sudo $0'" >&2; exit 1; }
     if pgrep -x dockerd >/dev/null; then
         echo "engine.sh: dockerd is running but does not answer yet; waiting"
     else

@@ -292,6 +292,13 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 def health(url: str, ca: str | None) -> int:
+    if os.getuid() == 0:  # docker runs health checks as the container's user: root here, so drop it
+        try:
+            pw = pwd.getpwnam(IMAGE_USER)
+        except KeyError:  # not in the image (a test on the host)
+            pass
+        else:
+            drop_privileges(pw.pw_uid, pw.pw_gid)
     context = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
     try:
         with urllib.request.urlopen(url, timeout=5, context=context) as resp:

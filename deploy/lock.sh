@@ -4,7 +4,7 @@
 #   deploy/requirements.txt        the project's dependencies, all of them, exact versions
 #   deploy/requirements-build.txt  what builds the project's own wheel (hatchling)
 # Run it after changing dependencies in pyproject.toml and commit both files; the image and
-# the wheelhouse install exactly these versions. tests/test_deploy_helpers.py checks they agree.
+# the wheelhouse install exactly these versions. tests/test_deploy.py checks that they agree with pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

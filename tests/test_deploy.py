@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -144,7 +145,11 @@ def test_the_run_as_user_follows_the_first_non_root_owner(tmp_path):
 def test_the_health_check_fails_when_nothing_answers():
     from launcher.flower import free_port
 
-    assert entrypoint.health(f"http://127.0.0.1:{free_port()}/health", None) == 1
+    # in a process of its own: run as root, the health check drops privileges
+    url = f"http://127.0.0.1:{free_port()}/health"
+    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "entrypoint.py"), "--health", url],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and url in proc.stderr
 
 
 # --- the flwr connection ------------------------------------------------------------------------
