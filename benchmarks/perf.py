@@ -14,7 +14,7 @@ Rows (the work is the issue's: the MLP, 600 images per client, every client ever
 round, 1 local epoch, batch 32, SGD 0.01 with momentum 0.9, no client evaluation):
 
 - overhead: the same FedAvg rounds (a) as a plain in-process PyTorch loop, no
-  Flower, no Ray (one thread, and all cores), and (b) through ``flwr run`` simulation
+  Flower, no Ray (one process, one thread; ``--plain-threads 1,2`` adds more), and (b) through ``flwr run`` simulation
   with this project's apps (``launcher.simulate``); steady-state seconds per round
   (median of rounds 2..R, round 1 holds the start-up) and the ratio. MLP and autoencoder.
 - coldstart: from the launcher command to the end of round 1 with 100 clients, and
@@ -337,27 +337,29 @@ def _metric(history: dict) -> float:
 # --- the rows -------------------------------------------------------------------------------
 
 
-def overhead(rounds: int, work_dir: Path, with_flower_delivery: bool = True) -> list[Row]:
+def overhead(
+    rounds: int, work_dir: Path, with_flower_delivery: bool = True, plain_threads: tuple[int, ...] = (1,)
+) -> list[Row]:
     rows = []
     for model in ("mlp", "autoencoder"):
         config = {**WORK, "model": model, "num-server-rounds": rounds}
-        l0 = load1()
-        one = plain_loop(config, 100, rounds, threads=1)
-        l1 = load1()
-        every = plain_loop(config, 100, rounds, threads=os.cpu_count() or 1)
+        plain = []
+        for threads in plain_threads:
+            l0 = load1()
+            run = plain_loop(config, 100, rounds, threads=threads)
+            plain.append(run)
+            key = "accuracy" if model == "mlp" else "mse"
+            rows.append(Row("overhead", f"{model}: plain loop, one process, {threads} thread(s)", steady(run["times"]),
+                            None, run["times"][0], load=(l0, load1()),
+                            notes=f"{key} after {rounds} rounds {run['metric']:.4f}", extra={"rounds": run["times"]}))
         l2 = load1()
         sim = launch(100, {**config, "run-name": f"overhead-{model}"}, work_dir)
         l3 = load1()
-        best = min(steady(one["times"]), steady(every["times"]))
-        key = "accuracy" if model == "mlp" else "mse"
-        rows.append(Row("overhead", f"{model}: plain loop, 1 thread", steady(one["times"]), None, one["times"][0],
-                        load=(l0, l1), notes=f"{key} after {rounds} rounds {one['metric']:.4f}"))
-        rows.append(Row("overhead", f"{model}: plain loop, {os.cpu_count()} threads", steady(every["times"]), None,
-                        every["times"][0], load=(l1, l2), notes=f"{key} {every['metric']:.4f}"))
+        best = min(steady(run["times"]) for run in plain)
         rows.append(Row("overhead", f"{model}: flwr run simulation, 100 clients", steady(sim["times"]),
                         steady(sim["times"]) / best, sim["times"][0], sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9,
                         load=(l2, l3),
-                        notes=f"{key} {_metric(sim['history']):.4f}; ratio against the faster plain loop; "
+                        notes=f"{key} {_metric(sim['history']):.4f}; ratio against the plain loop; "
                         + cpu_note(sim["cpu"]) + ("" if sim["one_pass"] else "; one-pass delivery NOT in place"),
                         extra={"rounds": sim["times"], "cpu": sim["cpu"]}))
         if model == "mlp" and with_flower_delivery:  # the same run with Flower's own message loop, for comparison
@@ -578,7 +580,9 @@ def write(rows: list[Row], command: str, started: str, md: Path, jsonl: Path) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the overhead and deployment rows (default 5)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the overhead and deployment rows (default 4)")
+    parser.add_argument("--plain-threads", default="1",
+                        help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)")
     parser.add_argument("--scale", default="10,100,1000,10000", help="client counts of the scale rows")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help="Markdown file the table is appended to")
     parser.add_argument("--jsonl", type=Path, default=RESULTS_JSONL, help="file every row is appended to as JSON")
@@ -596,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         for section in sections:
             print(f"[perf] {section} ...", file=sys.stderr, flush=True)
             if section == "overhead":
-                rows += overhead(args.rounds, work)
+                rows += overhead(args.rounds, work, plain_threads=tuple(int(t) for t in args.plain_threads.split(",")))
             elif section == "coldstart":
                 rows += coldstart(work)
             elif section == "scale":
