@@ -294,13 +294,17 @@ def privacy_text(run: CompletedRun) -> str:
         return (f"not computed ({privacy.get('why-not', 'no reason recorded')}), so no (epsilon, delta) "
                 "guarantee is claimed.")
     return (
-        f"epsilon = {privacy['epsilon']:.3g} at delta = {delta:g} after {rnd} rounds (Flower's RDP accountant). "
+        f"epsilon = {_epsilon(privacy['epsilon'])} at delta = {delta:g} after {rnd} rounds (Flower's RDP accountant). "
         "Client-level: it bounds what the released models reveal about whether any one node took part, "
         "whatever its data. No credit is taken for sampling only some nodes per round (amplification), so it "
         "is an upper bound on the loss of privacy under this accounting. It assumes the server is trusted "
         "(the server sees each node's update before clipping and noising) and says nothing about "
         "individual images within a node beyond what follows from the node-level bound."
     )
+
+
+def _epsilon(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def label_lines(settings, counts: np.ndarray, marked: list[int]) -> list[str]:
