@@ -130,6 +130,8 @@ class TreeMemory:
         self.peak_procs = 0
         self.peak_names: list[str] = []
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
+        self.started = time.perf_counter()
+        self.first_seen: dict[str, float] = {}  # role -> seconds after start when a process of it appeared
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -160,6 +162,7 @@ class TreeMemory:
                 if role == "other" and pid in self.cpu:  # an exiting process has no command line left
                     role = self.cpu[pid][0]
                 self.cpu[pid] = (role, seconds)
+                self.first_seen.setdefault(role, time.perf_counter() - self.started)
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
         self.peak_pss = max(self.peak_pss, pss)
@@ -306,7 +309,8 @@ def launch(
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with TreeMemory(proc.pid, include_root=True) as mem:
+    watch = RunWatch(out / name, start)
+    with TreeMemory(proc.pid, include_root=True) as mem, watch:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append((time.perf_counter() - start, line.rstrip()))
@@ -318,7 +322,40 @@ def launch(
     times = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     return {"times": times, "lines": lines, "total_s": time.perf_counter() - start, "history": history,
             "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss, "procs": mem.peak_procs, "names": mem.peak_names,
-            "cpu": mem.cpu_by_role(), "one_pass": any("one pass over the queue" in text for _, text in lines)}
+            "cpu": mem.cpu_by_role(), "first_seen": mem.first_seen, "folder": watch.seen}
+
+
+class RunWatch:
+    """Polls a run folder while the run goes: when ``config.json`` appeared (the nodes had
+    answered the ServerApp's query) and when ``history.json`` first held each round.
+    Seconds after ``start``; independent of what the log stream shows."""
+
+    def __init__(self, folder: Path, start: float, interval: float = 0.1) -> None:
+        self.folder, self.start, self.interval = folder, start, interval
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RunWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.perf_counter() - self.start
+            if "config" not in self.seen and (self.folder / "config.json").exists():
+                self.seen["config"] = now
+            try:
+                rounds = json.loads((self.folder / "history.json").read_text())["rounds"]
+            except (OSError, ValueError, KeyError):
+                rounds = []
+            for r in rounds:
+                self.seen.setdefault(f"round {r['round']}", now)
+            self._stop.wait(self.interval)
 
 
 def _toml(value: Any) -> str:
@@ -360,7 +397,7 @@ def overhead(
                         steady(sim["times"]) / best, sim["times"][0], sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9,
                         load=(l2, l3),
                         notes=f"{key} {_metric(sim['history']):.4f}; ratio against the plain loop; "
-                        + cpu_note(sim["cpu"]) + ("" if sim["one_pass"] else "; one-pass delivery NOT in place"),
+                        + cpu_note(sim["cpu"]),
                         extra={"rounds": sim["times"], "cpu": sim["cpu"]}))
         if model == "mlp" and with_flower_delivery:  # the same run with Flower's own message loop, for comparison
             old = launch(100, {**config, "run-name": f"overhead-{model}-flower-delivery"}, work_dir,
@@ -373,14 +410,15 @@ def overhead(
     return rows
 
 
-COLD_PHASES = (  # (label, the first output line that ends it)
-    ("launcher started, run config and shards checked", "[timing] checks done"),
-    ("SuperLink started and healthy", "[timing] superlink up"),
-    ("run submitted (flwr run: FAB built and sent)", "[timing] run submitted"),
-    ("simulation process loaded the ClientApp", "one pass over the queue"),
-    ("Ray up, actors started, all 100 nodes answered the query", "Writing results to"),
-    ("round 0: server test of the initial model", "Round 0/"),
-    ("round 1: 100 clients trained, averaged, tested", "Round 1/"),
+COLD_PHASES = (  # (label, where its end is seen: a launcher line, a process appearing, or the run folder)
+    ("launcher started, run config and shards checked", "line", "[timing] checks done"),
+    ("SuperLink started and healthy", "line", "[timing] superlink up"),
+    ("run submitted (flwr run: FAB built and sent)", "line", "[timing] run submitted"),
+    ("simulation process started", "process", "simulation process (ServerApp + Flower runtime)"),
+    ("Ray up, first ClientApp actor started", "process", "clients (Ray actors)"),
+    ("all 100 nodes answered the query, run folder created", "folder", "config"),
+    ("round 0: server test of the initial model", "folder", "round 0"),
+    ("round 1: 100 clients trained, averaged, tested", "folder", "round 1"),
 )
 
 
@@ -389,14 +427,17 @@ def coldstart(work_dir: Path) -> list[Row]:
     run = launch(100, {**WORK, "num-server-rounds": 1, "run-name": "coldstart"}, work_dir)
     l1 = load1()
     phases, previous = [], 0.0
-    for label, marker in COLD_PHASES:
-        at = next((t for t, text in run["lines"] if marker in text), None)
+    for label, kind, marker in COLD_PHASES:
+        if kind == "line":
+            at = next((t for t, text in run["lines"] if marker in text), None)
+        else:
+            at = (run["first_seen"] if kind == "process" else run["folder"]).get(marker)
         if at is None:
             phases.append(f"{label}: not seen")
             continue
         phases.append(f"{label}: +{at - previous:.1f} s (at {at:.1f} s)")
-        previous = at
-    end = next((t for t, text in run["lines"] if "Round 1/" in text), None)
+        previous = max(previous, at)
+    end = run["folder"].get("round 1")
     return [Row("coldstart", "command to end of round 1, 100 clients", None, None, end,
                 run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1), notes="; ".join(phases + [cpu_note(run["cpu"])]),
                 extra={"total_s": run["total_s"], "phases": phases, "cpu": run["cpu"]})]
