@@ -111,3 +111,22 @@ def test_a_pretraining_round_trains_only_that_rounds_pair():
     assert changed[2] == ["encoder.2.weight", "encoder.2.bias", "decoder.2.weight", "decoder.2.bias"]
     assert changed[3] == ["encoder.4.weight", "encoder.4.bias", "decoder.0.weight", "decoder.0.bias"]
     assert changed[4] == names
+
+
+def test_error_messages_leaving_a_node_carry_no_local_paths():
+    from client_app.app import scrub_paths
+
+    text = "MNIST cache /home/ann/.cache/fedmnist/mnist-uint8.npz is unreadable: delete /home/ann/x; partition-id=7"
+    assert scrub_paths(text) == "MNIST cache <local>/mnist-uint8.npz is unreadable: delete <local>/x; partition-id=7"
+
+
+def test_a_failing_handler_sends_its_error_without_paths(monkeypatch, tmp_path):
+    import client_app.app as client_module
+
+    def unreadable(*args, **kwargs):
+        raise OSError(f"cannot read {tmp_path}/secret/shard.npz")
+
+    monkeypatch.setattr(client_module, "load_node_data", unreadable)
+    with pytest.raises(Exception) as err:
+        app(_message(MessageType.TRAIN, get_weights(build_model(Settings()))), _context({"device": "cpu"}))
+    assert str(tmp_path) not in str(err.value) and "<local>/shard.npz" in str(err.value)
