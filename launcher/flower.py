@@ -246,7 +246,12 @@ def flwr_run(
     submitted = subprocess.run(args, env=home.env, capture_output=True, text=True, timeout=max(1.0, timeout))
     run_id = _run_id_in(submitted.stdout)
     if submitted.returncode != 0 or run_id is None:
-        raise FlowerError(f"flwr run exited with {submitted.returncode}:\n{submitted.stdout}{submitted.stderr}")
+        try:  # with --format json, flwr run reports a refused submission in JSON and exits 0
+            reason = json.loads(submitted.stdout).get("error-message") or ""
+        except (json.JSONDecodeError, AttributeError):
+            reason = ""
+        detail = reason.strip() or f"{submitted.stdout}{submitted.stderr}"
+        raise FlowerError(f"flwr run did not start the run (exit {submitted.returncode}):\n{detail}")
     mark("run submitted")
     follow = subprocess.Popen(
         ["flwr", "log", str(run_id), connection, "--stream"],

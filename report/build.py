@@ -31,7 +31,6 @@ from task.shards import server_test_set, train_shards
 GRID_DIGITS = 10
 # The nodes-by-digits picture. run_folder names the report's files; until it names this
 # one too, the report uses the same pattern (report-*.png).
-REPORT_LABELS = getattr(rf, "REPORT_LABELS", "report-labels.png")
 STRATEGY_NAMES = {
     "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
     "fedadagrad": "FedAdagrad", "fedprox": "FedProx",
@@ -72,7 +71,7 @@ def make_report(
 
     files: dict[str, bytes] = {
         rf.REPORT_CURVES: curves_png(run.rounds, central.epochs, objective, f"{run.folder.name}: federated vs central"),
-        REPORT_LABELS: label_heatmap_png(
+        rf.REPORT_LABELS: label_heatmap_png(
             counts,
             f"Training images of each digit on each of the {run.num_partitions} nodes ({_partitioning(settings)}); "
             "red marks: the nodes sampled for local vs merged",
@@ -319,7 +318,7 @@ def label_lines(settings, counts: np.ndarray, marked: list[int]) -> list[str]:
         f"Training images of each digit on each node ({_partitioning(settings)}); the red marks are the "
         f"{len(marked)} nodes of the local-vs-merged comparison below.",
         "",
-        f"![label distribution per node]({REPORT_LABELS})",
+        f"![label distribution per node]({rf.REPORT_LABELS})",
         "",
         f"Images per node: {sizes.min():,} to {sizes.max():,} (mean {sizes.mean():,.0f}). Digits per node: "
         f"{digits.min()} to {digits.max()} present (mean {digits.mean():.1f}), {major.min()} to {major.max()} "

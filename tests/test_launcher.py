@@ -337,9 +337,16 @@ def test_flwr_run_reports_a_run_that_did_not_complete(tmp_path):
         flwr_run(home, "sim", {}, echo=False, timeout=30)
 
 
+def test_a_refused_submission_is_told_in_flowers_own_words(tmp_path):
+    refusal = """echo '{"success": false, "error-message": "No such file: presets/x.toml"}'"""
+    home = _fake_flwr(tmp_path, "true", run=refusal)
+    with pytest.raises(FlowerError, match="did not start the run .exit 0.:\nNo such file: presets/x.toml$"):
+        flwr_run(home, "sim", {}, echo=False, timeout=30)
+
+
 def test_flwr_run_reports_a_submission_that_failed(tmp_path):
     home = _fake_flwr(tmp_path, "true", run="echo 'Error: SuperLink unreachable' >&2; exit 1")
-    with pytest.raises(FlowerError, match="flwr run exited with 1:\nError: SuperLink unreachable"):
+    with pytest.raises(FlowerError, match="flwr run did not start the run .exit 1.:\nError: SuperLink unreachable"):
         flwr_run(home, "sim", {}, echo=False, timeout=30)
 
 
