@@ -94,5 +94,5 @@ def test_flwr_stop_leaves_an_interrupted_history_and_a_checkpoint_to_resume(tmp_
     history = folder.history()
     assert history["status"] == "interrupted" and "stopped by a signal" in history["error"]
     assert folder.read_checkpoint().server_round >= 1
-    with pytest.raises(rf.RunFolderError, match="was interrupted .* resume-from="):
+    with pytest.raises(rf.RunFolderError, match="was interrupted .*resume-from="):
         rf.read_completed_run(folder.path)
