@@ -375,10 +375,14 @@ def _metric(history: dict) -> float:
 
 
 def overhead(
-    rounds: int, work_dir: Path, with_flower_delivery: bool = True, plain_threads: tuple[int, ...] = (1,)
+    rounds: int,
+    work_dir: Path,
+    with_flower_delivery: bool = True,
+    plain_threads: tuple[int, ...] = (1,),
+    models: tuple[str, ...] = ("mlp", "autoencoder"),
 ) -> list[Row]:
     rows = []
-    for model in ("mlp", "autoencoder"):
+    for model in models:
         config = {**WORK, "model": model, "num-server-rounds": rounds}
         plain = []
         for threads in plain_threads:
@@ -625,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-threads", default="1",
                         help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)")
     parser.add_argument("--scale", default="10,100,1000,10000", help="client counts of the scale rows")
+    parser.add_argument("--models", default="mlp,autoencoder", help="models of the overhead rows")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help="Markdown file the table is appended to")
     parser.add_argument("--jsonl", type=Path, default=RESULTS_JSONL, help="file every row is appended to as JSON")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -641,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         for section in sections:
             print(f"[perf] {section} ...", file=sys.stderr, flush=True)
             if section == "overhead":
-                rows += overhead(args.rounds, work, plain_threads=tuple(int(t) for t in args.plain_threads.split(",")))
+                rows += overhead(args.rounds, work, plain_threads=tuple(int(t) for t in args.plain_threads.split(",")),
+                                 models=tuple(m.strip() for m in args.models.split(",")))
             elif section == "coldstart":
                 rows += coldstart(work)
             elif section == "scale":
