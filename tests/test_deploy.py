@@ -3,6 +3,7 @@ writer, the pinned requirements and the certificate script."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from deploy import connection, entrypoint, register, requirements
 
@@ -220,6 +222,22 @@ def test_the_lock_pins_every_dependency_of_pyproject():
         exact = re.search(r"==\s*([^,;\s]+)", requirement)
         if exact:
             assert pins[name] == exact.group(1), f"{name}: pyproject says {exact.group(1)}, the lock {pins[name]}"
+
+
+def test_the_lock_pins_what_the_extras_bring():
+    """`flwr[simulation,dp]` needs ray and dp-accounting in the image too (the RDP accountant)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = dict(requirements.pins((ROOT / "deploy" / "requirements.txt").read_text()))
+    checked = 0
+    for requirement in map(Requirement, project):
+        for extra in requirement.extras:
+            for needed in map(Requirement, importlib.metadata.requires(requirement.name) or []):
+                environment = {"extra": extra, "python_full_version": "3.11.2", "sys_platform": "linux"}
+                if needed.marker is not None and needed.marker.evaluate(environment):
+                    name = needed.name.lower().replace("_", "-")
+                    assert name in pins, f"{name} ({requirement.name}[{extra}]) is not in deploy/requirements.txt: run deploy/lock.sh"
+                    checked += 1
+    assert checked >= 2  # ray and dp-accounting at least
 
 
 def test_the_cpu_variant_drops_the_cuda_libraries():
