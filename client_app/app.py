@@ -127,7 +127,8 @@ def _shard_indices(settings: Settings, num_partitions: int) -> tuple[list[np.nda
     """Every node's training and local test indices: cut once per process, not per message
     (a partitioning shuffles all 60,000 labels; a node keeps only its own slice)."""
     mnist = load_mnist(settings.data_dir)
-    return train_shards(settings, num_partitions, mnist), local_test_shards(settings, num_partitions, mnist)
+    train = train_shards(settings, num_partitions, mnist)
+    return train, local_test_shards(settings, num_partitions, mnist, train)
 
 
 def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:

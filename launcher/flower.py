@@ -310,10 +310,14 @@ def lines_until(stream: IO[str], deadline: float) -> Iterator[str]:
         yield line
 
 
-def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float = 600) -> tuple[str, str]:
-    """Poll ``flwr list`` until the run has finished; return its status and details."""
+def wait_for_run(
+    home: FlowerHome, connection: str, run_id: int, timeout: float = 600, unreachable_s: float = 30
+) -> tuple[str, str]:
+    """Poll ``flwr list`` until the run has finished; return its status and details.
+    A SuperLink that stops answering for ``unreachable_s`` ends the wait with why."""
     deadline = time.monotonic() + timeout
     status = "unknown"
+    silent_since: float | None = None
     while time.monotonic() < deadline:
         out = subprocess.run(
             ["flwr", "list", connection, "--run-id", str(run_id), "--format", "json"],
@@ -321,11 +325,30 @@ def wait_for_run(home: FlowerHome, connection: str, run_id: int, timeout: float 
             capture_output=True,
             text=True,
         )
-        status, details = _status_in(out.stdout) or (status, "")
-        if status.startswith("finished"):
-            return status, details
+        found = _status_in(out.stdout)
+        if found is None:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= unreachable_s:
+                raise FlowerError(
+                    f"Run {run_id}: the SuperLink has not answered for {unreachable_s:.0f} s "
+                    f"(last seen '{status}'): {_error_in(out.stdout) or out.stderr.strip() or out.stdout.strip()}"
+                )
+        else:
+            silent_since = None
+            status, details = found
+            if status.startswith("finished"):
+                return status, details
         time.sleep(1.0)
     raise FlowerError(f"Run {run_id} still '{status}' after {timeout:.0f} s")
+
+
+def _error_in(text: str) -> str:
+    """The last line of the error message in ``flwr ... --format json`` output."""
+    try:
+        message = json.loads(text).get("error-message") or ""
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+    return message.strip().splitlines()[-1] if message.strip() else ""
 
 
 def _status_in(text: str) -> tuple[str, str] | None:
@@ -364,22 +387,60 @@ def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str,
     raise FlowerError(f"{name} did not become healthy within {timeout:.0f} s:\n{home.log_tail(name)}")
 
 
-def stop(proc: subprocess.Popen, grace: float = 10) -> None:
-    """Stop a process started in its own session, with everything it started (Ray
-    workers share its process group): SIGTERM, ``grace`` seconds, then SIGKILL."""
-    if proc.poll() is None:
+def descendants(pid: int) -> list[int]:
+    """Every process started, directly or not, by ``pid`` (from ``/proc``; none elsewhere).
+
+    A process group is not enough: the SuperLink starts ``flower-superexec`` in a session
+    of its own, and the simulation it starts outlives a SuperLink killed alone."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid``, everything it started and their process groups (not ours)."""
+    tree = [pid, *descendants(pid)]
+    groups = set()
+    for member in tree:
+        try:
+            groups.add(os.getpgid(member))
         except ProcessLookupError:
-            return
+            pass
+    groups.discard(os.getpgrp())
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
+    for member in tree:
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a process started in its own session, with everything it started (Ray workers,
+    the SuperExec and the simulation or ServerApp it runs): SIGTERM, ``grace`` seconds, then SIGKILL."""
+    tree = [proc.pid, *descendants(proc.pid)]  # before they are orphaned
+    if proc.poll() is None:
+        kill_tree(proc.pid, signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-    try:  # children that outlived their parent share its group
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for member in tree:  # children that outlived their parent, in its group or not
+        kill_tree(member, signal.SIGKILL)
     proc.wait()
 
 

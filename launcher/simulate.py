@@ -23,6 +23,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -131,6 +133,17 @@ def gpu_share(requested: float | None, gpus: list[str], device: str = "auto") ->
     )
 
 
+def federation_config(num_supernodes: int, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> dict:
+    """The simulation's ``--federation-config``. The CPU share is also each client's
+    PyTorch thread count (Ray sets ``OMP_NUM_THREADS`` from it), and a different thread
+    count changes the last bits of training: runs compare bit for bit only with the same share."""
+    return {
+        "num-supernodes": num_supernodes,
+        "client-resources-num-cpus": _whole(cpus_per_client),
+        "client-resources-num-gpus": _whole(gpus_per_client),
+    }
+
+
 def run_simulation(
     run_config: dict[str, object],
     num_supernodes: int,
@@ -173,19 +186,36 @@ def run_simulation(
 
         names["run"] = default_run_name(settings.model)
 
-    federation = {
-        "num-supernodes": num_supernodes,
-        "client-resources-num-cpus": _whole(cpus_per_client),
-        "client-resources-num-gpus": _whole(gpus_per_client),
-    }
+    federation = federation_config(num_supernodes, cpus_per_client, gpus_per_client)
     with flower_home() as home:
         address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
         home.add_connection(CONNECTION, address)
         config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
         watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
-        with watcher:
+        with watcher, _interrupted_on_failure(output_dir / names["run"]):
             flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout, on_line=watcher.on_line)
     return output_dir / names["run"]
+
+
+@contextmanager
+def _interrupted_on_failure(run_dir: Path) -> Iterator[None]:
+    """A run that ends here without its ServerApp writing so (stopped with `flwr stop`, which
+    kills a simulation outright; Ctrl-C; a SuperLink gone) must not read 'running' forever."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _mark_interrupted(run_dir, "stopped by Ctrl-C")
+        raise
+    except FlowerError as exc:
+        _mark_interrupted(run_dir, str(exc))
+        raise
+
+
+def _mark_interrupted(run_dir: Path, why: str) -> None:
+    if run_dir.is_dir():
+        from run_folder import RunFolder  # imports torch: only once a run has ended badly
+
+        RunFolder(run_dir).mark_interrupted(why)
 
 
 def record_origin(run_dir: Path, command: list[str]) -> None:

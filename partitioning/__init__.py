@@ -71,6 +71,42 @@ def partition(
     return PARTITIONERS[name](labels, num_partitions, seed, **options)
 
 
+# Partitionings whose nodes see a skewed mix of digits: a node's local test images must
+# follow its own training mix (:func:`follow_label_mix`), not a split of their own.
+NON_IID = frozenset({"shards", "dirichlet"})
+
+
+def follow_label_mix(counts: np.ndarray, labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Split ``labels`` (e.g. the test set) so that each node's share has the label
+    mix of its training shard: every class's images, shuffled, are dealt to the nodes
+    in proportion to their training images of that class (``counts``, from
+    :func:`label_counts`; cumulative rounding, so every image is used). A node that
+    gets nothing but trains on something then takes one image of its most common
+    class from the node holding the most of that class's images, so every node that
+    can train can also test. Disjoint, sorted, deterministic."""
+    labels = np.asarray(labels)
+    counts = np.asarray(counts, dtype=np.int64)
+    num_partitions = len(counts)
+    rng = np.random.default_rng(seed)
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    for c in range(counts.shape[1]):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        total = counts[:, c].sum()
+        if total == 0 or len(idx) == 0:
+            continue
+        cuts = np.round(np.cumsum(counts[:, c]) / total * len(idx)).astype(np.int64)
+        owner[idx] = np.searchsorted(cuts, np.arange(len(idx)), side="right")
+    for node in range(num_partitions):
+        if counts[node].sum() == 0 or (owner == node).any():
+            continue
+        c = int(np.argmax(counts[node]))
+        holders = np.bincount(owner[(labels == c) & (owner >= 0)], minlength=num_partitions)
+        donor = int(np.argmax(holders))
+        if holders[donor] >= 2:
+            owner[np.flatnonzero((labels == c) & (owner == donor))[-1]] = node
+    return [np.flatnonzero(owner == node) for node in range(num_partitions)]
+
+
 def label_counts(
     labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int | None = None
 ) -> np.ndarray:

@@ -8,10 +8,9 @@ tutorial did), and the merged global model, both tested on that node's test data
   as the tutorial did (its digits are spread like the node's training images);
 - non-IID partitionings (``shards``, ``dirichlet``): the 10,000 test images of the
   digits the node trains on, each digit weighted by its share of the node's training
-  images ("its own distribution"). The node's local test shard is not used there:
-  ``task.shards.local_test_shards`` cuts the test images with another seed, so a node
-  that trains on 2 and 7 may hold test images of 1 and 2, and a local model would be
-  judged on digits it never saw.
+  images ("its own distribution"). Its local test shard has that mix too, but only about
+  a sixth as many images as its training shard (a few dozen per digit), too few to
+  tell two models apart.
 
 Both models are also tested on all 10,000 test images, where the local model's
 blind spots show.

@@ -154,6 +154,19 @@ class RunFolder:
             history["error"] = error
         atomic_write(self.path / HISTORY, lambda fh: fh.write(to_json(history)))
 
+    def mark_interrupted(self, why: str) -> bool:
+        """For the process that started a run whose ServerApp ended without a word (killed
+        with its simulation by `flwr stop`, or lost with its SuperLink): a history still
+        'running' says 'interrupted' and why; anything else is left as it is."""
+        try:
+            history = self.history()
+        except RunFolderError:
+            return False
+        if history.get("status") != RUNNING:
+            return False
+        self.write_history(INTERRUPTED, history.get("rounds", []), history.get("num-nodes", 0), why)
+        return True
+
     def write_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Saved as CPU tensors, so that a model trained on a GPU loads anywhere."""
         cpu = {k: v.detach().cpu() for k, v in state_dict.items()}

@@ -1,8 +1,8 @@
 """One node's share of MNIST: its training shard and its held-out local test shard.
 
 The training shard comes from the 60,000 training images, the local test shard
-from the 10,000 test images split the same way (the tutorial's "local test
-images", used for local-versus-merged comparisons). The server still evaluates
+from the 10,000 test images (the tutorial's "local test images"): split the same
+way under an IID partitioning, with the node's own mix of digits under a non-IID one. The server still evaluates
 the global model on all 10,000 test images.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from partitioning import partition
+from partitioning import NON_IID, follow_label_mix, label_counts, partition
 from task.config import ConfigError, Settings
 from task.data import Batchable, Mnist, load_mnist
 
@@ -53,9 +53,18 @@ def train_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = 
         raise ConfigError(str(exc)) from None
 
 
-def local_test_shards(settings: Settings, num_partitions: int, mnist: Mnist | None = None) -> list[np.ndarray]:
-    """Indices into the 10,000 test images, one array per node (as many per class as fit)."""
+def local_test_shards(
+    settings: Settings, num_partitions: int, mnist: Mnist | None = None, train: list[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Indices into the 10,000 test images, one array per node. IID partitionings cut
+    the test images the same way (as many per class as fit); under a non-IID one each
+    node's test images follow its training label mix, so a node that trains on 2 and 7
+    tests on 2 and 7 (``train``: the training shards, when already cut)."""
     mnist = mnist or load_mnist(settings.data_dir)
+    if settings.partitioning in NON_IID:
+        train = train if train is not None else train_shards(settings, num_partitions, mnist)
+        counts = label_counts(mnist.train_labels, train)
+        return follow_label_mix(counts, mnist.test_labels, settings.seed + 1)
     try:
         options = {k: v for k, v in settings.partition_options.items() if k != "samples_per_class"}
         return partition(settings.partitioning, mnist.test_labels, num_partitions, settings.seed + 1, **options)
@@ -69,8 +78,8 @@ def local_test_shards(settings: Settings, num_partitions: int, mnist: Mnist | No
 def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
     check_partition(partition_id, num_partitions)
     mnist = load_mnist(settings.data_dir)
-    train_idx = train_shards(settings, num_partitions, mnist)[partition_id]
-    test_idx = local_test_shards(settings, num_partitions, mnist)[partition_id]
+    train = train_shards(settings, num_partitions, mnist)
+    train_idx, test_idx = train[partition_id], local_test_shards(settings, num_partitions, mnist, train)[partition_id]
     return NodeData(
         train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
         test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),

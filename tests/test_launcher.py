@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -19,9 +21,12 @@ from launcher.flower import (
     FlowerHome,
     _run_id_in,
     _status_in,
+    descendants,
     flwr_run,
     lines_until,
+    stop,
     toml_value,
+    wait_for_run,
 )
 from launcher.simulate import check_nodes, check_run_config, main, parse_run_config, pick_output_dir, run_simulation
 from task.config import ConfigError, Settings
@@ -265,6 +270,22 @@ def test_timeout_is_passed_down_to_flwr_run(fake_flower, tmp_path):
     assert [call["timeout"] for call in fake_flower] == [12.5, 3600.0]
 
 
+def test_a_run_that_flower_ends_without_the_server_app_is_marked_interrupted(fake_flower, monkeypatch, tmp_path):
+    """`flwr stop` kills a simulation outright: its ServerApp never writes how it ended."""
+    import run_folder as rf
+
+    def stopped(home, connection, run_config, federation_config=None, **kwargs):
+        folder = rf.RunFolder.create(run_config["output-dir"], run_config["run-name"], "mlp")
+        folder.write_history(rf.RUNNING, [{"round": 0}], 2)
+        raise FlowerError("Run 7 ended as 'finished:stopped': ")
+
+    monkeypatch.setattr(simulate, "flwr_run", stopped)
+    with pytest.raises(FlowerError):
+        run_simulation({"run-name": "x"}, 2, output_dir=tmp_path, echo=False)
+    history = rf.RunFolder(tmp_path / "x").history()
+    assert history["status"] == rf.INTERRUPTED and history["error"].startswith("Run 7 ended as 'finished:stopped'")
+
+
 def test_lines_until_gives_every_line_then_stops_at_the_end():
     read, write = os.pipe()
     with os.fdopen(write, "w") as w:
@@ -329,6 +350,19 @@ def test_flwr_run_sends_the_config_and_returns_the_run_id(tmp_path, capsys):
     assert (tmp_path / "args-log").read_text().splitlines() == ["log", "7", "sim", "--stream"]
     assert (tmp_path / "args-list").read_text().splitlines()[:4] == ["list", "sim", "--run-id", "7"]
     assert "Round 1 done" in capsys.readouterr().out
+
+
+def test_a_superlink_that_stops_answering_ends_the_wait_with_flowers_reason(tmp_path):
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "flwr"
+    unavailable = '{"success": false, "error-message": "Using SuperLink: sim\\n\\nConnection to the SuperLink is unavailable."}'
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' '{unavailable}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    start = time.monotonic()
+    with pytest.raises(FlowerError, match=r"Run 7: the SuperLink has not answered for 2 s \(last seen 'unknown'\): "
+                                          r"Connection to the SuperLink is unavailable.$"):
+        wait_for_run(FakeHome(tmp_path), "sim", 7, timeout=60, unreachable_s=2)
+    assert time.monotonic() - start < 30
 
 
 def test_flwr_run_reports_a_run_that_did_not_complete(tmp_path):
@@ -535,3 +569,31 @@ def test_a_none_in_spawn_env_removes_the_variable(tmp_path, monkeypatch):
         home.spawn(name, ["sh", "-c", 'echo "probe=${FEDMNIST_PROBE-unset}"'], env=env).wait()
     assert [home.log_tail(n) for n in ("kept", "removed", "set")] == ["probe=inherited", "probe=unset", "probe=x"]
     home.stop_all()
+
+
+def test_stop_reaches_processes_that_left_the_group(tmp_path):
+    """As the SuperLink's SuperExec does: a child in a session of its own, with a child of its own."""
+    script = (
+        "import subprocess, sys, time\n"
+        "inner = 'import subprocess, time; subprocess.Popen([\"sleep\", \"300\"]); time.sleep(300)'\n"
+        "subprocess.Popen([sys.executable, '-c', inner], start_new_session=True)\n"
+        "time.sleep(300)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 20
+    while len(descendants(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tree = descendants(proc.pid)
+    assert len(tree) == 2
+    assert os.getpgid(tree[0]) != os.getpgid(proc.pid)  # out of reach of killpg(proc.pid)
+    stop(proc, grace=1)
+    time.sleep(0.2)
+    assert [pid for pid in tree if _running(pid)] == []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

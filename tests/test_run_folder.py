@@ -125,3 +125,16 @@ def test_several_files_are_written_together(tmp_path):
     folder.write_files({rf.REPORT: b"# report", rf.REPORT_CURVES: b"png"})
     assert folder.file(rf.REPORT).read_bytes() == b"# report"
     assert folder.write_file(rf.CODES, b"x", at=tmp_path / "deep" / "c.npy") == tmp_path / "deep" / "c.npy"
+
+
+def test_only_a_run_still_running_is_marked_interrupted(tmp_path):
+    running = RunFolder.create(tmp_path, "a", "mlp")
+    running.write_history(rf.RUNNING, [{"round": 0}], 3)
+    assert running.mark_interrupted("Run 7 ended as 'finished:stopped'")
+    assert running.history() == {"status": rf.INTERRUPTED, "num-nodes": 3, "rounds": [{"round": 0}],
+                                 "error": "Run 7 ended as 'finished:stopped'"}
+    done = RunFolder.create(tmp_path, "b", "mlp")
+    done.write_history(rf.COMPLETED, [], 3)
+    assert not done.mark_interrupted("late")
+    assert done.history()["status"] == rf.COMPLETED
+    assert not RunFolder.create(tmp_path, "c", "mlp").mark_interrupted("never started")

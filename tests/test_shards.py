@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from partitioning import follow_label_mix, label_counts
 from task.config import ConfigError, Settings
 from task.shards import check_partition, load_node_data, local_test_shards, server_test_set, train_shards
 
@@ -35,3 +36,26 @@ def test_partitions_out_of_range_are_refused(pid, n, message):
 def test_a_split_the_test_images_cannot_give_is_a_config_error():
     with pytest.raises(ConfigError, match="local test shards cannot be cut"):
         local_test_shards(Settings(), 20000)
+
+
+@pytest.mark.parametrize("partitioning, options", [("shards", {}), ("dirichlet", {"dirichlet_alpha": 0.1})])
+def test_under_a_non_iid_split_a_node_tests_on_its_own_digits(mnist, partitioning, options):
+    settings = Settings(partitioning=partitioning, **options)
+    train = train_shards(settings, 100, mnist)
+    test = local_test_shards(settings, 100, mnist)
+    assert len(np.unique(np.concatenate(test))) == sum(map(len, test)) == 10000  # disjoint, every image used
+    train_mix, test_mix = label_counts(mnist.train_labels, train, 10), label_counts(mnist.test_labels, test, 10)
+    assert (test_mix[train_mix == 0] == 0).all()  # never a digit the node does not train on
+    assert (test_mix.sum(axis=1) > 0).all()
+    # the same proportions, within rounding: a node's test share of a digit is about a sixth of its training share
+    expected = train_mix * (np.bincount(mnist.test_labels, minlength=10) / np.bincount(mnist.train_labels, minlength=10))
+    assert np.abs(test_mix - expected).max() <= 1.5
+
+
+def test_a_node_with_a_single_training_image_still_gets_a_test_image():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    counts = np.array([[100, 0], [1, 0], [0, 50]])  # node 1's share of class 0 rounds to nothing
+    parts = follow_label_mix(counts, labels, seed=0)
+    assert [len(p) for p in parts] == [2, 1, 3]
+    assert (labels[parts[1]] == 0).all()
+    assert all(np.array_equal(a, b) for a, b in zip(parts, follow_label_mix(counts, labels, seed=0)))

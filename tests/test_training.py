@@ -75,5 +75,5 @@ def test_the_proximal_term_keeps_a_node_near_the_model_it_was_sent(shard):
         model = build_model(settings)
         start = [p.detach().clone() for p in model.parameters()]
         train(model, shard, settings, CPU, seed=0, proximal_mu=mu)
-        distances[mu] = sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
+        distances[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert distances[1.0] < 0.5 * distances[0.0]
