@@ -39,6 +39,7 @@ DEFAULT_NAME = "comparison"
 # Config keys that name or locate a run rather than set it up: never "a knob that differs".
 IDENTITY_KEYS = ("run-name", "run-id", "output-dir")
 MISSING = "(unset)"
+UNUSED = "-"
 
 
 class CompareError(UserError):
@@ -60,6 +61,7 @@ class Run:
     planned_rounds: int
     rounds: list[dict[str, Any]]
     defaulted: list[str]  # settings its config.json lacks, taken at their defaults
+    unused: frozenset[str]  # knobs this run ignores (Settings.unused_knobs)
 
     @property
     def values(self) -> list[float]:
@@ -103,7 +105,7 @@ class Comparison:
     shared: dict[str, Any]  # config keys with one value in every run
 
     def knob_text(self, run: Run) -> str:
-        return ", ".join(f"{k}={_value(run.config.get(k, MISSING))}" for k in self.knobs)
+        return ", ".join(f"{k}={_value(_knob(run, k))}" for k in self.knobs)
 
 
 def load_run(path: str | Path) -> Run:
@@ -146,6 +148,7 @@ def load_run(path: str | Path) -> Run:
         objective=objective,
         config=config,
         defaulted=[k for k in config if k not in written],
+        unused=settings.unused_knobs,
         status=status,
         error=history.get("error"),
         num_nodes=history.get("num-nodes"),
@@ -174,8 +177,10 @@ def compare(paths: list[str | Path]) -> Comparison:
 
     runs.sort(key=cmp_to_key(by_final))  # stable: equal finals keep the order given
     keys = list(dict.fromkeys(k for r in runs for k in r.config if k not in IDENTITY_KEYS))
-    knobs = [k for k in keys if len({_value(r.config.get(k, MISSING)) for r in runs}) > 1]
-    shared = {k: runs[0].config[k] for k in keys if k not in knobs}
+    # A knob a run ignores (another partitioning's option, the autoencoder's shape in an MLP
+    # run) is not a difference; it shows as "-" in that run's row.
+    knobs = [k for k in keys if len({_value(_knob(r, k)) for r in runs}) > 1]
+    shared = {k: runs[0].config[k] for k in keys if k not in knobs and not all(k in r.unused for r in runs)}
     return Comparison(runs, objective, knobs, shared)
 
 
@@ -359,6 +364,10 @@ def _refuse_run_folder(out_dir: Path) -> None:
         f"--out {out_dir} is a run folder: put the comparison in a folder of its own "
         "(by default it goes beside the run folders)."
     )
+
+
+def _knob(run: Run, key: str) -> Any:
+    return UNUSED if key in run.unused else run.config.get(key, MISSING)
 
 
 def _value(value: Any) -> str:

@@ -100,6 +100,15 @@ class Settings:
         }[self.partitioning]
 
     @property
+    def unused_knobs(self) -> frozenset[str]:
+        """Knobs (dashed) that this run ignores: the options of the partitionings it does not
+        use, and the autoencoder's shape for the MLP. Their values say nothing about the run."""
+        partition_knobs = {"samples-per-class", "num-shards", "shards-per-client", "dirichlet-alpha"}
+        used = {"dirichlet-alpha" if k == "alpha" else k.replace("_", "-") for k in self.partition_options}
+        model_knobs = {"ae-hidden", "ae-code-size", "ae-pretrain-rounds"} if self.model == "mlp" else set()
+        return frozenset(partition_knobs - used) | model_knobs
+
+    @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
         return _parse_sizes(self.ae_hidden)
 

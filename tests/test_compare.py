@@ -124,6 +124,19 @@ def test_every_differing_key_is_shown_and_a_missing_one_says_so(tmp_path):
     assert "- (unset): that run's config.json does not record it." in text
 
 
+def test_a_knob_a_run_ignores_is_no_difference(tmp_path):
+    """num-shards means nothing to an IID run, and the autoencoder's shape nothing to an MLP."""
+    a = make_run(tmp_path, "a", [0.1, 0.9], **{"num-shards": 100, "ae-code-size": 20})
+    b = make_run(tmp_path, "b", [0.1, 0.8], **{"num-shards": 300})
+    assert compare([a, b]).knobs == []
+    assert "num-shards" not in compare([a, b]).shared
+    c = make_run(tmp_path, "c", [0.1, 0.7], **{"partitioning": "shards", "num-shards": 300})
+    comparison = compare([a, c])
+    assert comparison.knobs == ["partitioning", "num-shards", "shards-per-client"]
+    assert [comparison.knob_text(r) for r in comparison.runs] == [
+        "partitioning=iid, num-shards=-, shards-per-client=-", "partitioning=shards, num-shards=300, shards-per-client=0"]
+
+
 def test_a_setting_an_older_run_lacks_counts_at_its_default(tmp_path):
     old = make_run(tmp_path, "old", [0.1, 0.9], drop=("momentum", "max-grad-norm"))
     new = make_run(tmp_path, "new", [0.1, 0.8], **{"momentum": 0.5})
