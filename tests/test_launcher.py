@@ -24,6 +24,7 @@ from launcher.flower import (
     descendants,
     flwr_run,
     lines_until,
+    staged_app,
     stop,
     toml_value,
     wait_for_run,
@@ -284,6 +285,24 @@ def test_a_run_that_flower_ends_without_the_server_app_is_marked_interrupted(fak
         run_simulation({"run-name": "x"}, 2, output_dir=tmp_path, echo=False)
     history = rf.RunFolder(tmp_path / "x").history()
     assert history["status"] == rf.INTERRUPTED and history["error"].startswith("Run 7 ended as 'finished:stopped'")
+
+
+def test_the_staged_app_bundles_the_same_files_without_walking_the_ignored_ones(tmp_path):
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / "app"
+    for rel in ["pyproject.toml", "task/model.py", "presets/a.toml", ".venv/lib/x.py", "outputs/run/config.json",
+                "deploy/wheelhouse/torch.whl", "deploy/wheelhouse/README.md", ".git/HEAD", "task/__pycache__/m.pyc"]:
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text("x = 1\n")
+    (app / "pyproject.toml").write_text((PROJECT_ROOT / "pyproject.toml").read_text())
+    (app / ".gitignore").write_text((PROJECT_ROOT / ".gitignore").read_text())
+    home = FlowerHome(tmp_path / "home")
+    staged = staged_app(home, app)
+    kept = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert kept == [".gitignore", "deploy/wheelhouse/README.md", "presets/a.toml", "pyproject.toml", "task/model.py"]
+    assert build_fab_from_disk(staged) == build_fab_from_disk(app)
+    assert staged_app(home, app) == staged  # once per Flower home
 
 
 def test_lines_until_gives_every_line_then_stops_at_the_end():
