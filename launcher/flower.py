@@ -111,13 +111,29 @@ class FlowerHome:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken like Ctrl-C: the processes started here are stopped on the way out."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated("stopped by SIGTERM")
+
+
 @contextmanager
 def flower_home(keep: bool = False) -> Iterator[FlowerHome]:
+    """A Flower home folder for the processes started in it; on the way out, normal or not
+    (an exception, Ctrl-C, SIGTERM), they are stopped and the folder is removed."""
     path = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     home = FlowerHome(path)
+    try:  # without this, `kill` of the launcher would leave the SuperLink and Ray running
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: the caller owns the signals
+        previous = None
     try:
         yield home
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         home.stop_all()
         if not keep:
             _rmtree(path)

@@ -23,7 +23,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -187,32 +187,34 @@ def run_simulation(
         names["run"] = default_run_name(settings.model)
 
     federation = federation_config(num_supernodes, cpus_per_client, gpus_per_client)
-    with flower_home() as home:
-        address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
-        home.add_connection(CONNECTION, address)
-        config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
-        watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
-        with watcher, _interrupted_on_failure(output_dir / names["run"]):
-            flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout, on_line=watcher.on_line)
+    # Outside flower_home: the run folder is marked only once Flower's processes are stopped.
+    with _interrupted_on_failure(lambda: output_dir / names["run"] if "run" in names else None):
+        with flower_home() as home:
+            address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
+            home.add_connection(CONNECTION, address)
+            config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
+            watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
+            with watcher:
+                flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout, on_line=watcher.on_line)
     return output_dir / names["run"]
 
 
 @contextmanager
-def _interrupted_on_failure(run_dir: Path) -> Iterator[None]:
+def _interrupted_on_failure(run_dir: Callable[[], Path | None]) -> Iterator[None]:
     """A run that ends here without its ServerApp writing so (stopped with `flwr stop`, which
-    kills a simulation outright; Ctrl-C; a SuperLink gone) must not read 'running' forever."""
+    kills a simulation outright; Ctrl-C; SIGTERM; a SuperLink gone) must not read 'running' forever."""
     try:
         yield
-    except KeyboardInterrupt:
-        _mark_interrupted(run_dir, "stopped by Ctrl-C")
+    except KeyboardInterrupt as exc:
+        _mark_interrupted(run_dir(), str(exc) or "stopped by Ctrl-C")
         raise
     except FlowerError as exc:
-        _mark_interrupted(run_dir, str(exc))
+        _mark_interrupted(run_dir(), str(exc))
         raise
 
 
-def _mark_interrupted(run_dir: Path, why: str) -> None:
-    if run_dir.is_dir():
+def _mark_interrupted(run_dir: Path | None, why: str) -> None:
+    if run_dir is not None and run_dir.is_dir():
         from run_folder import RunFolder  # imports torch: only once a run has ended badly
 
         RunFolder(run_dir).mark_interrupted(why)
@@ -312,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         except FlowerError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt as exc:
+            print(f"\n{exc or 'stopped by Ctrl-C'}: Flower's processes were stopped; an unfinished run folder "
+                  "resumes with --run-config \"resume-from='/absolute/path/to/it'\"", file=sys.stderr)
+            return 130
         record_origin(run_dir, ["python", "-m", "launcher.simulate", *(sys.argv[1:] if argv is None else argv)])
         print(f"Run folder: {run_dir}")
         if args.report:

@@ -1,9 +1,15 @@
 """`flwr run` in simulation for real: a SuperLink of its own, Ray, 10 virtual clients."""
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 import run_folder as rf
-from launcher.flower import FlowerError, flower_home, flwr_run, start_superlink
+from launcher.flower import PROJECT_ROOT, FlowerError, descendants, flower_home, flwr_run, start_superlink
 from launcher.simulate import run_simulation
 
 pytestmark = pytest.mark.slow
@@ -44,3 +50,32 @@ def test_a_bad_value_fails_the_run_with_its_message(tmp_path):
                 echo=False,
             )
     assert not list(tmp_path.iterdir())  # nothing written for a run that never started
+
+
+def test_a_launcher_stopped_with_sigterm_stops_flower_and_marks_the_run_interrupted(tmp_path):
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launcher.simulate", "--num-supernodes", "4", "--output-dir", str(tmp_path),
+         "--run-config", "num-server-rounds=50 local-epochs=1 run-name='long'"],
+        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    history = tmp_path / "long" / rf.HISTORY
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (history.is_file() and len(rf.RunFolder(tmp_path / "long").history()["rounds"]) >= 2):
+        time.sleep(0.5)
+    started = descendants(launcher.pid)  # SuperLink, SuperExec, the simulation, Ray
+    assert len(started) >= 4
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    time.sleep(1)
+    assert [pid for pid in started if _running(pid)] == []
+    finished = rf.RunFolder(tmp_path / "long").history()
+    assert finished["status"] == rf.INTERRUPTED and finished["rounds"][-1]["round"] < 50
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
