@@ -47,8 +47,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import run_folder as rf
 from client_app.simulation_queue import DISABLE_ENV
 from launcher.flower import PROJECT_ROOT, TIMINGS_ENV, flower_home, flwr_run, start_superlink, start_supernode, visible_gpus
+from task.objective import Objective, objective_for
 
 RESULTS_MD = PROJECT_ROOT / "benchmarks" / "RESULTS-perf.md"
 RESULTS_JSONL = PROJECT_ROOT / "benchmarks" / "perf-results.jsonl"
@@ -119,7 +121,33 @@ def _read(path: str | Path) -> str:
 # --- memory of a process tree ----------------------------------------------------------
 
 
-class TreeMemory:
+class _Poller:
+    """Calls :meth:`sample` every ``interval`` seconds on a thread of its own while in a ``with``."""
+
+    interval: float
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class TreeMemory(_Poller):
     """Samples, every ``interval`` seconds, the resident set (RSS) and the proportional set
     (PSS: shared pages divided among the processes that share them) summed over every
     descendant of ``root`` (the root itself only with ``include_root``); keeps the peaks."""
@@ -132,21 +160,7 @@ class TreeMemory:
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
         self.started = time.perf_counter()
         self.first_seen: dict[str, float] = {}  # role -> seconds after start when a process of it appeared
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
+        super().__init__()
 
     def sample(self) -> None:
         pids = tree(self.root, self.include_root)
@@ -318,44 +332,33 @@ def launch(
     if proc.returncode != 0:
         tail = "\n".join(text for _, text in lines[-30:])
         raise RuntimeError(f"launcher exited with {proc.returncode}:\n{tail}")
-    history = json.loads((out / name / "history.json").read_text())
+    history = rf.RunFolder(out / name).history()
     times = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     return {"times": times, "lines": lines, "total_s": time.perf_counter() - start, "history": history,
             "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss, "procs": mem.peak_procs, "names": mem.peak_names,
             "cpu": mem.cpu_by_role(), "first_seen": mem.first_seen, "folder": watch.seen}
 
 
-class RunWatch:
-    """Polls a run folder while the run goes: when ``config.json`` appeared (the nodes had
-    answered the ServerApp's query) and when ``history.json`` first held each round.
+class RunWatch(_Poller):
+    """Polls a run folder while the run goes: when its config appeared (the nodes had
+    answered the ServerApp's query) and when its history first held each round.
     Seconds after ``start``; independent of what the log stream shows."""
 
     def __init__(self, folder: Path, start: float, interval: float = 0.1) -> None:
-        self.folder, self.start, self.interval = folder, start, interval
+        self.folder, self.start, self.interval = rf.RunFolder(folder), start, interval
         self.seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
-    def __enter__(self) -> RunWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.perf_counter() - self.start
-            if "config" not in self.seen and (self.folder / "config.json").exists():
-                self.seen["config"] = now
-            try:
-                rounds = json.loads((self.folder / "history.json").read_text())["rounds"]
-            except (OSError, ValueError, KeyError):
-                rounds = []
-            for r in rounds:
-                self.seen.setdefault(f"round {r['round']}", now)
-            self._stop.wait(self.interval)
+    def sample(self) -> None:
+        now = time.perf_counter() - self.start
+        if "config" not in self.seen and self.folder.file(rf.CONFIG).exists():
+            self.seen["config"] = now
+        try:
+            rounds = self.folder.history()["rounds"]
+        except (rf.RunFolderError, ValueError, KeyError):
+            rounds = []
+        for r in rounds:
+            self.seen.setdefault(f"round {r['round']}", now)
 
 
 def _toml(value: Any) -> str:
@@ -366,9 +369,8 @@ def _toml(value: Any) -> str:
     return json.dumps(value)
 
 
-def _metric(history: dict) -> float:
-    server = history["rounds"][-1]["server"]
-    return server.get("accuracy", server.get("mse"))
+def _metric(history: dict, objective: Objective) -> float:
+    return history["rounds"][-1]["server"][objective.key]
 
 
 # --- the rows -------------------------------------------------------------------------------
@@ -384,12 +386,13 @@ def overhead(
     rows = []
     for model in models:
         config = {**WORK, "model": model, "num-server-rounds": rounds}
+        objective = objective_for(model)
+        key = objective.key
         plain = []
         for threads in plain_threads:
             l0 = load1()
             run = plain_loop(config, 100, rounds, threads=threads)
             plain.append(run)
-            key = "accuracy" if model == "mlp" else "mse"
             rows.append(Row("overhead", f"{model}: plain loop, one process, {threads} thread(s)", steady(run["times"]),
                             None, run["times"][0], load=(l0, load1()),
                             notes=f"{key} after {rounds} rounds {run['metric']:.4f}", extra={"rounds": run["times"]}))
@@ -400,7 +403,7 @@ def overhead(
         rows.append(Row("overhead", f"{model}: flwr run simulation, 100 clients", steady(sim["times"]),
                         steady(sim["times"]) / best, sim["times"][0], sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9,
                         load=(l2, l3),
-                        notes=f"{key} {_metric(sim['history']):.4f}; ratio against the plain loop; "
+                        notes=f"{key} {_metric(sim['history'], objective):.4f}; ratio against the plain loop; "
                         + cpu_note(sim["cpu"]),
                         extra={"rounds": sim["times"], "cpu": sim["cpu"]}))
         if model == "mlp" and with_flower_delivery:  # the same run with Flower's own message loop, for comparison
@@ -409,7 +412,7 @@ def overhead(
             l4 = load1()
             rows.append(Row("overhead", f"{model}: the same, Flower's own per-node delivery", steady(old["times"]),
                             steady(old["times"]) / best, old["times"][0], old["peak_rss"] / 1e9, old["peak_pss"] / 1e9,
-                            load=(l3, l4), notes=f"{key} {_metric(old['history']):.4f}; " + cpu_note(old["cpu"]),
+                            load=(l3, l4), notes=f"{key} {_metric(old['history'], objective):.4f}; " + cpu_note(old["cpu"]),
                             extra={"rounds": old["times"], "cpu": old["cpu"]}))
     return rows
 
@@ -469,6 +472,7 @@ def scale(sizes: list[int], work_dir: Path) -> list[Row]:
 
 def deployment(rounds: int, work_dir: Path) -> list[Row]:
     config = {**WORK, "num-server-rounds": rounds, "min-available-nodes": 3}
+    mlp = objective_for("mlp")
     l0 = load1()
     with TreeMemory(os.getpid()) as mem, flower_home() as home:
         address = start_superlink(home, simulation=False)
@@ -477,7 +481,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
             start_supernode(home, address, partition_id=i, num_partitions=3)
         flwr_run(home, "loopback", {**config, "output-dir": str(work_dir), "run-name": "deployment"}, echo=False,
                  timeout=3600)
-    history = json.loads((work_dir / "deployment" / "history.json").read_text())
+    history = rf.RunFolder(work_dir / "deployment").history()
     deployed = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     l1 = load1()
     sim = launch(3, {**config, "run-name": "deployment-sim"}, work_dir)
@@ -485,12 +489,12 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
     return [
         Row("deployment", "3 SuperNodes on loopback (20,000 images each)", steady(deployed), steady(deployed) / steady(sim["times"]),
             deployed[0], mem.peak_rss / 1e9, mem.peak_pss / 1e9, load=(l0, l1),
-            notes=f"accuracy {_metric(history):.4f}; ratio against the simulation below; one ClientApp process per "
+            notes=f"{mlp.key} {_metric(history, mlp):.4f}; ratio against the simulation below; one ClientApp process per "
             f"message; {cpu_note(mem.cpu_by_role())}",
             extra={"rounds": deployed, "cpu": mem.cpu_by_role()}),
         Row("deployment", "simulation, 3 clients (20,000 images each)", steady(sim["times"]), None, sim["times"][0],
             sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9, load=(l1, l2),
-            notes=f"accuracy {_metric(sim['history']):.4f}; {cpu_note(sim['cpu'])}", extra={"rounds": sim["times"], "cpu": sim["cpu"]}),
+            notes=f"{mlp.key} {_metric(sim['history'], mlp):.4f}; {cpu_note(sim['cpu'])}", extra={"rounds": sim["times"], "cpu": sim["cpu"]}),
     ]
 
 
@@ -560,7 +564,7 @@ def launch_gpu(num_nodes: int, run_config: dict[str, Any], out: Path) -> dict[st
         output = proc.communicate()[0]
     if proc.returncode != 0:
         raise RuntimeError(f"launcher exited with {proc.returncode}:\n{output[-3000:]}")
-    history = json.loads((out / str(run_config["run-name"]) / "history.json").read_text())
+    history = rf.RunFolder(out / str(run_config["run-name"])).history()
     return {"times": [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0], "total_s": time.perf_counter() - start,
             "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
 

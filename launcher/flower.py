@@ -291,11 +291,8 @@ def flwr_run(
     submitted = subprocess.run(args, env=home.env, capture_output=True, text=True, timeout=max(1.0, timeout))
     run_id = _run_id_in(submitted.stdout)
     if submitted.returncode != 0 or run_id is None:
-        try:  # with --format json, flwr run reports a refused submission in JSON and exits 0
-            reason = json.loads(submitted.stdout).get("error-message") or ""
-        except (json.JSONDecodeError, AttributeError):
-            reason = ""
-        detail = reason.strip() or f"{submitted.stdout}{submitted.stderr}"
+        # with --format json, flwr run reports a refused submission in JSON and exits 0
+        detail = _error_in(submitted.stdout) or f"{submitted.stdout}{submitted.stderr}"
         raise FlowerError(f"flwr run did not start the run (exit {submitted.returncode}):\n{detail}")
     mark("run submitted")
     follow = subprocess.Popen(
@@ -376,7 +373,7 @@ def wait_for_run(
             if time.monotonic() - silent_since >= unreachable_s:
                 raise FlowerError(
                     f"Run {run_id}: the SuperLink has not answered for {unreachable_s:.0f} s "
-                    f"(last seen '{status}'): {_error_in(out.stdout) or out.stderr.strip() or out.stdout.strip()}"
+                    f"(last seen '{status}'): {_last_line(_error_in(out.stdout)) or out.stderr.strip() or out.stdout.strip()}"
                 )
         else:
             silent_since = None
@@ -388,12 +385,15 @@ def wait_for_run(
 
 
 def _error_in(text: str) -> str:
-    """The last line of the error message in ``flwr ... --format json`` output."""
+    """The error message in ``flwr ... --format json`` output, or ''."""
     try:
-        message = json.loads(text).get("error-message") or ""
+        return (json.loads(text).get("error-message") or "").strip()
     except (json.JSONDecodeError, AttributeError):
         return ""
-    return message.strip().splitlines()[-1] if message.strip() else ""
+
+
+def _last_line(text: str) -> str:
+    return text.splitlines()[-1] if text else ""
 
 
 def _status_in(text: str) -> tuple[str, str] | None:
@@ -432,8 +432,8 @@ def _wait_healthy(proc: subprocess.Popen, url: str, home: FlowerHome, name: str,
     raise FlowerError(f"{name} did not become healthy within {timeout:.0f} s:\n{home.log_tail(name)}")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process started, directly or not, by ``pid`` (from ``/proc``; none elsewhere).
+def descendants(*roots: int) -> list[int]:
+    """Every process started, directly or not, by one of ``roots`` (from ``/proc``; none elsewhere).
 
     A process group is not enough: the SuperLink starts ``flower-superexec`` in a session
     of its own, and the simulation it starts outlives a SuperLink killed alone."""
@@ -444,7 +444,7 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError):
             continue  # gone meanwhile
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
+    found, todo = [], list(roots)
     while todo:
         for child in children.get(todo.pop(), []):
             found.append(child)
@@ -452,9 +452,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to ``pid``, everything it started and their process groups (not ours)."""
-    tree = [pid, *descendants(pid)]
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to collect it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_tree(*roots: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``roots``, everything they started and their process groups (not ours)."""
+    tree = [*roots, *descendants(*roots)]
     groups = set()
     for member in tree:
         try:
@@ -479,13 +487,12 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
     the SuperExec and the simulation or ServerApp it runs): SIGTERM, ``grace`` seconds, then SIGKILL."""
     tree = [proc.pid, *descendants(proc.pid)]  # before they are orphaned
     if proc.poll() is None:
-        kill_tree(proc.pid, signal.SIGTERM)
+        kill_tree(proc.pid, sig=signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-    for member in tree:  # children that outlived their parent, in its group or not
-        kill_tree(member, signal.SIGKILL)
+    kill_tree(*tree)  # children that outlived their parent, in its group or not
     proc.wait()
 
 

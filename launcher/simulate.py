@@ -90,8 +90,7 @@ def check_nodes(settings: Settings, num_supernodes: int) -> None:
     from task.shards import local_test_shards, train_shards
 
     try:
-        train_shards(settings, num_supernodes)
-        local_test_shards(settings, num_supernodes)
+        local_test_shards(settings, num_supernodes, train=train_shards(settings, num_supernodes))
     except ConfigError as exc:
         fit = f"--num-supernodes={num_supernodes} does not fit partitioning='{settings.partitioning}'"
         raise ConfigError(f"{fit}: {exc}") from None

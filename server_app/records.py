@@ -55,9 +55,10 @@ def shard_hashes(settings: Settings, num_partitions: int) -> dict[str, list[str]
     def digest(indices: np.ndarray) -> str:
         return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
+    train = train_shards(settings, num_partitions)
     return {
-        "train": [digest(i) for i in train_shards(settings, num_partitions)],
-        "test": [digest(i) for i in local_test_shards(settings, num_partitions)],
+        "train": [digest(i) for i in train],
+        "test": [digest(i) for i in local_test_shards(settings, num_partitions, train=train)],
     }
 
 

@@ -4,12 +4,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import run_folder as rf
-from launcher.flower import PROJECT_ROOT, FlowerError, descendants, flower_home, flwr_run, start_superlink
+from launcher.flower import PROJECT_ROOT, FlowerError, descendants, flower_home, flwr_run, running, start_superlink
 from launcher.simulate import run_simulation
 
 pytestmark = pytest.mark.slow
@@ -69,13 +68,7 @@ def test_a_launcher_stopped_with_sigterm_stops_flower_and_marks_the_run_interrup
     assert launcher.returncode == 130, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     time.sleep(1)
-    assert [pid for pid in started if _running(pid)] == []
+    assert [pid for pid in started if running(pid)] == []
     finished = rf.RunFolder(tmp_path / "long").history()
     assert finished["status"] == rf.INTERRUPTED and finished["rounds"][-1]["round"] < 50
 
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

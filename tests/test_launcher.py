@@ -24,6 +24,7 @@ from launcher.flower import (
     descendants,
     flwr_run,
     lines_until,
+    running,
     staged_app,
     stop,
     toml_value,
@@ -607,12 +608,5 @@ def test_stop_reaches_processes_that_left_the_group(tmp_path):
     assert os.getpgid(tree[0]) != os.getpgid(proc.pid)  # out of reach of killpg(proc.pid)
     stop(proc, grace=1)
     time.sleep(0.2)
-    assert [pid for pid in tree if _running(pid)] == []
+    assert [pid for pid in tree if running(pid)] == []
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for its parent."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
