@@ -239,16 +239,18 @@ def write_toml(path: Path, values: dict[str, object]) -> Path:
 
 
 def staged_app(home: FlowerHome, app_dir: Path) -> Path:
-    """A copy of ``app_dir`` without what its ``.gitignore`` leaves out, made once per Flower home.
+    """A copy of ``app_dir`` without what its ``.gitignore`` leaves out, made once per Flower home and app.
 
     ``flwr run`` reads every file under the folder it is given, and only then drops what
     ``.gitignore`` excludes: here that is the virtual environment, run outputs and the
     wheelhouse, over 40,000 files and several seconds of each run's start. The copy holds
     the same files that would go into the app bundle, and nothing else."""
-    import pathspec
+    import hashlib
     import shutil
 
-    staged = home.path / "app"
+    import pathspec
+
+    staged = home.path / f"app-{hashlib.sha256(str(app_dir.resolve()).encode()).hexdigest()[:12]}"
     if staged.is_dir():
         return staged
     ignore_file = app_dir / ".gitignore"

@@ -29,8 +29,6 @@ from task.pca import PCA
 from task.shards import server_test_set, train_shards
 
 GRID_DIGITS = 10
-# The nodes-by-digits picture. run_folder names the report's files; until it names this
-# one too, the report uses the same pattern (report-*.png).
 STRATEGY_NAMES = {
     "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
     "fedadagrad": "FedAdagrad", "fedprox": "FedProx",
