@@ -21,6 +21,15 @@ OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Each partitioning's options: its keyword name -> the Settings field that holds the value.
+PARTITION_FIELDS: dict[str, dict[str, str]] = {
+    "iid": {},
+    "iid-balanced": {"samples_per_class": "samples_per_class"},
+    "shards": {"num_shards": "num_shards", "shards_per_client": "shards_per_client"},
+    "dirichlet": {"alpha": "dirichlet_alpha"},
+}
+
+
 class ConfigError(UserError, ValueError):
     """A run-config value is missing or outside what is allowed."""
 
@@ -92,21 +101,17 @@ class Settings:
     @property
     def partition_options(self) -> dict[str, Any]:
         """The options of the chosen partitioner, by its keyword names."""
-        return {
-            "iid": {},
-            "iid-balanced": {"samples_per_class": self.samples_per_class},
-            "shards": {"num_shards": self.num_shards, "shards_per_client": self.shards_per_client},
-            "dirichlet": {"alpha": self.dirichlet_alpha},
-        }[self.partitioning]
+        return {kwarg: getattr(self, name) for kwarg, name in PARTITION_FIELDS[self.partitioning].items()}
 
     @property
     def unused_knobs(self) -> frozenset[str]:
         """Knobs (dashed) that this run ignores: the options of the partitionings it does not
         use, and the autoencoder's shape for the MLP. Their values say nothing about the run."""
-        partition_knobs = {"samples-per-class", "num-shards", "shards-per-client", "dirichlet-alpha"}
-        used = {"dirichlet-alpha" if k == "alpha" else k.replace("_", "-") for k in self.partition_options}
-        model_knobs = {"ae-hidden", "ae-code-size", "ae-pretrain-rounds"} if self.model == "mlp" else set()
-        return frozenset(partition_knobs - used) | model_knobs
+        every = {name for fields_ in PARTITION_FIELDS.values() for name in fields_.values()}
+        unused = every - set(PARTITION_FIELDS[self.partitioning].values())
+        if self.model == "mlp":
+            unused |= {"ae_hidden", "ae_code_size", "ae_pretrain_rounds"}
+        return frozenset(name.replace("_", "-") for name in unused)
 
     @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
