@@ -49,7 +49,16 @@ from typing import Any
 
 import run_folder as rf
 from client_app.simulation_queue import DISABLE_ENV
-from launcher.flower import PROJECT_ROOT, TIMINGS_ENV, flower_home, flwr_run, start_superlink, start_supernode, visible_gpus
+from launcher.flower import (
+    PROJECT_ROOT,
+    TIMINGS_ENV,
+    descendants,
+    flower_home,
+    flwr_run,
+    start_superlink,
+    start_supernode,
+    visible_gpus,
+)
 from task.objective import Objective, objective_for
 
 RESULTS_MD = PROJECT_ROOT / "benchmarks" / "RESULTS-perf.md"
@@ -163,7 +172,7 @@ class TreeMemory(_Poller):
         super().__init__()
 
     def sample(self) -> None:
-        pids = tree(self.root, self.include_root)
+        pids = [self.root, *descendants(self.root)] if self.include_root else descendants(self.root)
         rss = pss = 0
         names = []
         for pid in pids:
@@ -221,23 +230,6 @@ def cpu_seconds(pid: int) -> float | None:
 
 def cpu_note(cpu: dict[str, float]) -> str:
     return "CPU s: " + ", ".join(f"{role} {seconds:.0f}" for role, seconds in cpu.items() if seconds >= 0.5)
-
-
-def tree(root: int, include_root: bool = True) -> list[int]:
-    """``root`` and all its descendants, from the parent ids in ``/proc/*/stat``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read(f"/proc/{entry}/stat")
-            if stat:
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found if include_root else found[1:]
 
 
 def memory_of(pid: int) -> tuple[int, int]:

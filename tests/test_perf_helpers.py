@@ -12,7 +12,8 @@ import time
 import pytest
 
 import benchmarks.perf as perf
-from benchmarks.perf import Row, TreeMemory, memory_of, steady, table, targets, tree
+from benchmarks.perf import Row, TreeMemory, memory_of, steady, table, targets
+from launcher.flower import descendants
 
 
 def test_steady_state_is_the_median_of_rounds_after_the_first():
@@ -26,7 +27,7 @@ def test_the_tree_sampler_sums_the_memory_of_child_processes():
         deadline = time.monotonic() + 30
         while memory_of(child.pid)[0] < 200_000_000 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert child.pid in tree(os.getpid(), include_root=False)
+        assert child.pid in descendants(os.getpid())
         with TreeMemory(os.getpid(), include_root=False, interval=0.05) as mem:
             time.sleep(0.3)
         assert mem.peak_rss >= 200_000_000 and 0 < mem.peak_pss <= mem.peak_rss
