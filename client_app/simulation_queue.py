@@ -18,20 +18,26 @@ was written against (``SUPPORTED``); anywhere else it does nothing, and
 ``FEDMNIST_FLOWER_DELIVERY=1`` in the environment keeps Flower's own. The client
 app imports this module, because the client app is the first of this project's
 code that Flower loads in its simulation process, before that thread starts.
+
+Flower's loop, and the attributes of its in-memory state read here, are not Flower's public
+API: both are listed in :mod:`task.flower_compat` (piece ``add_messages_to_queue``, and
+``InMemoryLinkState`` in its ``ATTRIBUTES``), where tests/test_flower_compat.py checks them.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import sys
 import threading
 from collections.abc import Iterable
 from logging import INFO
 from queue import Queue
 from typing import Any
 
-VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+from task import flower_compat
+
+PIECE = "add_messages_to_queue"  # the piece of task.flower_compat this replaces
+VCE_MODULE = flower_compat.PIECES[PIECE].module
 DISABLE_ENV = "FEDMNIST_FLOWER_DELIVERY"  # =1: keep Flower's own loop (to measure the difference)
 SUPPORTED = ("1.41.",)  # the Flower versions whose internals this was checked against
 POLL_S = 0.1  # as Flower's own loop
@@ -49,7 +55,7 @@ def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: dict[int, int
 def take_undelivered(state: Any, nodes: Iterable[int]) -> list:
     """At most one undelivered message per node in ``nodes``, oldest first, stamped as
     delivered; expired or invalid messages are dropped on the way, as Flower does."""
-    from flwr.supercore.date import now
+    from flwr.common import now
 
     nodes = set(nodes)
     store = getattr(state, "message_ins_store", None)
@@ -78,10 +84,11 @@ def take_undelivered(state: Any, nodes: Iterable[int]) -> list:
 def install() -> bool:
     """Use :func:`add_messages_to_queue` in Flower's simulation runtime, if it is loaded
     in this process and its version is one this was checked against. True if in place."""
-    vce_api = sys.modules.get(VCE_MODULE)
+    vce_api = flower_compat.loaded(PIECE)  # never imports it: only where Flower has loaded it
     if vce_api is None or os.environ.get(DISABLE_ENV) == "1":
         return False
-    current = getattr(vce_api, "add_messages_to_queue", None)
+    attr = flower_compat.PIECES[PIECE].attr
+    current = getattr(vce_api, attr, None)
     if current is add_messages_to_queue:
         return True
     import flwr
@@ -90,8 +97,8 @@ def install() -> bool:
         return False
     if list(inspect.signature(current).parameters) != list(inspect.signature(add_messages_to_queue).parameters):
         return False
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    from flwr.common.logger import log
+    setattr(vce_api, attr, add_messages_to_queue)
+    from flwr.common import log
 
     log(INFO, "Simulation: messages reach the virtual clients in one pass over the queue (client_app.simulation_queue)")
     return True

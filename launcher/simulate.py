@@ -28,12 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from flwr.common.config import get_project_config, parse_config_args
 
 from launcher.console import RunWatcher
 from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, mark, start_superlink, visible_gpus
 from task.config import ConfigError, Settings
 from task.errors import run_cli
+from task.flower_compat import get_project_config, parse_config_args
 
 CONNECTION = "local-simulation"
 DEFAULT_OUTPUT_DIR = Path("outputs")

@@ -16,9 +16,8 @@ from typing import Any
 import flwr
 import torch
 from flwr.app import Array, ArrayRecord, Context
-from flwr.common.logger import log
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.exit import add_exit_handler
 
 from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunFolder
 from server_app.nodes import NodeBook, wait_for_nodes
@@ -27,6 +26,7 @@ from server_app.strategy import RoundRunner
 from task.config import ConfigError, Settings
 from task.data import Batchable
 from task.errors import UserError
+from task.flower_compat import add_exit_handler
 from task.models import build_model
 from task.shards import server_test_set, train_shards
 from task.training import evaluate, pick_device, set_weights

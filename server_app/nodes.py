@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
 
 from flwr.app import Message, MessageType, RecordDict
-from flwr.common.logger import log
+from flwr.common import log
 from flwr.serverapp import Grid
 
 from task.config import ConfigError

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.logger import log
-from flwr.serverapp import Grid
+from flwr.common import log
+from flwr.serverapp import GaussianPrivacyEvent, Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
@@ -43,6 +43,7 @@ from flwr.serverapp.strategy import (
 
 from server_app.nodes import NodeBook, node_error
 from task.config import Settings
+from task.flower_compat import STRATEGY_STATE, WRAPPED_STRATEGY
 
 WEIGHTED_BY = "num-examples"
 _PHASES = {"train": 0, "evaluate": 1}
@@ -97,8 +98,7 @@ class PrivacyLedger:
     same are accountable: FedAvg's weighting by examples otherwise changes the sensitivity."""
 
     def __init__(self, settings: Settings, population: int) -> None:
-        from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
-        from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+        from flwr.serverapp import RdpAccountant  # Flower imports it (and dp-accounting) only when asked
 
         self.settings = settings
         self.population = population
@@ -108,8 +108,6 @@ class PrivacyLedger:
         self.accountable = True
 
     def release(self, sample_size: int, uniform: bool) -> dict[str, Any]:
-        from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
-
         self.accountable = self.accountable and uniform and self.settings.dp_noise_multiplier > 0
         if not self.accountable:
             why = "no noise" if self.settings.dp_noise_multiplier == 0 else "nodes of unequal weight"
@@ -296,24 +294,20 @@ class RoundRunner:
     def state(self) -> dict[str, Any]:
         """What the strategy carries from round to round (nothing for FedAvg; the server
         momentum of FedAvgM, the moments of FedAdam/FedYogi/FedAdagrad), and the privacy spent."""
-        inner = getattr(self.strategy, "strategy", self.strategy)  # inside the DP wrapper
-        state = {k: v for k, v in vars(inner).items() if k in _CARRIED}
+        inner = getattr(self.strategy, WRAPPED_STRATEGY, self.strategy)  # inside the DP wrapper
+        state = {k: v for k, v in vars(inner).items() if k in STRATEGY_STATE}
         if self.privacy is not None:
             state["privacy"] = {"accountant": self.privacy.accountant.state_dict(), "accountable": self.privacy.accountable}
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        inner = getattr(self.strategy, "strategy", self.strategy)
+        inner = getattr(self.strategy, WRAPPED_STRATEGY, self.strategy)
         for key, value in state.items():
-            if key in _CARRIED:
+            if key in STRATEGY_STATE:
                 setattr(inner, key, value)
         if self.privacy is not None and "privacy" in state:
             self.privacy.accountant.load_state_dict(state["privacy"]["accountant"])
             self.privacy.accountable = state["privacy"]["accountable"]
-
-
-# Attributes of Flower's strategies that carry state from one round to the next.
-_CARRIED = ("momentum_vector", "m_t", "v_t")
 
 
 class _ChosenNodes:

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import MnistClient, app
 from task.config import ConfigError, Settings
+from task.flower_compat import TaskIdentity
 from task.models import build_model
 from task.shards import load_node_data
 from task.training import get_weights

@@ -289,7 +289,7 @@ def test_a_run_that_flower_ends_without_the_server_app_is_marked_interrupted(fak
 
 
 def test_the_staged_app_bundles_the_same_files_without_walking_the_ignored_ones(tmp_path):
-    from flwr.cli.build import build_fab_from_disk
+    from task.flower_compat import build_fab_from_disk
 
     app = tmp_path / "app"
     for rel in ["pyproject.toml", "task/model.py", "presets/a.toml", ".venv/lib/x.py", "outputs/run/config.json",

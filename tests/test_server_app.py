@@ -8,12 +8,12 @@ from collections.abc import Iterable
 
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 import run_folder as rf
 from client_app.app import app as client_app
 from server_app.app import main as server_main
 from task.config import ConfigError
+from task.flower_compat import TaskIdentity
 
 TINY = {
     "num-server-rounds": 2,

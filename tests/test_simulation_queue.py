@@ -10,21 +10,27 @@ import threading
 
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
-from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-from flwr.supercore.object_store import ObjectStoreFactory
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
-from flwr.superlink.grid import InMemoryGrid
 
 from client_app import simulation_queue
 from client_app.simulation_queue import add_messages_to_queue, install, take_undelivered
+from task.flower_compat import (  # Flower's simulation internals, listed there
+    FLWR_IN_MEMORY_DB_NAME,
+    NOOP_FEDERATION_ID,
+    RUN_ID_NUM_BYTES,
+    SUPERLINK_NODE_ID,
+    TASK_ID_NUM_BYTES,
+    InMemoryGrid,
+    LinkStateFactory,
+    NoOpFederationManager,
+    ObjectStoreFactory,
+    Run,
+    RunRecord,
+    Task,
+    TaskIdentity,
+    generate_rand_int_from_bytes,
+    register_nodes,
+    vce_api,
+)
 
 def _federation(num_nodes: int, sends: list[int]):
     """Flower's own in-memory state and grid, as its simulation sets them up, with one
@@ -38,7 +44,7 @@ def _federation(num_nodes: int, sends: list[int]):
     state = factory.state()
     state.run_ids[run.run_id] = RunRecord(run=run)
     state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)
-    nodes = list(vce_api._register_nodes(num_nodes, factory))
+    nodes = list(register_nodes(num_nodes, factory))
     grid = InMemoryGrid(state_factory=factory)
     grid.set_run(run)
     messages = [

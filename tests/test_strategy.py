@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from server_app.strategy import RoundFailed, RoundRunner, array_spec, check_train_reply, sample_partitions
 from task.config import Settings
+from task.flower_compat import TaskIdentity
 
 SPEC_ARRAYS = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.zeros(2, np.float32))})
 
