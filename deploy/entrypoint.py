@@ -46,6 +46,8 @@ FILE_FLAGS = {
     "--root-certificates": "CA certificate",
     "--auth-supernode-private-key": "SuperNode private key",
 }
+# Of those, the ones only their own user may read.
+PRIVATE_FLAGS = ("--ssl-keyfile", "--auth-supernode-private-key")
 HINT = "make the certificates and keys with deploy/tls.sh (see README, Deployment)"
 
 
@@ -223,7 +225,10 @@ def announce(command: Command) -> str | None:
         )
     if command.program == "flower-superlink":
         auth = ", SuperNode authentication" if "--enable-supernode-auth" in command.argv else ""
-        return f"SuperLink on port {command.value('--port') or '8000'} ({tls}{auth})"
+        isolation = ", ServerApps run by a separate SuperExec" if command.value("--isolation") == "process" else ""
+        return f"SuperLink on port {command.value('--port') or '8000'} ({tls}{auth}{isolation})"
+    if command.program == "flower-superexec":
+        return f"SuperExec: runs the apps of the Runtime API at {command.value('--runtime-api-address')} ({tls})"
     return None
 
 
@@ -274,7 +279,7 @@ def copy_secrets(command: Command, uid: int, gid: int) -> None:
     shutil.rmtree(SECRETS_DIR, ignore_errors=True)  # a restarted container: copy afresh
     SECRETS_DIR.mkdir(mode=0o700)
     for flag, path in sorted(command.files.items()):
-        private = flag in ("--ssl-keyfile", "--auth-supernode-private-key")
+        private = flag in PRIVATE_FLAGS
         dest = SECRETS_DIR / f"{flag.lstrip('-')}-{Path(path).name}"
         shutil.copyfile(path, dest)
         os.chmod(dest, 0o600 if private else 0o644)
