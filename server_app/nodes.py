@@ -44,7 +44,12 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 def node_error(reply: Message) -> str:
     """A node's error in one line. Flower's simulation wraps the ClientApp's exception
-    in Ray's traceback; the exception's own message is at its end."""
+    in Ray's traceback; the exception's own message is at its end. A node the SuperLink
+    stopped hearing from gets its reply from the SuperLink itself, with its own code."""
+    from task.flower_compat import ErrorCode
+
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return "the node left the federation before replying (the SuperLink stopped receiving its heartbeats)"
     reason = reply.error.reason
     found = re.findall(r"Exception ClientAppException occurred\. Message: (.*?)'?>?\s*$", reason, flags=re.S)
     return f"the node failed: {(found[-1] if found else reason).strip()}"

@@ -21,6 +21,7 @@ averaging. On top of what the strategy does:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -271,8 +272,19 @@ class RoundRunner:
         # The strategy writes the messages (its config: server-round, FedProx's proximal-mu, ...)
         # and remembers the arrays it sent (FedOpt, FedAvgM, DP clipping need them to aggregate).
         messages = sorted(configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: m.metadata.dst_node_id)
-        log(INFO, "Round %d: %s on %d node(s)", server_round, kind, len(messages))
-        by_node = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=self.settings.round_timeout)}
+        log(INFO, "Round %d: %s on %d of %d available node(s)", server_round, kind, len(messages),
+            len(self.book.available()))
+        replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        # A reply the SuperLink writes for a node it lost comes from the SuperLink, not the node:
+        # it is matched by the message it answers (whose id the grid set when it was sent).
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        asked = set(sent.values()) | {m.metadata.dst_node_id for m in messages}
+        by_node = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if node not in asked:
+                node = sent.get(reply.metadata.reply_to_message_id, node)
+            by_node[node] = reply
         return {p: by_node.get(self.book.node_of(p)) for p in partitions}
 
     def _failure(self, server_round: int, attempt: int, phase: str, pid: int | None, reason: str) -> dict[str, Any]:
@@ -308,6 +320,18 @@ class RoundRunner:
         if self.privacy is not None and "privacy" in state:
             self.privacy.accountant.load_state_dict(state["privacy"]["accountant"])
             self.privacy.accountable = state["privacy"]["accountable"]
+
+
+class _HideFlowersSampledLine(logging.Filter):
+    """Flower's strategies log "Sampled N nodes (out of N)" of the grid they are shown, which
+    here is only the nodes the round already chose: it would read as if no other node existed.
+    The round's own line ("train on 1 of 3 available node(s)") says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("configure_train: Sampled", "configure_evaluate: Sampled"))
+
+
+logging.getLogger("flwr").addFilter(_HideFlowersSampledLine())
 
 
 class _ChosenNodes:

@@ -87,6 +87,12 @@ PIECES: dict[str, Piece] = {
         "launcher sees the values and types `flwr run --run-config` will give the app",
         ("launcher/simulate.py",), ("config",),
     ),
+    "ErrorCode": Piece(
+        "flwr.common.constant", "ErrorCode",
+        "the codes of a reply's Error: a reply the SuperLink makes for a node that stopped sending "
+        "heartbeats (NODE_UNAVAILABLE) is recorded as 'the node left', not as a timeout",
+        ("server_app/nodes.py",),
+    ),
     "DEFAULT_FLOWER_CONFIG_TOML": Piece(
         "flwr.cli.constant", "DEFAULT_FLOWER_CONFIG_TOML",
         "the config.toml Flower writes into a fresh FLWR_HOME; the connection script starts from it "

@@ -133,6 +133,32 @@ def test_bad_replies_are_dropped_and_recorded_and_the_round_counts():
     assert all(f["round"] == 1 and f["phase"] == "train" for f in result.failures)
 
 
+def test_a_node_the_superlink_lost_is_recorded_as_gone_not_as_a_timeout():
+    """The SuperLink answers for a node whose heartbeats stopped: the reply comes from the
+    SuperLink (node 0), answers the message sent to the node, and carries NODE_UNAVAILABLE."""
+    from task.flower_compat import ErrorCode
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # the ServerApp's
+
+    class LostNode(ScriptedGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            for i, m in enumerate(messages):  # what the grid does when it pushes them
+                m.metadata.__dict__["_message_id"] = f"sent-{i}"
+            lost = next(m for m in messages if m.metadata.dst_node_id == 13)
+            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+            gone = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable"), reply_to=lost)
+            gone.metadata.__dict__["_src_node_id"] = 0  # as Flower's linkstate writes it: from the SuperLink
+            assert gone.metadata.src_node_id == 0 and gone.metadata.reply_to_message_id == "sent-2"
+            return [_reply(11), _reply(12), gone]
+
+    result = _runner({0: 11, 1: 12, 2: 13}).train(LostNode(None), 1, SPEC_ARRAYS)
+    assert result.metrics["nodes"] == 2
+    assert [(f["partition-id"], f["reason"]) for f in result.failures] == [
+        (2, "the node left the federation before replying (the SuperLink stopped receiving its heartbeats)")
+    ]
+
+
 def test_a_round_short_of_good_replies_is_retried_without_the_nodes_that_failed():
     script = {11: _error(11, "boom"), 12: _reply(12), 13: _reply(13)}
     runner = _runner({0: 11, 1: 12, 2: 13}, **{"fraction-train": 0.34, "min-train-replies": 1})
