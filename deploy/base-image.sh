@@ -31,7 +31,7 @@ if [[ ! -s $TARBALL ]]; then
     rootfs=$(mktemp -d)
     trap 'rm -rf "$rootfs"' EXIT
     echo "base-image.sh: debootstrap bookworm from $mirror (about a minute)" >&2
-    debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
+    debootstrap --variant=minbase --include=python3,python3-venv,nginx-light bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
         || { tail -n 20 "$rootfs.log" >&2; exit 1; }
     rm -f "$rootfs.log"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*

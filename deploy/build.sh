@@ -9,6 +9,9 @@
 #   deploy/build.sh --tag NAME:TAG  # default fedavg-mnist:0.1.0, the image docker-compose.yml runs
 #   deploy/build.sh --quiet         # the build's log only if it fails
 #
+# Then the SuperLink host's proxy image (fedavg-mnist-proxy:0.1.0, Debian's nginx) from the same
+# base (debian:bookworm-slim when the app's base is python:3.11-slim).
+#
 # Docker 23+ with the buildx plugin builds with BuildKit by default; an older client needs
 # DOCKER_BUILDKIT=1, which this script sets. Extra arguments after -- go to `docker build`.
 set -euo pipefail
@@ -24,7 +27,7 @@ while (($#)); do
         --base) base=$2; shift ;;
         --tag) tag=$2; shift ;;
         --) shift; extra=("$@"); break ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -60,6 +63,16 @@ if ((offline)); then
     fi
 fi
 
+# Without Docker Hub, pulling the base fails with a bare DNS or TLS error: say what to do instead.
+if ((!offline)) && ! "${build[0]}" image inspect "$base" >/dev/null 2>&1; then
+    if ! pull=$(timeout 120 "${build[0]}" pull -q "$base" 2>&1); then
+        echo "build.sh: cannot pull the base image $base (${pull##*$'\n'})" >&2
+        echo "build.sh: no registry from here? Build without one: deploy/prepare.sh --no-engine" \
+            "(a Debian base by debootstrap, the wheels by pip, then deploy/build.sh --offline)" >&2
+        exit 1
+    fi
+fi
+
 wheelhouse_image=scratch
 if ((offline)); then
     # The wheels go to the engine once, as an image of their own named by their list: a 3 GB
@@ -82,15 +95,28 @@ args=(--tag "$tag" \
     --build-arg "WHEELHOUSE_IMAGE=$wheelhouse_image" \
     --label "fedavg-mnist.torch=$torch" \
     "${extra[@]}" .)
-if ((quiet)); then
-    log=$(mktemp)
-    trap 'rm -f "$log"' EXIT
-    if ! "${build[@]}" --progress=plain "${args[@]}" >"$log" 2>&1; then
-        tail -n 40 "$log" >&2
-        echo "build.sh: the build failed (its last 40 lines are above)" >&2
-        exit 1
+proxy_tag=${FEDMNIST_PROXY_IMAGE:-fedavg-mnist-proxy:0.1.0}
+proxy_base=$base
+[[ $base == python:3.11-slim ]] && proxy_base=debian:bookworm-slim
+proxy_args=(--tag "$proxy_tag" --build-arg "BASE_IMAGE=$proxy_base" -f deploy/superlink-host/proxy.Dockerfile deploy/superlink-host)
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# build NAME ARGS...: the build's whole output, or with --quiet only its last lines if it fails.
+build() {
+    local name=$1
+    shift
+    if ((quiet)); then
+        if ! "${build[@]}" --progress=plain "$@" >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "build.sh: the build of $name failed (its last 40 lines are above)" >&2
+            exit 1
+        fi
+    else
+        "${build[@]}" "$@"
     fi
-    echo "build.sh: built $tag ($("${build[0]}" image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.1f GB", $1/1e9}'))"
-else
-    exec "${build[@]}" "${args[@]}"
-fi
+    echo "build.sh: built $name ($("${build[0]}" image inspect "$name" --format '{{.Size}}' | awk '{printf "%.1f GB", $1/1e9}'))"
+}
+build "$tag" "${args[@]}"
+echo "build.sh: $proxy_tag from $proxy_base"
+build "$proxy_tag" "${proxy_args[@]}"

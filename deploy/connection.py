@@ -45,7 +45,7 @@ def flwr_home() -> Path:
 
 def flower_default_config() -> str:
     try:
-        from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
+        from task.flower_compat import DEFAULT_FLOWER_CONFIG_TOML
     except ImportError:
         return FALLBACK_DEFAULT
     return DEFAULT_FLOWER_CONFIG_TOML

@@ -48,7 +48,7 @@ FILE_FLAGS = {
 }
 # Of those, the ones only their own user may read.
 PRIVATE_FLAGS = ("--ssl-keyfile", "--auth-supernode-private-key")
-HINT = "make the certificates and keys with deploy/tls.sh (see README, Deployment)"
+HINT = "make the certificates and keys with deploy/tls.sh (see docs/deployment.md)"
 
 
 class InputError(Exception):

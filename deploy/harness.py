@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 TLS_FILE = ROOT / "deploy" / "tls.yml"
 GPU_FILE = ROOT / "deploy" / "gpu.yml"
+SUPERLINK_HOST_FILE = ROOT / "deploy" / "superlink-host" / "docker-compose.yml"
+NODE_HOST_FILE = ROOT / "deploy" / "node-host" / "docker-compose.yml"
 
 
 class HarnessError(RuntimeError):
@@ -43,13 +45,6 @@ def commands(path: Path, kind: str | None = None) -> dict[str, list[str]]:
         if kind is None or argv[0] == kind:
             out[name] = argv
     return out
-
-
-def flag_value(argv: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
 
 
 def replace_flags(argv: Sequence[str], values: dict[str, str]) -> list[str]:
@@ -117,30 +112,33 @@ def compose_cli(docker: str) -> list[str] | None:
 
 
 class Compose:
-    """One compose project (its own name, so it shares nothing with anything else)."""
+    """One compose project (its own name, so it shares nothing with anything else). Relative
+    paths in its files are read from ``directory``: the checkout for docker-compose.yml, the
+    file's own folder for the host files under deploy/."""
 
-    def __init__(self, cli: list[str], docker: str, project: str, env: dict[str, str]) -> None:
-        self.cli, self.docker, self.project = cli, docker, project
+    def __init__(
+        self, cli: list[str], docker: str, project: str, env: dict[str, str], directory: Path = ROOT
+    ) -> None:
+        self.cli, self.docker, self.project, self.directory = cli, docker, project, directory
         self.env = {**os.environ, **env}
 
-    def __call__(self, files: Sequence[Path], *args: str, check: bool = True, timeout: float = 300) -> str:
-        argv = [*self.cli, "--project-name", self.project, "--project-directory", str(ROOT)]
+    def run(self, files: Sequence[Path], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [*self.cli, "--project-name", self.project, "--project-directory", str(self.directory)]
         for f in files:
             argv += ["-f", str(f)]
-        proc = subprocess.run(
-            [*argv, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        return subprocess.run(
+            [*argv, *args], env=self.env, cwd=self.directory, capture_output=True, text=True, timeout=timeout
         )
+
+    def __call__(self, files: Sequence[Path], *args: str, check: bool = True, timeout: float = 300) -> str:
+        proc = self.run(files, *args, timeout=timeout)
         if check and proc.returncode != 0:
             raise HarnessError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc.stdout + proc.stderr
 
-    def run(self, files: Sequence[Path], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = [*self.cli, "--project-name", self.project, "--project-directory", str(ROOT)]
-        for f in files:
-            argv += ["-f", str(f)]
-        return subprocess.run(
-            [*argv, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-        )
+    def network(self, name: str = "default") -> str:
+        """The engine's name of one of the project's networks (both compose versions)."""
+        return f"{self.project}_{name}"
 
     def container(self, service: str) -> str | None:
         out = subprocess.run(

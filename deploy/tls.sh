@@ -128,7 +128,7 @@ for ((i = 0; i < nodes; i++)); do
         ssh-keygen -y -f "$f" >"$f.pub"
     fi
 done
-((${#made[@]})) && echo "tls.sh: made key pairs for ${made[*]}: register them (README, Deployment)"
+((${#made[@]})) && echo "tls.sh: made key pairs for ${made[*]}: register them (docs/deployment.md)"
 chmod 644 "$dir"/*.crt "$dir"/*.pub
 check
 echo "tls.sh: $dir is ready"

@@ -128,6 +128,12 @@ PIECES: dict[str, Piece] = {
         "the argument parser of flower-supernode, to check the flags docker-compose.yml passes it",
         ("tests/test_compose.py",),
     ),
+    "parse_args_run_superexec": Piece(
+        "flwr.supercore.cli.flower_superexec", "_parse_args",
+        "the argument parser of flower-superexec, to check the flags deploy/superlink-host and "
+        "deploy/node-host pass it",
+        ("tests/test_compose.py",),
+    ),
     "vce_api": Piece(
         _VCE_API, None,
         "the module whose add_messages_to_queue the test swaps, and whose node registration the "

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
-from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from deploy import connection, harness, nodes, register
 from launcher.flower import flower_home, free_port, flwr_run, supernode_threads
+from task.flower_compat import parse_args_run_superexec, parse_args_run_superlink, parse_args_run_supernode
 
 ROOT = harness.ROOT
 COMPOSE = harness.load(harness.COMPOSE_FILE)
@@ -37,7 +36,7 @@ def services(kind: str, path: Path = harness.COMPOSE_FILE) -> dict[str, list[str
 
 
 def node_config(argv: list[str]) -> dict[str, int]:
-    text = _parse_args_run_supernode().parse_args(argv[1:]).node_config
+    text = parse_args_run_supernode().parse_args(argv[1:]).node_config
     return {k: int(v) for k, v in (pair.split("=") for pair in text.split())}
 
 
@@ -49,7 +48,7 @@ def mount_target(volume: str) -> str:
 
 def superlink_args(path: Path = harness.COMPOSE_FILE):
     (argv,) = services("flower-superlink", path).values()
-    return _parse_args_run_superlink().parse_args(argv[1:])
+    return parse_args_run_superlink().parse_args(argv[1:])
 
 
 @pytest.mark.parametrize("path", [harness.COMPOSE_FILE, harness.TLS_FILE], ids=["insecure", "tls"])
@@ -60,7 +59,7 @@ def test_every_command_is_accepted_by_flowers_own_parsers(path):
     nodes_ = services("flower-supernode", path)
     assert sorted(nodes_) == ["supernode-0", "supernode-1", "supernode-2"]
     for argv in nodes_.values():
-        node = _parse_args_run_supernode().parse_args(argv[1:])
+        node = parse_args_run_supernode().parse_args(argv[1:])
         assert node.superlink == f"superlink:{args.port}"  # the service name and the port it serves
         assert node.host == "127.0.0.1"  # the ClientApp's API stays inside the container
 
@@ -76,7 +75,7 @@ def test_the_tls_switch_turns_on_tls_and_authentication_everywhere():
     assert set(mounts) == {"/certs/ca.crt", "/certs/superlink.crt", "/certs/superlink.key"}
     assert all(v.endswith(":ro") for v in mounts.values())
     for name, argv in services("flower-supernode", harness.TLS_FILE).items():
-        node = _parse_args_run_supernode().parse_args(argv[1:])
+        node = parse_args_run_supernode().parse_args(argv[1:])
         assert not node.insecure and node.root_certificates == "/certs/ca.crt"
         assert node.auth_supernode_private_key == f"/certs/{name}.key"  # each node its own key
         mounted = {mount_target(v) for v in TLS["services"][name]["volumes"]}
@@ -94,9 +93,9 @@ def test_the_supernodes_cover_every_partition_once():
     assert sorted(c["partition-id"] for c in configs) == list(range(n))
 
 
-def test_the_port_is_published_on_loopback_only_by_default():
+def test_the_port_is_published_on_loopback_only():
     (port,) = COMPOSE["services"]["superlink"]["ports"]
-    assert port == "${FEDMNIST_BIND:-127.0.0.1}:${FEDMNIST_PORT:-8000}:8000"
+    assert port == "127.0.0.1:${FEDMNIST_PORT:-8000}:8000"  # no setting opens it to the network
     assert all("ports" not in s for n, s in COMPOSE["services"].items() if n != "superlink")
 
 
@@ -187,10 +186,16 @@ def test_the_compose_files_are_valid_for_docker_compose_v1():
     if v1 is None:
         pytest.skip("docker-compose (v1) is not installed: apt-get install docker-compose, or run deploy/engine.sh")
     env = {"PATH": "/usr/bin:/bin", "FEDMNIST_OUTPUTS": "/tmp/outputs"}
-    for files in ([harness.COMPOSE_FILE], [harness.COMPOSE_FILE, harness.TLS_FILE, harness.GPU_FILE]):
-        args = [v1, "--project-directory", str(ROOT)] + [a for f in files for a in ("-f", str(f))] + ["config", "-q"]
-        proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    for files in ([harness.COMPOSE_FILE], [harness.COMPOSE_FILE, harness.TLS_FILE, harness.GPU_FILE],
+                  [harness.SUPERLINK_HOST_FILE], [harness.NODE_HOST_FILE]):
+        args = [v1, "--project-directory", str(files[0].parent if len(files) == 1 else ROOT)]
+        args += [a for f in files for a in ("-f", str(f))] + ["config", "-q"]
+        proc = subprocess.run(args, capture_output=True, text=True, env={**env, "SUPERLINK_ADDRESS": "example.org:8443"})
         assert proc.returncode == 0, proc.stderr
+    # The node host names the SuperLink host or refuses to start, saying which setting is missing.
+    proc = subprocess.run([v1, "-f", str(harness.NODE_HOST_FILE), "config", "-q"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode != 0 and "set SUPERLINK_ADDRESS=HOST:PORT" in proc.stderr
 
 
 # --- the same command lines, run for real on loopback ---------------------------------------
@@ -298,3 +303,75 @@ def test_yaml_anchors_resolve_to_the_same_settings_for_every_supernode():
     raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     keys = {name: sorted(s) for name, s in raw["services"].items() if name.startswith("supernode-")}
     assert len({tuple(v) for v in keys.values()}) == 1
+
+
+# --- the SuperLink host and the node host (deploy/superlink-host, deploy/node-host) ---------------
+
+LINK_HOST = harness.load(harness.SUPERLINK_HOST_FILE)
+NODE_HOST = harness.load(harness.NODE_HOST_FILE)
+
+
+def _mounted_files(service: dict) -> list[str]:
+    return [v.rsplit(":", 2)[0] if v.endswith((":ro", ":rw")) else v.rsplit(":", 1)[0] for v in service["volumes"]]
+
+
+def test_on_the_superlink_host_only_the_proxy_is_published_and_operators_only_on_loopback():
+    published = {name: s["ports"] for name, s in LINK_HOST["services"].items() if "ports" in s}
+    assert list(published) == ["proxy"]
+    public, control = published["proxy"]
+    assert public.endswith(":8443") and control == "127.0.0.1:${FEDMNIST_CONTROL_PORT:-9443}:9443"
+    # The SuperLink and the SuperExec sit on the internal network alone: no way in but the proxy.
+    assert LINK_HOST["networks"]["inside"] == {"internal": True}
+    for name in ("superlink", "superexec"):
+        assert LINK_HOST["services"][name]["networks"] == ["inside"], name
+    assert sorted(LINK_HOST["services"]["proxy"]["networks"]) == ["edge", "inside"]
+
+
+def test_the_superlink_host_runs_tls_authentication_and_serverapps_in_a_container_without_keys():
+    (argv,) = harness.commands(harness.SUPERLINK_HOST_FILE, "flower-superlink").values()
+    link = parse_args_run_superlink().parse_args(argv[1:])
+    assert not link.insecure and link.enable_supernode_auth and link.ssl_keyfile == "/certs/superlink.key"
+    assert link.isolation == "process" and link.runtime_dependency_install is False
+    (argv,) = harness.commands(harness.SUPERLINK_HOST_FILE, "flower-superexec").values()
+    superexec = parse_args_run_superexec().parse_args(argv[1:])
+    assert superexec.runtime_api_address == f"superlink:{link.port}" and not superexec.insecure
+    mounts = _mounted_files(LINK_HOST["services"]["superexec"])
+    assert not [m for m in mounts if m.endswith(".key") or "state" in m], mounts
+
+
+def test_node_host_supernodes_join_through_the_proxy_and_clientapps_run_beside_them_without_keys():
+    required = re.compile(r"\$\{SUPERLINK_ADDRESS:\?[^}]*\}")  # compose fills it in before splitting
+    nodes_ = {name: shlex.split(required.sub("superlink.example.org:8443", s["command"]))
+              for name, s in NODE_HOST["services"].items() if s["command"].startswith("flower-supernode")}
+    assert sorted(nodes_) == ["supernode-0", "supernode-1", "supernode-2"]
+    partitions = []
+    for name, argv in nodes_.items():
+        i = name.split("-")[1]
+        node = parse_args_run_supernode().parse_args(argv[1:])
+        assert node.superlink == "superlink.example.org:8443" and not node.insecure
+        assert node.isolation == "process" and node.auth_supernode_private_key == "/certs/supernode.key"
+        assert f"${{FEDMNIST_PARTITION_{i}:-{i}}}" in node.node_config
+        partitions.append(node.node_config)
+        clientapp = NODE_HOST["services"][f"clientapp-{i}"]
+        (app_argv,) = [shlex.split(clientapp["command"])]
+        assert parse_args_run_superexec().parse_args(app_argv[1:]).runtime_api_address == f"{name}:9094"
+        # The ClientApp's container: no key, no volume at all, and a network shared with its node only.
+        assert "volumes" not in clientapp and clientapp["networks"] == [f"node-{i}"]
+        assert NODE_HOST["networks"][f"node-{i}"] == {"internal": True}
+        assert sorted(NODE_HOST["services"][name]["networks"]) == ["default", f"node-{i}"]
+    assert len(set(partitions)) == 3
+
+
+def test_the_proxy_serves_each_api_on_its_own_listener_only():
+    conf = (harness.SUPERLINK_HOST_FILE.parent / "nginx.conf").read_text()
+    servers = re.split(r"\n    server \{", conf)[1:]
+    assert len(servers) == 2
+    public, operators = servers
+    assert "listen 8443 ssl;" in public and "listen 9443 ssl;" in operators
+    for server, api in ((public, "fleet"), (operators, "control")):
+        locations = re.findall(r"location (=? ?\S+) \{", server)
+        assert locations == [f"/v1/{api}/", "= /health", "/"], locations
+        # a URI in proxy_pass: the normalised path goes on, never the raw one
+        assert f"proxy_pass https://superlink:8000/v1/{api}/;" in server
+        assert re.search(r"location / \{\s*default_type text/plain;\s*return 403", server)
+    assert "proxy_ssl_verify on;" in conf and "proxy_ssl_trusted_certificate /certs/ca.crt;" in conf

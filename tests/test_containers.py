@@ -1,8 +1,16 @@
-"""The deployment in real containers: the image built offline (local base image + wheelhouse),
-docker-compose.yml as users run it, a 2-round run submitted from this machine with `flwr run`,
-its run folder on the host; then the same with TLS and SuperNode authentication, where a
-SuperNode with an unregistered key and an insecure CLI connection are refused; then
-`down -v`, leaving no container, network or volume of its own.
+"""The deployment in real containers, built offline (local base image + wheelhouse):
+
+1. docker-compose.yml as users run it on one machine: a 2-round run submitted with `flwr run`,
+   its run folder on the host, then `down -v`.
+2. Two hosts as two compose projects on separate Docker networks: the SuperLink host
+   (deploy/superlink-host: proxy, SuperLink, SuperExec) and a node host (deploy/node-host: three
+   SuperNodes and their ClientApp containers) that reaches it only through the proxy's published
+   port. A stranger on the node host's network (deploy/stranger.py), a SuperNode with an
+   unregistered key, an insecure CLI connection and a missing certificate are each refused; a
+   2-round run submitted on the operators' listener finishes; an uploaded app that looks for keys
+   and state finds none. What each refusal said is written to build/container-test-refusals.json.
+
+Both leave no container, network or volume of their own.
 
 Runs wherever a Docker engine answers (skipped, with how to get one, where none does; CI
 prepares one with deploy/prepare.sh and sets FEDMNIST_REQUIRE_DOCKER=1, which turns the skip
@@ -29,7 +37,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = harness.ROOT
 BASE = [harness.COMPOSE_FILE]
-WITH_TLS = [harness.COMPOSE_FILE, harness.TLS_FILE]
 NODES = ["supernode-0", "supernode-1", "supernode-2"]
 HOWTO = (
     "no Docker engine answers: `sudo deploy/engine.sh` installs and starts one on Debian/Ubuntu "
@@ -125,16 +132,24 @@ def _check_run(outputs: Path, name: str, owner: int) -> dict:
     return history
 
 
-def _nobody_is_root(compose: harness.Compose, services: list[str]) -> None:
+def _nobody_is_root(compose: harness.Compose, services: list[str], patience: float = 30) -> None:
     """Every process but the init (which only passes signals on) runs unprivileged; so do the
-    health checks, after their first instant (they start as the container's user)."""
+    health checks, after their first instant (they start as the container's user). A container
+    that has just started may still be in its entrypoint, which drops root before Flower starts:
+    it gets ``patience`` seconds to do so."""
     for service in services:
         cid = compose.container(service)
-        top = subprocess.run([compose.docker, "top", cid, "-eo", "pid,uid,args"], capture_output=True, text=True)
-        rows = [line.split(None, 2) for line in top.stdout.splitlines()[1:]]
-        assert rows, top.stderr
-        root = [args for _, uid, args in rows
-                if uid == "0" and not args.startswith("/sbin/docker-init") and "--health" not in args]
+        deadline = time.monotonic() + patience
+        while True:
+            top = subprocess.run([compose.docker, "top", cid, "-eo", "pid,uid,args"], capture_output=True, text=True)
+            rows = [line.split(None, 2) for line in top.stdout.splitlines()[1:]]
+            assert rows, top.stderr
+            root = [args for _, uid, args in rows
+                    if uid == "0" and not args.startswith("/sbin/docker-init") and "--health" not in args]
+            starting = all("fedmnist-entrypoint" in args for args in root)
+            if not root or not starting or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert not root, f"{service} runs {root} as root"
 
 
@@ -143,7 +158,7 @@ def _up(compose: harness.Compose, files: list[Path], *services: str) -> None:
     compose.wait_healthy(list(services) or ["superlink", *NODES], timeout=180)
 
 
-def test_compose_up_runs_with_and_without_tls_and_leaves_nothing_behind(engine, image, timings, tmp_path):
+def test_compose_up_runs_on_one_machine_and_leaves_nothing_behind(engine, image, timings, tmp_path):
     docker, cli = engine
     outputs, owner = _outputs(tmp_path)
     certs = tmp_path / "certs"
@@ -183,58 +198,141 @@ def test_compose_up_runs_with_and_without_tls_and_leaves_nothing_behind(engine, 
             compose(BASE, "down", "-v")
             timings["down"] = time.monotonic() - t0
             assert compose.leftovers() == {}
+    finally:
+        compose(BASE, "down", "-v", "--remove-orphans", check=False)
+    assert compose.leftovers() == {}
 
-            # --- TLS and SuperNode authentication ---------------------------------------------
-            made = subprocess.run([str(ROOT / "deploy" / "tls.sh"), "--dir", str(certs)], capture_output=True,
-                                  text=True)
+
+def _snooped(findings: dict) -> list[str]:
+    """Every key or state file the snooping app could read, wherever it ran (a folder it could
+    list counts when it holds one: the public CA certificate alone is no secret)."""
+    places = [findings["serverapp"], *findings["clientapps"]]
+    assert len(places) == 4, findings  # the ServerApp and the three nodes' ClientApps
+    secret = (".key", ".db", ".secret")
+    leaks = []
+    for where in places:
+        for path, state in where.items():
+            if not path.startswith(("known ", "found ")):
+                continue
+            listed = state.removeprefix("listable: ").split(",") if state.startswith("listable: ") else []
+            if state == "readable" or any(name.endswith(secret) for name in listed):
+                leaks.append(f"{where.get('host')}: {path} {state}")
+    return leaks
+
+
+def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded_code(engine, image, timings,
+                                                                                         tmp_path):
+    """The SuperLink host (proxy, SuperLink, SuperExec) and a node host (three SuperNodes, each
+    with its ClientApp container) as two compose projects on separate Docker networks: the
+    nodes reach the SuperLink only through the proxy's published port, as another machine
+    would (host.docker.internal is this machine seen from the node host's network)."""
+    docker, cli = engine
+    outputs, owner = _outputs(tmp_path)
+    certs = tmp_path / "certs"
+    public, control = free_port(), free_port()
+    tag = uuid.uuid4().hex[:8]
+    common = {"FEDMNIST_CERTS": str(certs), "FEDMNIST_IMAGE": image}
+    link_host = harness.Compose(
+        cli, docker, project=f"fedmnist-link-{tag}", directory=harness.SUPERLINK_HOST_FILE.parent,
+        env={**common, "FEDMNIST_OUTPUTS": str(outputs), "FEDMNIST_PUBLIC_PORT": str(public),
+             "FEDMNIST_CONTROL_PORT": str(control)},
+    )
+    node_host = harness.Compose(
+        cli, docker, project=f"fedmnist-nodes-{tag}", directory=harness.NODE_HOST_FILE.parent,
+        env={**common, "SUPERLINK_ADDRESS": f"host.docker.internal:{public}"},
+    )
+    link_files, node_files = [harness.SUPERLINK_HOST_FILE], [harness.NODE_HOST_FILE]
+    refusals: dict[str, str] = {}
+    try:
+        with flower_home() as home:
+            made = subprocess.run([str(ROOT / "deploy" / "tls.sh"), "--dir", str(certs), "--san",
+                                   "host.docker.internal"], capture_output=True, text=True)
             assert made.returncode == 0, made.stderr
             t0 = time.monotonic()
-            _up(compose, WITH_TLS, "superlink")
-            connection.write_connection("docker-tls", address, root_certificates=certs / "ca.crt", home=home.path)
-            connection.write_connection("docker-plain", address, home=home.path)
-
-            # An insecure connection is refused, and the probe says why in one line.
-            refused = subprocess.run(["flwr", "list", "docker-plain"], env=home.env, capture_output=True, text=True)
-            assert refused.returncode != 0
-            ok, message = connection.probe("docker-plain", address, None)
+            link_host(link_files, "up", "-d")
+            link_host.wait_healthy(["superlink"], timeout=180)
+            harness.wait_healthy(f"https://127.0.0.1:{public}/health", timeout=60, ca=certs / "ca.crt",
+                                 log=lambda: link_host.logs("proxy"))
+            _nobody_is_root(link_host, ["superlink", "superexec"])
+            ops = f"127.0.0.1:{control}"
+            connection.write_connection("ops", ops, root_certificates=certs / "ca.crt", home=home.path)
+            connection.write_connection("ops-plain", ops, home=home.path)
+            ok, message = connection.probe("ops-plain", ops, None)  # no TLS: refused, and said why
             assert not ok and "speaks TLS" in message, message
-
             for key in register.default_keys(certs):
-                ok, message = register.register("docker-tls", key, env=home.env)
+                ok, message = register.register("ops", key, env=home.env)
                 assert ok, message
 
-            # A SuperNode whose key was not registered is turned away before it gets anything.
-            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
-                            str(tmp_path / "stranger.key")], check=True)
-            stranger = compose.run(
-                WITH_TLS, "run", "--rm", "--no-deps", "-T", "-v", f"{tmp_path / 'stranger.key'}:/certs/stranger.key:ro",
-                "supernode-0", "flower-supernode", "--superlink", "superlink:8000",
+            # A SuperNode whose key was not registered is turned away at the public listener.
+            stranger_key = tmp_path / "stranger.key"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(stranger_key)],
+                           check=True)
+            unregistered = node_host.run(
+                node_files, "run", "--rm", "--no-deps", "-T", "-v", f"{stranger_key}:/certs/stranger.key:ro",
+                "supernode-0", "flower-supernode", "--superlink", f"host.docker.internal:{public}",
                 "--root-certificates", "/certs/ca.crt", "--auth-supernode-private-key", "/certs/stranger.key",
-                "--host", "127.0.0.1", "--port", "9094", "--node-config", "partition-id=0 num-partitions=3",
+                "--max-retries", "2", "--node-config", "partition-id=0 num-partitions=3",
             )
-            assert stranger.returncode != 0, stranger.stdout + stranger.stderr
-            assert "Failed to activate SuperNode" in stranger.stdout + stranger.stderr
-            assert "No SuperNode found with the given public key" in compose.logs("superlink", 400)
-
+            assert unregistered.returncode != 0, unregistered.stdout + unregistered.stderr
+            assert "Failed to activate SuperNode" in unregistered.stdout + unregistered.stderr
+            assert "No SuperNode found with the given public key" in link_host.logs("superlink", 400)
+            refusals["unregistered SuperNode"] = "Failed to activate SuperNode (exit %d)" % unregistered.returncode
             # A certificate that is not there: one line naming the file, before Flower starts.
-            missing = compose.run(WITH_TLS, "run", "--rm", "--no-deps", "-T", "supernode-0", "flower-supernode",
-                                  "--superlink", "superlink:8000", "--root-certificates", "/certs/nowhere.crt",
-                                  "--node-config", "partition-id=0 num-partitions=3")
+            missing = node_host.run(node_files, "run", "--rm", "--no-deps", "-T", "supernode-0", "flower-supernode",
+                                    "--superlink", f"host.docker.internal:{public}",
+                                    "--root-certificates", "/certs/nowhere.crt",
+                                    "--node-config", "partition-id=0 num-partitions=3")
             assert missing.returncode == 2
             assert "--root-certificates /certs/nowhere.crt: CA certificate not found" in missing.stdout + missing.stderr
 
-            _up(compose, WITH_TLS)
-            timings["up-tls"] = time.monotonic() - t0
+            node_host(node_files, "up", "-d")
+            node_host.wait_healthy(["supernode-0", "supernode-1", "supernode-2"], timeout=180)
+            _nobody_is_root(node_host, [*NODES, "clientapp-0", "clientapp-1", "clientapp-2"])
+            timings["up-two-hosts"] = time.monotonic() - t0
+
+            # A stranger on the node host's network, with the CA certificate and a key of their own.
             t0 = time.monotonic()
-            flwr_run(home, "docker-tls", {**RUN_CONFIG, "run-name": "tls"}, echo=False, timeout=1800)
-            timings["run-tls"] = time.monotonic() - t0
-            _check_run(outputs, "tls", owner)
-            listed = subprocess.run(["flwr", "supernode", "ls", "docker-tls", "--format", "json"], env=home.env,
+            stranger = subprocess.run(
+                [docker, "run", "--rm", "--network", node_host.network(),
+                 "--add-host", "host.docker.internal:host-gateway",
+                 "-v", f"{certs / 'ca.crt'}:/certs/ca.crt:ro",
+                 "-v", f"{ROOT / 'deploy' / 'stranger.py'}:/opt/stranger.py:ro",
+                 image, "python", "/opt/stranger.py", f"host.docker.internal:{public}", "--ca", "/certs/ca.crt",
+                 "--closed", f"host.docker.internal:{control}", "--closed", "superlink:8000", "--json"],
+                capture_output=True, text=True, timeout=600,
+            )
+            tried = [json.loads(line) for line in stranger.stdout.splitlines() if line.startswith("{")]
+            refusals.update({t["action"]: t["detail"] for t in tried})
+            assert len(tried) == 14, stranger.stdout + stranger.stderr
+            assert all(t["refused"] for t in tried), stranger.stdout
+            assert stranger.returncode == 0, stranger.stderr
+            timings["stranger"] = time.monotonic() - t0
+
+            t0 = time.monotonic()
+            try:
+                flwr_run(home, "ops", {**RUN_CONFIG, "run-name": "two-hosts"}, echo=False, timeout=1800)
+            except FlowerError as exc:
+                raise AssertionError(f"{exc}\n{link_host.logs('superexec')}") from None
+            timings["run-two-hosts"] = time.monotonic() - t0
+            _check_run(outputs, "two-hosts", owner)
+
+            # Uploaded code looks for keys and state where it runs: there are none to read.
+            t0 = time.monotonic()
+            snoop = subprocess.run(["flwr", "run", str(ROOT / "tests" / "apps" / "snoop"), "ops", "--stream"],
+                                   env=home.env, capture_output=True, text=True, timeout=600)
+            assert snoop.returncode == 0, snoop.stdout + snoop.stderr
+            findings = json.loads((outputs / "snoop" / "findings.json").read_text())
+            assert _snooped(findings) == [], findings
+            timings["snoop"] = time.monotonic() - t0
+
+            listed = subprocess.run(["flwr", "supernode", "ls", "ops", "--format", "json"], env=home.env,
                                     capture_output=True, text=True)
-            registered = json.loads(listed.stdout)["nodes"]
-            assert len(registered) == 3  # the stranger is not among them
+            assert len(json.loads(listed.stdout)["nodes"]) == 3  # the strangers are not among them
     finally:
-        for files in (WITH_TLS, BASE):
-            compose(files, "down", "-v", "--remove-orphans", check=False)
-    assert compose.leftovers() == {}
+        node_host(node_files, "down", "-v", "--remove-orphans", check=False)
+        link_host(link_files, "down", "-v", "--remove-orphans", check=False)
+        if refusals:
+            TIMINGS.parent.mkdir(exist_ok=True)
+            (TIMINGS.parent / "container-test-refusals.json").write_text(json.dumps(refusals, indent=2) + "\n")
+    assert node_host.leftovers() == {} and link_host.leftovers() == {}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")

@@ -27,10 +27,7 @@ PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clienta
           "flwr.client", "flwr.common")
 # Files of other workstreams that still import a piece from Flower directly instead of from
 # task.flower_compat (the piece is listed there): drop each entry once that file imports it from there.
-NOT_YET_ROUTED = {
-    "deploy/connection.py": {"flwr.cli.constant"},
-    "tests/test_compose.py": {"flwr.superlink.cli.flower_superlink", "flwr.supernode.cli.flower_supernode"},
-}
+NOT_YET_ROUTED: dict[str, set[str]] = {}
 
 
 def _missing(what: str, users: tuple[str, ...], why: str) -> str:

@@ -5,8 +5,9 @@
 #   (deploy/build.sh builds it next to the app image; --offline bases it on fedmnist-base:bookworm)
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-RUN apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
+# deploy/base-image.sh's base already has nginx (no registry needed); any other takes it from apt.
+RUN (command -v nginx >/dev/null || (apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null)) \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* \
     && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
 STOPSIGNAL SIGQUIT
