@@ -24,8 +24,9 @@ import torch
 from benchmarks.fedavg_inprocess import fedavg
 from launcher.simulate import parse_run_config
 from report.central import train_central
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import load_mnist
+from task.errors import ConfigError
 from task.pca import PCA
 
 PRESET = Path(__file__).resolve().parent.parent / "presets" / "autoencoder.toml"

@@ -28,8 +28,9 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from client_app import simulation_queue
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import Batchable, load_mnist
+from task.errors import ConfigError
 from task.faults import fault_for, misbehave
 from task.models import build_model
 from task.shards import (

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from task.config import ConfigError, Settings
-from task.errors import UserError
+from task.config import Settings
+from task.errors import ConfigError, UserError
 from task.files import atomic_write, write_files
 from task.models import build_model
 

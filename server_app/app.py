@@ -23,9 +23,9 @@ from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunF
 from server_app.nodes import NodeBook, wait_for_nodes
 from server_app.records import ServerLog, TensorBoardLog, build_manifest
 from server_app.strategy import RoundRunner
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import Batchable
-from task.errors import UserError
+from task.errors import ConfigError, UserError
 from task.flower_compat import add_exit_handler
 from task.models import build_model
 from task.shards import server_test_set, train_shards

@@ -17,7 +17,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from task.config import ConfigError
+from task.errors import ConfigError
 from task.shards import NODE_RECORD, NUM_PARTITIONS, PARTITION_ID
 
 

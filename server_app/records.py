@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from run_folder import SERVER_LOG, TENSORBOARD, RunFolder
-from task.config import ConfigError, Settings
+from task.config import Settings
+from task.errors import ConfigError
 from task.shards import local_test_shards, train_shards
 
 PACKAGES = ("flwr", "torch", "torchvision", "numpy", "ray", "fedavg-mnist")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from partitioning import PARTITIONERS
-from task.errors import UserError
+from task.errors import ConfigError
+from task.faults import parse_faults
 from task.objective import Objective, objective_for
 
 MODELS = ("mlp", "autoencoder")
@@ -28,10 +29,6 @@ PARTITION_FIELDS: dict[str, dict[str, str]] = {
     "shards": {"num_shards": "num_shards", "shards_per_client": "shards_per_client"},
     "dirichlet": {"alpha": "dirichlet_alpha"},
 }
-
-
-class ConfigError(UserError, ValueError):
-    """A run-config value is missing or outside what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -195,9 +192,7 @@ class Settings:
                 "to continue (the ServerApp runs in a Flower-managed working folder)."
             )
         if self.fault_injection:
-            from task.faults import parse_faults  # test-only: refused unless explicitly enabled
-
-            parse_faults(self.fault_injection)
+            parse_faults(self.fault_injection)  # test-only: refused unless explicitly enabled
         if self.samples_per_class < 0:
             raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")
         sizes = self.ae_hidden_sizes

@@ -14,6 +14,10 @@ class UserError(Exception):
     """A problem with the user's input, files or setup; the message says what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A run-config value is missing or outside what is allowed."""
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Call a command's body; a :class:`UserError` becomes ``error: ...`` on stderr and exit 2."""
     try:

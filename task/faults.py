@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from task.config import ConfigError
+from task.errors import ConfigError
 
 ENABLE_ENV = "FEDMNIST_ALLOW_FAULTS"
 KINDS = ("raise", "hang", "nan", "shape")

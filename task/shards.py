@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from partitioning import NON_IID, follow_label_mix, label_counts, partition
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import Batchable, Mnist, load_mnist
+from task.errors import ConfigError
 
 
 # The node-config keys that tell a node its shard (set by the simulation, or by

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import Batchable
+from task.errors import ConfigError
 from task.objective import Objective
 
 

@@ -3,7 +3,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client_app.app import MnistClient, app
-from task.config import ConfigError, Settings
+from task.config import Settings
+from task.errors import ConfigError
 from task.flower_compat import TaskIdentity
 from task.models import build_model
 from task.shards import load_node_data

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from launcher.simulate import check_run_config
-from task.config import ConfigError, Settings
+from task.config import Settings
+from task.errors import ConfigError
 
 
 def test_defaults_are_valid():

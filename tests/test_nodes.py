@@ -3,7 +3,7 @@
 import pytest
 
 from server_app.nodes import NodesUnavailable, check_partitions, wait_for_nodes
-from task.config import ConfigError
+from task.errors import ConfigError
 
 
 def test_nodes_that_agree_give_the_federations_num_partitions():

@@ -12,7 +12,7 @@ from flwr.app import Context, Error, Message, RecordDict
 import run_folder as rf
 from client_app.app import app as client_app
 from server_app.app import main as server_main
-from task.config import ConfigError
+from task.errors import ConfigError
 from task.flower_compat import TaskIdentity
 
 TINY = {

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from partitioning import follow_label_mix, label_counts
-from task.config import ConfigError, Settings
+from task.config import Settings
+from task.errors import ConfigError
 from task.shards import check_partition, load_node_data, local_test_shards, server_test_set, train_shards
 
 

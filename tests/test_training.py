@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from task.config import ConfigError, Settings
+from task.config import Settings
 from task.data import Batchable
+from task.errors import ConfigError
 from task.models import build_model
 from task.objective import CLASSIFICATION, RECONSTRUCTION
 from task.training import evaluate, get_weights, pick_device, set_weights, train
