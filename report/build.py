@@ -27,14 +27,9 @@ from task.errors import UserError
 from task.models import build_model
 from task.pca import PCA
 from task.shards import server_test_set, train_shards
+from task.strategies import STRATEGIES
 
 GRID_DIGITS = 10
-STRATEGY_NAMES = {
-    "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-    "fedadagrad": "FedAdagrad", "fedprox": "FedProx",
-}
-# Flower 1.41's defaults, used when server-learning-rate is 0 (see server_app/strategy.py).
-DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
 
 
 class ReportError(UserError):
@@ -141,7 +136,7 @@ def render(
     winner = "federated" if objective.better(fed_final, cen_final) else "central"
     unit = objective.label + ("" if objective.higher_is_better else " (lower is better)")
 
-    strategy = STRATEGY_NAMES.get(settings.strategy, settings.strategy)
+    strategy = STRATEGIES[settings.strategy].label
     private = " with differential privacy" if settings.differential_privacy else ""
     lines = [
         f"# Federated vs central: {run.path.name}",
@@ -250,19 +245,20 @@ def strategy_lines(run: CompletedRun, settings) -> list[str]:
     if settings.strategy == "fedavg" and not settings.differential_privacy:
         return []
     lines = ["## Strategy and privacy", ""]
-    name = STRATEGY_NAMES.get(settings.strategy, settings.strategy)
-    lr = settings.server_learning_rate or DEFAULT_SERVER_LR.get(settings.strategy)
+    spec = STRATEGIES[settings.strategy]
+    name, what = spec.label, f"{spec.label} (Flower's `{spec.flower_class}`)"
+    lr = settings.server_learning_rate or spec.default_server_lr
     lr_text = (f"server learning rate {lr:g}" + (" (Flower's default)" if not settings.server_learning_rate else "")
                if lr is not None else "")
     if settings.strategy == "fedavg":
-        lines.append("- Strategy: FedAvg (Flower's `FedAvg`), the default.")
+        lines.append(f"- Strategy: {what}, the default.")
     elif settings.strategy == "fedavgm":
-        lines.append(f"- Strategy: FedAvgM (Flower's `FedAvgM`): {lr_text}, server momentum {settings.server_momentum:g}.")
+        lines.append(f"- Strategy: {what}: {lr_text}, server momentum {settings.server_momentum:g}.")
     elif settings.strategy == "fedprox":
-        lines.append(f"- Strategy: FedProx (Flower's `FedProx`): proximal term mu = {settings.proximal_mu:g} "
+        lines.append(f"- Strategy: {what}: proximal term mu = {settings.proximal_mu:g} "
                      "in every node's local loss, FedAvg's averaging on the server.")
     else:
-        lines.append(f"- Strategy: {name} (Flower's `{name}`): {lr_text}; the server treats the averaged update "
+        lines.append(f"- Strategy: {what}: {lr_text}; the server treats the averaged update "
                      "as a gradient and steps with its own adaptive optimizer.")
     if settings.differential_privacy:
         lines.append(

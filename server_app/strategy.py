@@ -2,10 +2,9 @@
 and how the trusted ones are averaged.
 
 Small pure helpers (sample, check) and a thin :class:`RoundRunner` around one of
-Flower's own strategies (``strategy``: FedAvg by default, or FedAvgM, FedAdam,
-FedYogi, FedAdagrad, FedProx; optionally wrapped in Flower's server-side
-fixed-clipping differential privacy), which configures the messages and does the
-averaging. On top of what the strategy does:
+Flower's own strategies (``strategy``: FedAvg by default, or another of those in
+``task/strategies.py``; optionally wrapped in Flower's server-side fixed-clipping
+differential privacy), which configures the messages and does the averaging. On top of what the strategy does:
 
 - every training reply is checked before it is averaged (the model's exact array
   names, shapes and dtypes, all finite; finite metrics), and a bad one is dropped
@@ -31,20 +30,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import GaussianPrivacyEvent, Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedProx,
-    FedYogi,
-    Strategy,
-)
+from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
 
 from server_app.nodes import NodeBook, node_error
 from task.config import Settings
 from task.flower_compat import STRATEGY_STATE, WRAPPED_STRATEGY
+from task.strategies import STRATEGIES
 
 WEIGHTED_BY = "num-examples"
 _PHASES = {"train": 0, "evaluate": 1}
@@ -56,13 +48,9 @@ class RoundFailed(RuntimeError):
     """A round could not gather enough good training replies, even after retries."""
 
 
+# Flower's class of each strategy in task/strategies.py (all FedAvg or built on it).
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
-    "fedavg": FedAvg,
-    "fedavgm": FedAvgM,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedadagrad": FedAdagrad,
-    "fedprox": FedProx,
+    name: getattr(flower_strategies, spec.flower_class) for name, spec in STRATEGIES.items()
 }
 DP_DELTA = 1e-5  # the delta at which the privacy spent is reported
 
@@ -76,15 +64,13 @@ def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
         weighted_by_key=WEIGHTED_BY,
     )
-    name, lr = settings.strategy, settings.server_learning_rate
-    if name == "fedavgm":
-        common.update(server_momentum=settings.server_momentum, **({"server_learning_rate": lr} if lr else {}))
-    elif name in ("fedadam", "fedyogi", "fedadagrad"):
-        # eta_l is the clients' learning rate, which FedOpt only logs; the nodes use learning-rate.
-        common.update(eta_l=settings.learning_rate, **({"eta": lr} if lr else {}))
-    elif name == "fedprox":
-        common.update(proximal_mu=settings.proximal_mu)
-    strategy: Strategy = STRATEGY_CLASSES[name](**common)
+    spec = STRATEGIES[settings.strategy]
+    common.update({keyword: getattr(settings, field) for keyword, field in spec.knobs})
+    if spec.server_lr_arg and settings.server_learning_rate:  # 0: Flower's own default
+        common[spec.server_lr_arg] = settings.server_learning_rate
+    if spec.client_lr_arg:
+        common[spec.client_lr_arg] = settings.learning_rate
+    strategy: Strategy = STRATEGY_CLASSES[spec.name](**common)
     if settings.differential_privacy:
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, num_sampled

@@ -15,9 +15,9 @@ from partitioning import PARTITIONERS
 from task.errors import ConfigError
 from task.faults import parse_faults
 from task.objective import Objective, objective_for
+from task.strategies import STRATEGIES, STRATEGY_ONLY_FIELDS, strategy_owning
 
 MODELS = ("mlp", "autoencoder")
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -136,7 +136,7 @@ class Settings:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("device", self.device, DEVICES)
         _one_of("partitioning", self.partitioning, tuple(PARTITIONERS))
-        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("strategy", self.strategy, tuple(STRATEGIES))
         self._validate_server_side()
         for key in ("num-server-rounds", "local-epochs", "batch-size", "min-available-nodes", "central-epochs"):
             value = getattr(self, key.replace("-", "_"))
@@ -222,18 +222,16 @@ class Settings:
             )
         if not 0 <= self.server_momentum < 1:
             raise ConfigError(f"server-momentum={self.server_momentum} is not allowed: use 0 <= server-momentum < 1.")
-        if self.server_momentum and self.strategy != "fedavgm":
-            raise ConfigError(
-                f"server-momentum={self.server_momentum} applies to strategy='fedavgm' only: set it to 0 "
-                f"for strategy='{self.strategy}'."
-            )
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} is not allowed: use 0 or a number > 0.")
-        if self.proximal_mu and self.strategy != "fedprox":
-            raise ConfigError(
-                f"proximal-mu={self.proximal_mu} applies to strategy='fedprox' only: set it to 0, "
-                "or choose strategy='fedprox'."
-            )
+        for name in STRATEGY_ONLY_FIELDS:
+            owner = strategy_owning(name)
+            value = getattr(self, name)
+            if value and owner is not None and self.strategy != owner.name:
+                raise ConfigError(
+                    f"{name.replace('_', '-')}={value} applies to strategy='{owner.name}' only: set it to 0 "
+                    f"for strategy='{self.strategy}', or choose strategy='{owner.name}'."
+                )
         if self.dp_noise_multiplier < 0 or self.dp_clipping_norm < 0:
             raise ConfigError(
                 f"dp-noise-multiplier={self.dp_noise_multiplier}, dp-clipping-norm={self.dp_clipping_norm}: "

@@ -1,6 +1,8 @@
 """What happens to replies: sampling, the checks before averaging, retries, order."""
 
+import inspect
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from server_app.strategy import RoundFailed, RoundRunner, array_spec, check_train_reply, sample_partitions
 from task.config import Settings
 from task.flower_compat import TaskIdentity
+from task.strategies import STRATEGIES
 
 SPEC_ARRAYS = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.zeros(2, np.float32))})
 
@@ -194,6 +197,34 @@ def test_the_strategy_knob_builds_flowers_own_class(knobs, cls, attrs):
     strategy = build_strategy(Settings.from_run_config(knobs), num_sampled=10)
     assert type(strategy).__name__ == cls
     assert all(getattr(strategy, k) == v for k, v in attrs.items())
+
+
+@pytest.mark.parametrize("spec", STRATEGIES.values(), ids=lambda s: s.name)
+def test_the_strategy_table_matches_flowers_classes(spec):
+    """task/strategies.py names Flower's classes, keywords and defaults as text: each must exist,
+    and the default server step the report quotes must be Flower's own."""
+    from server_app.strategy import STRATEGY_CLASSES
+
+    cls = STRATEGY_CLASSES[spec.name]
+    assert cls.__name__ == spec.flower_class
+    params = inspect.signature(cls.__init__).parameters
+    for keyword, field in spec.knobs:
+        assert keyword in params and hasattr(Settings(), field)
+    if spec.client_lr_arg:
+        assert spec.client_lr_arg in params
+    assert (spec.server_lr_arg is None) == (spec.default_server_lr is None)
+    if spec.server_lr_arg:
+        assert params[spec.server_lr_arg].default == spec.default_server_lr
+
+
+def test_pyprojects_comments_name_every_strategy_and_its_default_server_step():
+    lines = (Path(__file__).parent.parent / "pyproject.toml").read_text().splitlines()
+    strategy = next(line for line in lines if line.startswith("strategy ="))
+    server_lr = next(line for line in lines if line.startswith("server-learning-rate ="))
+    for spec in STRATEGIES.values():
+        assert spec.name in strategy
+        if spec.default_server_lr is not None:
+            assert f"{spec.name} {spec.default_server_lr}" in server_lr
 
 
 def test_differential_privacy_wraps_the_strategy():
