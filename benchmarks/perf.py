@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +57,7 @@ from launcher.flower import (
     start_supernode,
     visible_gpus,
 )
+from task.host import machine, versions
 from task.objective import Objective, objective_for
 
 RESULTS_MD = PROJECT_ROOT / "benchmarks" / "RESULTS-perf.md"
@@ -97,23 +96,6 @@ class Row:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), platform.processor())
-    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory-gb": round(mem_kb / 2**20, 1), "gpus": visible_gpus(),
-            "host": platform.node()}
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("flwr", "torch", "ray", "numpy"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "absent"
-    return found
 
 
 def load1() -> float:
@@ -605,7 +587,7 @@ def write(rows: list[Row], command: str, started: str, md: Path, jsonl: Path) ->
     info, vers = machine(), versions()
     header = (
         f"\n## {started} UTC: `{command}`\n\n"
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory-gb']} GB, "
+        f"Machine: {info['cpu']}, {info['cpu-count']} cores, {info['memory-gb']} GB, "
         f"GPU: {', '.join(info['gpus']) or 'none'}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in vers.items())
         + ".\n\n"

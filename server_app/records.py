@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -21,34 +18,8 @@ import numpy as np
 from run_folder import SERVER_LOG, TENSORBOARD, RunFolder
 from task.config import Settings
 from task.errors import ConfigError
+from task.host import machine, versions
 from task.shards import local_test_shards, train_shards
-
-PACKAGES = ("flwr", "torch", "torchvision", "numpy", "ray", "fedavg-mnist")
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def machine() -> dict[str, Any]:
-    """The CPU and, when this process sees one, the GPU."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"system": platform.platform(), "cpu": cpu, "cpu-count": os.cpu_count(), "gpu": gpu}
-
 
 def shard_hashes(settings: Settings, num_partitions: int) -> dict[str, list[str]]:
     """SHA-256 (first 16 hex digits) of each node's training and local test indices."""
