@@ -225,11 +225,11 @@ def render(
         f"({'reused from ' + central.created if central.cached else 'trained ' + central.created}).",
         *(
             [
-                f"- The federated run pretrained its autoencoder layer by layer ({settings.ae_pretrain_rounds} "
-                f"rounds per encoder/decoder pair, rounds 1-{settings.ae_pretraining_rounds}); "
+                f"- The federated run pretrained its autoencoder layer by layer ({settings.ae_rounds_per_stage} "
+                f"rounds per encoder/decoder pair, rounds 1-{settings.ae_pretraining_rounds_total}); "
                 "the central model trains the whole stack from the first epoch."
             ]
-            if settings.ae_pretrain_rounds
+            if settings.ae_rounds_per_stage
             else []
         ),
         f"- Local models: trained by this report on {local.seconds:.0f} s of {central.device}; node "

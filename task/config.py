@@ -30,10 +30,20 @@ PARTITION_FIELDS: dict[str, dict[str, str]] = {
     "dirichlet": {"alpha": "dirichlet_alpha"},
 }
 
+# Settings fields whose run-config key is not their name with dashes. ``ae-pretrain-rounds``
+# is user-facing (presets, run folders' config.json); the field says what it counts.
+RUN_CONFIG_KEYS = {"ae_rounds_per_stage": "ae-pretrain-rounds"}
+
+
+def knob_key(name: str) -> str:
+    """The run-config key (dashed) of the Settings field ``name``."""
+    return RUN_CONFIG_KEYS.get(name, name.replace("_", "-"))
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of a run, with the defaults of ``pyproject.toml``."""
+    """Every knob of a run, with the defaults of ``pyproject.toml``. A field's run-config key
+    is its name with dashes (:func:`knob_key`), except where ``RUN_CONFIG_KEYS`` says otherwise."""
 
     model: str = "mlp"
     num_server_rounds: int = 10
@@ -48,7 +58,7 @@ class Settings:
     max_grad_norm: float = 0.0
     ae_hidden: str = "500,250"
     ae_code_size: int = 30
-    ae_pretrain_rounds: int = 0
+    ae_rounds_per_stage: int = 0  # run-config key: ae-pretrain-rounds
     partitioning: str = "iid"
     samples_per_class: int = 0
     num_shards: int = 200
@@ -78,7 +88,7 @@ class Settings:
         """Build from Flower's run config (dashed keys), checking every value."""
         values = {}
         for f in fields(cls):
-            key = f.name.replace("_", "-")
+            key = knob_key(f.name)
             if key not in run_config:
                 continue
             values[f.name] = _coerce(key, run_config[key], type(getattr(cls, f.name)))
@@ -88,7 +98,7 @@ class Settings:
 
     def to_run_config(self) -> dict[str, Any]:
         """The dashed-key form, as written to ``config.json``."""
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        return {knob_key(k): v for k, v in asdict(self).items()}
 
     @property
     def objective(self) -> Objective:
@@ -107,8 +117,8 @@ class Settings:
         every = {name for fields_ in PARTITION_FIELDS.values() for name in fields_.values()}
         unused = every - set(PARTITION_FIELDS[self.partitioning].values())
         if self.model == "mlp":
-            unused |= {"ae_hidden", "ae_code_size", "ae_pretrain_rounds"}
-        return frozenset(name.replace("_", "-") for name in unused)
+            unused |= {"ae_hidden", "ae_code_size", "ae_rounds_per_stage"}
+        return frozenset(knob_key(name) for name in unused)
 
     @property
     def ae_hidden_sizes(self) -> tuple[int, ...]:
@@ -120,16 +130,16 @@ class Settings:
         return len(self.ae_hidden_sizes) + 1
 
     @property
-    def ae_pretraining_rounds(self) -> int:
-        """Rounds spent on greedy layer-wise pretraining before the whole stack trains."""
-        return self.ae_pretrain_rounds * self.ae_num_stages if self.model == "autoencoder" else 0
+    def ae_pretraining_rounds_total(self) -> int:
+        """Rounds spent on greedy layer-wise pretraining, all stages together, before the whole stack trains."""
+        return self.ae_rounds_per_stage * self.ae_num_stages if self.model == "autoencoder" else 0
 
     def pretrain_stage(self, server_round: int) -> int | None:
         """The pair that greedy layer-wise pretraining trains in this round
         (0 = the outermost), or None when the whole stack trains."""
-        if not 1 <= server_round <= self.ae_pretraining_rounds:
+        if not 1 <= server_round <= self.ae_pretraining_rounds_total:
             return None
-        return (server_round - 1) // self.ae_pretrain_rounds
+        return (server_round - 1) // self.ae_rounds_per_stage
 
     def validate(self) -> None:
         _one_of("model", self.model, MODELS)
@@ -229,7 +239,7 @@ class Settings:
             value = getattr(self, name)
             if value and owner is not None and self.strategy != owner.name:
                 raise ConfigError(
-                    f"{name.replace('_', '-')}={value} applies to strategy='{owner.name}' only: set it to 0 "
+                    f"{knob_key(name)}={value} applies to strategy='{owner.name}' only: set it to 0 "
                     f"for strategy='{self.strategy}', or choose strategy='{owner.name}'."
                 )
         if self.dp_noise_multiplier < 0 or self.dp_clipping_norm < 0:
@@ -249,7 +259,7 @@ class Settings:
         return self.dp_clipping_norm > 0
 
     def _validate_pretraining(self) -> None:
-        rounds = self.ae_pretrain_rounds
+        rounds = self.ae_rounds_per_stage
         if rounds == 0:
             return
         if rounds < 0:
@@ -258,7 +268,7 @@ class Settings:
             raise ConfigError(
                 f"ae-pretrain-rounds={rounds} applies to model='autoencoder' only: set it to 0 for model='{self.model}'."
             )
-        needed = self.ae_pretraining_rounds
+        needed = self.ae_pretraining_rounds_total
         if self.num_server_rounds <= needed:
             raise ConfigError(
                 f"ae-pretrain-rounds={rounds} with {self.ae_num_stages} encoder/decoder pairs takes {needed} "

@@ -82,6 +82,8 @@ AE = {"model": "autoencoder", "ae-hidden": "500,250", "num-server-rounds": 10}
 def test_pretraining_walks_the_pairs_from_the_pixels_inwards_then_trains_the_whole_stack():
     s = Settings.from_run_config({**AE, "ae-pretrain-rounds": 2})
     assert s.ae_num_stages == 3
+    assert s.ae_rounds_per_stage == 2 and s.ae_pretraining_rounds_total == 6  # the key counts rounds per stage
+    assert s.to_run_config()["ae-pretrain-rounds"] == 2
     assert [s.pretrain_stage(r) for r in range(1, 11)] == [0, 0, 1, 1, 2, 2, None, None, None, None]
     assert Settings.from_run_config(AE).pretrain_stage(1) is None
 
