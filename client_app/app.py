@@ -29,7 +29,7 @@ from flwr.clientapp import ClientApp
 
 from client_app import simulation_queue
 from task.config import Settings
-from task.data import Batchable, load_mnist
+from task.data import load_mnist
 from task.errors import ConfigError
 from task.faults import fault_for, misbehave
 from task.models import build_model
@@ -108,7 +108,7 @@ def client_from_context(context: Context) -> MnistClient:
     indices, model and device come from this process's caches (see the module doc)."""
     settings = run_settings(context.run_config)
     partition_id, num_partitions = node_partition(context)
-    data = load_node_data(settings, partition_id, num_partitions)
+    data = load_node_data_cached(settings, partition_id, num_partitions)
     return MnistClient(settings, data, partition_id, num_partitions, model=run_model(settings), device=run_device(settings))
 
 
@@ -132,15 +132,12 @@ def _shard_indices(settings: Settings, num_partitions: int) -> tuple[list[np.nda
     return train, local_test_shards(settings, num_partitions, mnist, train)
 
 
-def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
-    """The same arrays as :func:`task.shards.load_node_data`, cut from the cached indices."""
+def load_node_data_cached(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
+    """The same arrays as :func:`task.shards.load_node_data`, cut from this process's cached
+    indices of every node's shards (``_shard_indices``) instead of partitioning afresh."""
     check_partition(partition_id, num_partitions)
     train_idx, test_idx = (shards[partition_id] for shards in _shard_indices(settings, num_partitions))
-    mnist = load_mnist(settings.data_dir)
-    return NodeData(
-        train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
-        test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
-    )
+    return NodeData.cut(load_mnist(settings.data_dir), train_idx, test_idx)
 
 
 @functools.lru_cache(maxsize=2)

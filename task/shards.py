@@ -31,6 +31,14 @@ class NodeData:
     train: Batchable
     test: Batchable
 
+    @classmethod
+    def cut(cls, mnist: Mnist, train_idx: np.ndarray, test_idx: np.ndarray) -> NodeData:
+        """The training images at ``train_idx`` and the test images at ``test_idx``."""
+        return cls(
+            train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
+            test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
+        )
+
 
 def check_partition(partition_id: int, num_partitions: int) -> None:
     if num_partitions < 1:
@@ -77,14 +85,11 @@ def local_test_shards(
 
 
 def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -> NodeData:
+    """One node's shards, cut afresh (the ClientApp keeps the cut per process: client_app.app)."""
     check_partition(partition_id, num_partitions)
     mnist = load_mnist(settings.data_dir)
     train = train_shards(settings, num_partitions, mnist)
-    train_idx, test_idx = train[partition_id], local_test_shards(settings, num_partitions, mnist, train)[partition_id]
-    return NodeData(
-        train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
-        test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
-    )
+    return NodeData.cut(mnist, train[partition_id], local_test_shards(settings, num_partitions, mnist, train)[partition_id])
 
 
 def server_test_set(settings: Settings) -> Batchable:

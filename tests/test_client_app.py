@@ -74,7 +74,7 @@ def test_clientapp_answers_train_and_evaluate_messages():
 def test_the_query_handler_says_which_shard_the_node_holds_without_loading_data(monkeypatch):
     import client_app.app as client_module
 
-    monkeypatch.setattr(client_module, "load_node_data", lambda *a: pytest.fail("data loaded for a query"))
+    monkeypatch.setattr(client_module, "load_node_data_cached", lambda *a: pytest.fail("data loaded for a query"))
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
     reply = app(Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.QUERY), _context({}))
     assert dict(reply.content["node"]) == {"partition-id": 0, "num-partitions": 50}
@@ -127,7 +127,7 @@ def test_a_failing_handler_sends_its_error_without_paths(monkeypatch, tmp_path):
     def unreadable(*args, **kwargs):
         raise OSError(f"cannot read {tmp_path}/secret/shard.npz")
 
-    monkeypatch.setattr(client_module, "load_node_data", unreadable)
+    monkeypatch.setattr(client_module, "load_node_data_cached", unreadable)
     with pytest.raises(Exception) as err:
         app(_message(MessageType.TRAIN, get_weights(build_model(Settings()))), _context({"device": "cpu"}))
     assert str(tmp_path) not in str(err.value) and "<local>/shard.npz" in str(err.value)
