@@ -34,7 +34,7 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 FALLBACK_DEFAULT = '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
 
 
-class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
+class ConnectionConfigError(Exception):
     """Bad input or an unreadable config file, told in one line."""
 
 
@@ -107,14 +107,14 @@ def write_connection(
 ) -> Path:
     """Create or replace ``[superlink.NAME]``; return the config file's path."""
     if not NAME.match(name):
-        raise ConnectionError_(f"connection name {name!r}: use letters, digits, '-' and '_' only")
+        raise ConnectionConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
     if not re.match(r"^[^\s:/]+:\d{1,5}$", address) and not re.match(r"^\[[0-9a-fA-F:]+\]:\d{1,5}$", address):
-        raise ConnectionError_(f"address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+        raise ConnectionConfigError(f"address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
     ca = None
     if root_certificates is not None:
         ca_path = Path(root_certificates).expanduser().resolve()
         if not ca_path.is_file():
-            raise ConnectionError_(f"root certificates {ca_path}: no such file: make it with deploy/tls.sh")
+            raise ConnectionConfigError(f"root certificates {ca_path}: no such file: make it with deploy/tls.sh")
         ca = str(ca_path)
     home = home or flwr_home()
     path = home / "config.toml"
@@ -123,7 +123,7 @@ def write_connection(
         try:
             tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConnectionError_(f"{path} is not valid TOML ({exc}): fix or move it, then run this again") from None
+            raise ConnectionConfigError(f"{path} is not valid TOML ({exc}): fix or move it, then run this again") from None
     else:
         text = flower_default_config()
     new = updated(text, name, table(name, address, ca))
@@ -148,12 +148,12 @@ def read_connection(name: str, home: Path | None = None) -> dict[str, object]:
     try:
         config = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConnectionError_(f"{path} does not exist: write the connection first (without --check)") from None
+        raise ConnectionConfigError(f"{path} does not exist: write the connection first (without --check)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConnectionError_(f"{path} is not valid TOML ({exc})") from None
+        raise ConnectionConfigError(f"{path} is not valid TOML ({exc})") from None
     conn = config.get("superlink", {}).get(name)
     if not isinstance(conn, dict) or "address" not in conn:
-        raise ConnectionError_(f"{path} has no [superlink.{name}] with an address: write it first (without --check)")
+        raise ConnectionConfigError(f"{path} has no [superlink.{name}] with an address: write it first (without --check)")
     return conn
 
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         try:
             conn = read_connection(args.name)
-        except ConnectionError_ as exc:
+        except ConnectionConfigError as exc:
             print(f"connection.py: {exc}", file=sys.stderr)
             return 1
         ok, message = probe(args.name, str(conn["address"]), conn.get("root-certificates"))  # type: ignore[arg-type]
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         ca = Path(os.environ.get("FEDMNIST_CERTS") or ROOT / "deploy" / "certs") / "ca.crt"
     try:
         path = write_connection(args.name, args.address, ca)
-    except ConnectionError_ as exc:
+    except ConnectionConfigError as exc:
         print(f"connection.py: {exc}", file=sys.stderr)
         return 1
     mode = f"TLS, CA {Path(ca).resolve()}" if ca else "insecure"

@@ -192,13 +192,13 @@ def test_the_connection_keeps_everything_else_in_the_file(tmp_path):
 
 def test_bad_connection_input_is_one_line(tmp_path):
     home = tmp_path / ".flwr"
-    with pytest.raises(connection.ConnectionError_, match="expected HOST:PORT"):
+    with pytest.raises(connection.ConnectionConfigError, match="expected HOST:PORT"):
         connection.write_connection("docker", "http://127.0.0.1:8000", home=home)
-    with pytest.raises(connection.ConnectionError_, match="no such file"):
+    with pytest.raises(connection.ConnectionConfigError, match="no such file"):
         connection.write_connection("docker", "127.0.0.1:8000", root_certificates=tmp_path / "ca.crt", home=home)
     home.mkdir()
     (home / "config.toml").write_text("[superlink\n")
-    with pytest.raises(connection.ConnectionError_, match="is not valid TOML"):
+    with pytest.raises(connection.ConnectionConfigError, match="is not valid TOML"):
         connection.write_connection("docker", "127.0.0.1:8000", home=home)
     assert (home / "config.toml").read_text() == "[superlink\n"  # left alone
 
