@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,9 +20,17 @@ from task.shards import load_node_data, server_test_set
 from task.training import evaluate, get_weights, set_weights, train_round
 
 
-def fedavg(settings: Settings, num_nodes: int = 100) -> dict:
-    """Run ``settings.num_server_rounds`` rounds; return the objective's test metric
-    by round and the first round that reaches its target (None if never or none)."""
+# A server-side update: (round, global weights, their weighted average over the round's
+# nodes) -> the new global weights. None: FedAvg's own (the average is the new model).
+ServerUpdate = Callable[[int, list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+
+
+def fedavg(
+    settings: Settings, num_nodes: int = 100, server_update: ServerUpdate | None = None, stop_at_target: bool = False
+) -> dict:
+    """Run ``settings.num_server_rounds`` rounds (or until the objective's target when
+    ``stop_at_target``); return the objective's test metric by round and the first round
+    that reaches its target (None if never or none)."""
     torch.set_num_threads(1)
     device = torch.device("cpu")
     nodes = [load_node_data(settings, i, num_nodes) for i in range(num_nodes)]
@@ -42,10 +51,12 @@ def fedavg(settings: Settings, num_nodes: int = 100) -> dict:
             train_round(model, nodes[i].train, settings, device, rnd * 1000 + int(i), rnd)
             for acc, w in zip(merged, get_weights(model)):
                 acc += w * (len(nodes[i].train) / total)
-        weights = merged
+        weights = merged if server_update is None else [w.astype(np.float32) for w in server_update(rnd, weights, merged)]
         set_weights(model, weights)
         values.append(evaluate(model, test, device, objective)[key])
         print(f"  round {rnd}: {key} {values[-1]:.5f}", file=sys.stderr, flush=True)
         if first_hit is None and objective.reached(values[-1]):
             first_hit = rnd
+            if stop_at_target:
+                break
     return {"metric": key, "by-round": values, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}

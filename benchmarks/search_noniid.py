@@ -18,15 +18,11 @@ The server updates follow flwr/serverapp/strategy (Flower 1.41):
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
-import torch
 
+from benchmarks.fedavg_inprocess import ServerUpdate, fedavg
 from task.config import Settings
-from task.models import build_model
-from task.shards import load_node_data, server_test_set
-from task.training import evaluate, get_weights, set_weights, train_round
 
 NONIID = dict(partitioning="shards", num_shards=200, shards_per_client=2)
 
@@ -65,55 +61,56 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
 }
 
 
+class FedAvgM:
+    """Flower's FedAvgM server update (see the module doc)."""
+
+    def __init__(self, server_lr: float, server_momentum: float) -> None:
+        self.server_lr, self.server_momentum = server_lr, server_momentum
+        self.momentum: list[np.ndarray] | None = None
+
+    def __call__(self, rnd: int, weights: list[np.ndarray], avg: list[np.ndarray]) -> list[np.ndarray]:
+        g = [w - a for w, a in zip(weights, avg)]
+        if self.server_momentum > 0:
+            self.momentum = g if self.momentum is None else [self.server_momentum * p + q for p, q in zip(self.momentum, g)]
+            g = self.momentum
+        return [w - self.server_lr * p for w, p in zip(weights, g)]
+
+
+class FedAdam:
+    """Flower's FedAdam server update (see the module doc)."""
+
+    def __init__(self, server_lr: float) -> None:
+        self.server_lr = server_lr
+        self.m: list[np.ndarray] | None = None
+        self.v: list[np.ndarray] | None = None
+
+    def __call__(self, rnd: int, weights: list[np.ndarray], avg: list[np.ndarray]) -> list[np.ndarray]:
+        d = [a - w for w, a in zip(weights, avg)]
+        m = [np.zeros_like(x) for x in d] if self.m is None else self.m
+        v = [np.zeros_like(x) for x in d] if self.v is None else self.v
+        self.m = [0.9 * p + 0.1 * q for p, q in zip(m, d)]
+        self.v = [0.99 * p + 0.01 * q * q for p, q in zip(v, d)]
+        eta = self.server_lr * np.sqrt(1 - 0.99 ** (rnd + 1.0)) / (1 - 0.9 ** (rnd + 1.0))
+        return [w + eta * p / (np.sqrt(q) + 1e-3) for w, p, q in zip(weights, self.m, self.v)]
+
+
+def server_update(strategy: str, server_lr: float, server_momentum: float) -> ServerUpdate | None:
+    """The server update of ``strategy`` (None: FedAvg's plain average)."""
+    if strategy == "fedavg":
+        return None
+    if strategy == "fedavgm":
+        return FedAvgM(server_lr, server_momentum)
+    if strategy == "fedadam":
+        return FedAdam(server_lr)
+    raise ValueError(strategy)
+
+
 def run(strategy: str, server_lr: float, server_momentum: float, settings: Settings, num_nodes: int = 100) -> dict:
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    nodes = [load_node_data(settings, i, num_nodes) for i in range(num_nodes)]
-    test = server_test_set(settings)
-    model = build_model(settings)
-    weights = get_weights(model)
-    rng = np.random.default_rng(settings.seed)
-    per_round = max(1, int(num_nodes * settings.fraction_train))
-    objective = settings.objective
-    values, first_hit, started = [], None, time.monotonic()
-    mom: list[np.ndarray] | None = None
-    m = v = None
-    for rnd in range(1, settings.num_server_rounds + 1):
-        chosen = rng.choice(num_nodes, per_round, replace=False)
-        total = sum(len(nodes[i].train) for i in chosen)
-        avg = [np.zeros_like(w) for w in weights]
-        for i in chosen:
-            set_weights(model, weights)
-            train_round(model, nodes[i].train, settings, device, rnd * 1000 + int(i), rnd)
-            for acc, w in zip(avg, get_weights(model)):
-                acc += w * (len(nodes[i].train) / total)
-        if strategy == "fedavg":
-            weights = avg
-        elif strategy == "fedavgm":
-            g = [w - a for w, a in zip(weights, avg)]
-            if server_momentum > 0:
-                mom = g if mom is None else [server_momentum * p + q for p, q in zip(mom, g)]
-                g = mom
-            weights = [w - server_lr * p for w, p in zip(weights, g)]
-        elif strategy == "fedadam":
-            d = [a - w for w, a in zip(weights, avg)]
-            m = [np.zeros_like(x) for x in d] if m is None else m
-            v = [np.zeros_like(x) for x in d] if v is None else v
-            m = [0.9 * p + 0.1 * q for p, q in zip(m, d)]
-            v = [0.99 * p + 0.01 * q * q for p, q in zip(v, d)]
-            eta = server_lr * np.sqrt(1 - 0.99 ** (rnd + 1.0)) / (1 - 0.9 ** (rnd + 1.0))
-            weights = [w + eta * p / (np.sqrt(q) + 1e-3) for w, p, q in zip(weights, m, v)]
-        else:
-            raise ValueError(strategy)
-        weights = [w.astype(np.float32) for w in weights]
-        set_weights(model, weights)
-        values.append(evaluate(model, test, device, objective)[objective.key])
-        print(f"  round {rnd}: {values[-1]:.4f}", file=sys.stderr, flush=True)
-        if first_hit is None and objective.reached(values[-1]):
-            first_hit = rnd
-            if settings.num_server_rounds > 50:
-                break  # long searches stop at the target
-    return {"by-round": values, "rounds-to-target": first_hit, "seconds": time.monotonic() - started}
+    """In-process FedAvg with ``strategy``'s server update; long searches stop at the target."""
+    return fedavg(
+        settings, num_nodes, server_update(strategy, server_lr, server_momentum),
+        stop_at_target=settings.num_server_rounds > 50,
+    )
 
 
 def main(grid: str, rows: list[int], rounds: int) -> None:
