@@ -33,15 +33,8 @@ from task.data import load_mnist
 from task.errors import ConfigError
 from task.faults import fault_for, misbehave
 from task.models import build_model
-from task.shards import (
-    NODE_RECORD,
-    NUM_PARTITIONS,
-    PARTITION_ID,
-    NodeData,
-    check_partition,
-    local_test_shards,
-    train_shards,
-)
+from task.node_config import NUM_PARTITIONS, PARTITION_ID
+from task.shards import NODE_RECORD, NodeData, check_partition, local_test_shards, train_shards
 from task.training import evaluate, get_weights, pick_device, set_weights, train_round
 
 

@@ -20,7 +20,10 @@ certificates and keys into a private folder that user can read (host key files a
 mode 600 and owned by someone else), drops every privilege and runs the command. So run
 folders on the host belong to whoever owns the checkout, and nothing runs as root.
 
-Standard library only, plus ``cryptography`` (a Flower dependency) for the TLS checks.
+Standard library only, plus ``cryptography`` (a Flower dependency) for the TLS checks and,
+for a SuperNode only, this project's ``task.node_config`` (itself standard library only,
+installed in the image's /opt/venv, which runs this file): the range check of
+``partition-id`` and ``num-partitions`` is the ClientApp's own, written once there.
 """
 
 from __future__ import annotations
@@ -113,23 +116,20 @@ def check_node_config(command: Command) -> None:
             f'{where}: no --node-config: give it "partition-id=N num-partitions=M" (N from 0 to M-1), '
             "or the ClientApp cannot tell which part of MNIST is its own"
         )
+    from task.node_config import NUM_PARTITIONS, PARTITION_ID, partition_problem  # the project, in /opt/venv
+
     config = parse_node_config(text)
     values = {}
-    for key in ("partition-id", "num-partitions"):
+    for key in (PARTITION_ID, NUM_PARTITIONS):
         if key not in config:
             raise InputError(f'{where}: --node-config "{text}" has no {key}: give both partition-id and num-partitions')
         try:
             values[key] = int(config[key])
         except ValueError:
             raise InputError(f'{where}: --node-config "{text}": {key}={config[key]} is not a whole number') from None
-    pid, n = values["partition-id"], values["num-partitions"]
-    if n < 1:
-        raise InputError(f'{where}: --node-config "{text}": num-partitions={n} must be at least 1')
-    if not 0 <= pid < n:
-        raise InputError(
-            f'{where}: --node-config "{text}": partition-id={pid} is out of range for num-partitions={n} '
-            f"(0 to {n - 1})"
-        )
+    problem = partition_problem(values[PARTITION_ID], values[NUM_PARTITIONS])
+    if problem is not None:
+        raise InputError(f'{where}: --node-config "{text}": {problem}')
 
 
 def check_files(command: Command) -> None:

@@ -18,7 +18,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from task.errors import ConfigError
-from task.shards import NODE_RECORD, NUM_PARTITIONS, PARTITION_ID
+from task.node_config import NUM_PARTITIONS, PARTITION_ID
+from task.shards import NODE_RECORD
 
 
 class NodesUnavailable(RuntimeError):

@@ -16,14 +16,12 @@ from partitioning import NON_IID, follow_label_mix, label_counts, partition
 from task.config import Settings
 from task.data import Batchable, Mnist, load_mnist
 from task.errors import ConfigError
+from task.node_config import NUM_PARTITIONS, PARTITION_ID, partition_problem
 
 
-# The node-config keys that tell a node its shard (set by the simulation, or by
-# `flower-supernode --node-config`), also the keys of a node's answer when the
-# server asks which shard it holds.
-PARTITION_ID = "partition-id"
-NUM_PARTITIONS = "num-partitions"
-NODE_RECORD = "node"  # the record holding that answer
+# The record of a node's answer when the server asks which shard it holds (its keys are
+# the node-config keys of task.node_config).
+NODE_RECORD = "node"
 
 
 @dataclass
@@ -41,13 +39,11 @@ class NodeData:
 
 
 def check_partition(partition_id: int, num_partitions: int) -> None:
-    if num_partitions < 1:
-        raise ConfigError(f"num-partitions={num_partitions} is not allowed: use a whole number >= 1.")
-    if not 0 <= partition_id < num_partitions:
+    problem = partition_problem(partition_id, num_partitions)
+    if problem is not None:
         raise ConfigError(
-            f"partition-id={partition_id} is outside [0, {num_partitions}) for num-partitions="
-            f"{num_partitions}: give each SuperNode --node-config "
-            f"\"partition-id=N num-partitions={num_partitions}\" with 0 <= N < {num_partitions}."
+            f"{problem}: give each SuperNode --node-config \"{PARTITION_ID}=N {NUM_PARTITIONS}=M\" "
+            "with M >= 1 and 0 <= N < M."
         )
 
 

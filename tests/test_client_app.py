@@ -38,7 +38,7 @@ def test_evaluate_uses_the_local_test_images_and_improves_after_fit(small_client
 
 
 def test_partition_id_outside_the_range_is_refused():
-    with pytest.raises(ConfigError, match=r"partition-id=5 is outside \[0, 5\)"):
+    with pytest.raises(ConfigError, match=r"partition-id=5 is out of range for num-partitions=5 \(0 to 4\)"):
         load_node_data(Settings(), partition_id=5, num_partitions=5)
 
 
@@ -84,7 +84,7 @@ def test_a_query_to_a_node_with_an_out_of_range_partition_names_it():
     context = _context({})
     context.node_config = {"partition-id": 4, "num-partitions": 3}
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
-    with pytest.raises(ConfigError, match=r"partition-id=4 is outside \[0, 3\)"):
+    with pytest.raises(ConfigError, match=r"partition-id=4 is out of range for num-partitions=3"):
         app(Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.QUERY), context)
 
 

@@ -66,6 +66,18 @@ def test_a_supernode_without_node_config_is_told_what_to_give():
     assert "no --node-config" in problem and "partition-id=N num-partitions=M" in problem
 
 
+def test_the_entrypoints_partition_check_is_the_clientapps_and_loads_only_the_standard_library():
+    """The entrypoint imports task.node_config (from the project in the image's venv) for a
+    SuperNode; it must stay light: no numpy, torch or Flower before Flower starts."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from deploy import entrypoint\n"
+        "entrypoint.check(entrypoint.Command.parse(['flower-supernode', '--node-config', 'partition-id=0 num-partitions=1']))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'torch', 'flwr', 'partitioning')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_other_commands_are_not_checked_for_partitions():
     assert check(["flower-superlink", "--insecure"]) is None
     assert check(["python", "-c", "pass"]) is None

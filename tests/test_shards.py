@@ -28,7 +28,7 @@ def test_the_server_tests_on_all_10000_images():
     assert len(server_test_set(Settings())) == 10000
 
 
-@pytest.mark.parametrize("pid, n, message", [(2, 2, r"partition-id=2 is outside \[0, 2\)"), (0, 0, "num-partitions=0")])
+@pytest.mark.parametrize("pid, n, message", [(2, 2, r"partition-id=2 is out of range for num-partitions=2 \(0 to 1\)"), (0, 0, "num-partitions=0 must be at least 1")])
 def test_partitions_out_of_range_are_refused(pid, n, message):
     with pytest.raises(ConfigError, match=message):
         check_partition(pid, n)
