@@ -278,12 +278,18 @@ def flwr_run(
     echo: bool = True,
     timeout: float = 3600,
     on_line: Callable[[str], None] | None = None,
+    ended: Callable[[], bool] | None = None,
 ) -> int:
     """Submit the app with ``flwr run``, follow its log with ``flwr log --stream`` (echoed
     when ``echo``), and return the run id once the run has finished. Raises
     :class:`FlowerError` unless it completed within ``timeout`` seconds; at the deadline
     the CLI is stopped even if it has gone quiet, and leaving ``flower_home`` stops the
-    rest (SuperLink, Ray)."""
+    rest (SuperLink, Ray).
+
+    ``ended`` (asked about twice a second) ends the wait early once it returns True: the
+    run is over by the caller's account (its ServerApp has written how it ended) although
+    Flower has not finished it. The run id is then returned without asking Flower how the
+    run ended; the caller knows, and stops Flower by leaving ``flower_home``."""
     deadline = time.monotonic() + timeout
     args = ["flwr", "run", str(staged_app(home, app_dir)), connection, "--format", "json"]
     if run_config:
@@ -306,28 +312,42 @@ def flwr_run(
         start_new_session=True,
     )
     assert follow.stdout is not None
+    cut_short: list[bool] = []
+
+    def over() -> bool:
+        if ended is not None and ended():
+            cut_short.append(True)
+            return True
+        return False
+
     try:
-        for line in lines_until(follow.stdout, deadline):
+        for line in lines_until(follow.stdout, deadline, stop_when=over if ended is not None else None):
             if on_line is not None:
                 on_line(line)
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-        follow.wait()
+        if not cut_short:
+            follow.wait()
     except TimeoutError:
         raise FlowerError(
             f"Run {run_id} did not finish within {timeout:g} s, so it was stopped: give a larger --timeout for longer runs."
         ) from None
     finally:
         stop(follow)
+    if cut_short:
+        return run_id
     status, details = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
     if status != "finished:completed":
         raise FlowerError(f"Run {run_id} ended as '{status}': {details}")
     return run_id
 
 
-def lines_until(stream: IO[str], deadline: float) -> Iterator[str]:
-    """The lines of ``stream`` until it ends; :class:`TimeoutError` once ``deadline``
+def lines_until(
+    stream: IO[str], deadline: float, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.5
+) -> Iterator[str]:
+    """The lines of ``stream`` until it ends, or until ``stop_when()`` (asked every ``poll_s``
+    seconds, printing or not) returns True; :class:`TimeoutError` once ``deadline``
     (``time.monotonic()``) passes, even while the stream prints nothing. A daemon
     thread reads, because a blocked ``readline`` cannot be given a timeout."""
     received: queue.Queue[str | None] = queue.Queue()
@@ -341,14 +361,20 @@ def lines_until(stream: IO[str], deadline: float) -> Iterator[str]:
         received.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
+    next_check = time.monotonic()
     while True:
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        if stop_when is not None and now >= next_check:
+            if stop_when():
+                return
+            next_check = now + poll_s
+        remaining = deadline - now
         if remaining <= 0:
             raise TimeoutError
         try:
-            line = received.get(timeout=remaining)
+            line = received.get(timeout=remaining if stop_when is None else min(remaining, next_check - now))
         except queue.Empty:
-            raise TimeoutError from None
+            continue  # the deadline, or the next look at stop_when
         if line is None:
             return
         yield line

@@ -7,7 +7,10 @@ Checks the run config, the node count and the partitioning first, then starts
 its own ``flower-superlink --simulation`` on free ports with a temporary Flower
 home (so no other SuperLink on the machine is used or left behind), runs
 ``flwr run . --stream``, waits for ``finished:completed`` (at most --timeout
-seconds), stops the SuperLink and prints the run folder.
+seconds), stops the SuperLink and prints the run folder. The run ends when its
+ServerApp ends: once the run folder's history says ``completed`` or ``failed``,
+Flower gets a few seconds to finish on its own, and is then stopped even if a
+client is still stuck (one line names the clients abandoned; see launcher/ending.py).
 
 On a machine with an NVIDIA GPU the virtual clients get a share of it by default
 (``--gpus-per-client``, 0.25: four clients per GPU), and the launcher says so;
@@ -30,6 +33,7 @@ from pathlib import Path
 import click
 
 from launcher.console import RunWatcher
+from launcher.ending import COMPLETED, ServerAppEnd, abandoned_line
 from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, mark, start_superlink, visible_gpus
 from task.config import ConfigError, Settings
 from task.errors import run_cli
@@ -176,14 +180,16 @@ def run_simulation(
     if note and echo:
         print(note, flush=True)
     names: dict[str, str] = {}
+    ends: list[ServerAppEnd] = []
 
     def name_the_run() -> None:
         if run_config.get("run-name"):
             names["run"] = str(run_config["run-name"])
-            return
-        from run_folder import default_run_name  # imports torch: done while the SuperLink starts
+        else:
+            from run_folder import default_run_name  # imports torch: done while the SuperLink starts
 
-        names["run"] = default_run_name(settings.model)
+            names["run"] = default_run_name(settings.model)
+        ends.append(ServerAppEnd.of(output_dir / names["run"]))  # run_folder too: while the SuperLink starts
 
     federation = federation_config(num_supernodes, cpus_per_client, gpus_per_client)
     # Outside flower_home: the run folder is marked only once Flower's processes are stopped.
@@ -193,8 +199,15 @@ def run_simulation(
             home.add_connection(CONNECTION, address)
             config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
             watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
+            end = ends[0]
             with watcher:
-                flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout, on_line=watcher.on_line)
+                run_id = flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout,
+                                  on_line=watcher.on_line, ended=end)
+            if end.expired:  # leaving flower_home stops the SuperLink, the simulation and the stuck clients
+                if echo:
+                    print(abandoned_line(end), flush=True)
+                if end.status != COMPLETED:
+                    raise FlowerError(f"Run {run_id} failed: {end.history.get('error') or 'no error recorded'}")
     return output_dir / names["run"]
 
 

@@ -1,20 +1,33 @@
 """Faults injected for real, through Flower's runtime: misbehaving clients in a Ray
-simulation, a SuperNode killed with SIGKILL mid-round and restarted, a SuperLink
+simulation, a client still stuck when the ServerApp completes (the launcher ends the
+run anyway), a SuperNode killed with SIGKILL mid-round and restarted, a SuperLink
 killed after round 2 and the run resumed to the same bytes as an uninterrupted one."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import run_folder as rf
-from launcher.flower import FlowerError, flower_home, flwr_run, kill_tree, start_superlink, start_supernode
+from launcher.flower import (
+    PROJECT_ROOT,
+    FlowerError,
+    flower_home,
+    flwr_run,
+    kill_tree,
+    running,
+    start_superlink,
+    start_supernode,
+)
 from launcher.simulate import federation_config, run_simulation
 
 pytestmark = pytest.mark.slow
@@ -57,6 +70,60 @@ def test_misbehaving_clients_are_dropped_and_the_run_completes(tmp_path, faults_
     assert first["clients-train"]["nodes"] == 2 and second["clients-train"]["nodes"] == 2  # 5 asked, 3 dropped
     assert all(np.isfinite(v.numpy()).all() for v in run.model.state_dict().values())
     assert second["server"]["accuracy"] > 0.85
+
+
+def test_a_client_that_never_returns_is_abandoned_once_the_server_app_completes(tmp_path, faults_allowed):
+    """Partition 1 sleeps through the last round (round-timeout + 20 s): the ServerApp gives up on it,
+    completes the run, and Flower's simulation would wait for the sleeper. The launcher stops it."""
+    mark = f"FEDMNIST_TEST_MARK=abandon-{uuid.uuid4().hex}"  # inherited by every process the launcher starts
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}  # FEDMNIST_ALLOW_FAULTS=1 included
+    knobs = ("local-epochs=1 fraction-train=1.0 fraction-evaluate=0.0 seed=7 num-server-rounds=2 round-timeout=15.0 "
+             "run-name='stuck' fault-injection='hang@1:2'")
+    console = tmp_path / "console.txt"
+    with console.open("w") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "launcher.simulate", "--num-supernodes", "3", "--output-dir", str(tmp_path),
+             "--timeout", "600", "--run-config", knobs],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+        final_at = None
+        while launcher.poll() is None:
+            if final_at is None:
+                try:
+                    if rf.RunFolder(tmp_path / "stuck").history()["status"] in (rf.COMPLETED, rf.FAILED):
+                        final_at = time.monotonic()
+                except rf.RunFolderError:
+                    pass
+            try:
+                launcher.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        exited_at = time.monotonic()
+    text = console.read_text()
+    assert launcher.returncode == 0, text
+    assert final_at is not None, text
+    print(f"launcher exit {exited_at - final_at:.1f} s after the ServerApp's final status")
+    assert exited_at - final_at < 60, text
+    assert "abandoned client(s) that had not replied: partition 1 (node " in text and "since round 2." in text, text
+    run = rf.read_completed_run(tmp_path / "stuck")  # 'completed', the model and the rounds as the ServerApp wrote them
+    assert [r["round"] for r in run.rounds] == [0, 1, 2]
+    assert [(f["partition-id"], f["reason"]) for f in run.rounds[2]["failures"]] == [(1, "no reply within round-timeout")]
+    deadline = time.monotonic() + 10  # and nothing the launcher started is left, the sleeping client included
+    while (left := _processes_with(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+
+def _processes_with(entry: str) -> list[int]:
+    """Live processes whose environment holds ``entry`` (``NAME=value``)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry.encode() in environ.read_bytes().split(b"\0") and running(int(environ.parent.name)):
+                found.append(int(environ.parent.name))
+        except OSError:
+            pass
+    return found
 
 
 def test_a_supernode_killed_mid_round_does_not_end_the_run_and_rejoins(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import launcher.ending as ending
 import launcher.simulate as simulate
 from launcher.flower import (
     PROJECT_ROOT,
@@ -610,3 +611,155 @@ def test_stop_reaches_processes_that_left_the_group(tmp_path):
     time.sleep(0.2)
     assert [pid for pid in tree if running(pid)] == []
 
+
+
+# --- a run ends when its ServerApp ends ------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _history(status: str, failures: list[dict] | None = None) -> dict:
+    return {"status": status, "num-nodes": 3, "rounds": [{"round": 0, "failures": []}, {"round": 1, "failures": failures or []}]}
+
+
+def _no_reply(server_round: int, pid: int | None, node: int | None = None, reason: str = ending.NO_REPLY) -> dict:
+    return {"round": server_round, "phase": "train", "attempt": 1, "partition-id": pid, "node": node, "reason": reason}
+
+
+@pytest.mark.parametrize("final", ["completed", "failed"])
+def test_flower_is_given_the_grace_after_the_final_status_and_no_longer(final):
+    clock, written = Clock(), [None, _history("running"), _history("running"), _history(final)]
+    end = ending.ServerAppEnd(lambda: written.pop(0) if len(written) > 1 else written[0], grace_s=5.0, clock=clock)
+    assert [end(), end(), end()] == [False, False, False]  # nothing yet, then a run still going
+    assert end() is False and end.final_at == 100.0 and end.status == final  # final: the grace starts now
+    clock.now = 104.9
+    assert end() is False and not end.expired
+    clock.now = 105.0
+    assert end() is True and end.expired
+
+
+def test_a_run_interrupted_or_still_running_never_ends_the_wait():
+    clock = Clock()
+    for status in ("running", "interrupted"):
+        end = ending.ServerAppEnd(lambda: _history(status), grace_s=0.0, clock=clock)
+        clock.now += 1000
+        assert end() is False and end() is False and end.final_at is None
+
+
+def test_a_final_history_left_from_before_the_run_does_not_end_it(tmp_path):
+    """A reused run-name: the ServerApp refuses the folder, and its old 'completed' is not this run's."""
+    import run_folder as rf
+
+    folder = rf.RunFolder.create(tmp_path, "reused", "mlp")
+    folder.write_history(rf.COMPLETED, [{"round": 0, "failures": []}], 2)
+    read = ending.fresh_history(folder.path)
+    assert read() is None
+    folder.write_history(rf.RUNNING, [{"round": 0, "failures": []}], 2)
+    assert read()["status"] == rf.RUNNING
+    assert ending.fresh_history(tmp_path / "not-yet")() is None  # nothing to read before the ServerApp writes
+
+
+def test_the_final_statuses_are_the_run_folders():
+    import run_folder as rf
+
+    assert (ending.COMPLETED, ending.FAILED) == (rf.COMPLETED, rf.FAILED)
+
+
+def test_unanswered_clients_are_those_recorded_without_a_reply_each_once_with_the_last_round():
+    history = _history("completed", [_no_reply(2, 3, 30), _no_reply(2, 1, 10), _no_reply(2, 0, 5, reason="the node failed: x")])
+    history["rounds"].append({"round": 3, "failures": [_no_reply(3, 1, 10), _no_reply(3, None)]})
+    found = [(f["partition-id"], f["node"], f["round"]) for f in ending.unanswered(history)]
+    assert found == [(1, 10, 3), (3, 30, 2)]
+
+
+def test_the_abandoned_line_names_the_clients_that_had_not_replied():
+    end = ending.ServerAppEnd(lambda: None, grace_s=5.0)
+    end.history = _history("completed", [_no_reply(1, 2, 123456789)])
+    line = ending.abandoned_line(end)
+    assert "\n" not in line
+    assert line == ("The run completed (so says its ServerApp), but Flower's simulation had not finished 5 s later: "
+                    "stopping Flower's processes; abandoned client(s) that had not replied: partition 2 "
+                    "(node 123456789) since round 1.")
+    end.history = _history("failed")
+    assert ending.abandoned_line(end).endswith("no client is recorded as unanswered in history.json.")
+
+
+def test_lines_until_stops_when_asked_even_while_the_stream_is_silent():
+    read, write = os.pipe()
+    with os.fdopen(read) as r, os.fdopen(write, "w") as w:
+        w.write("first\n")
+        w.flush()
+        start = time.monotonic()
+        lines = list(lines_until(r, start + 60, stop_when=lambda: time.monotonic() - start > 0.3, poll_s=0.05))
+        assert lines == ["first\n"]
+        assert time.monotonic() - start < 5
+
+
+def test_flwr_run_stops_following_a_run_whose_server_app_has_ended(tmp_path):
+    """Flower's log never ends and Flower calls the run 'running': the caller's word ends the wait."""
+    home = _fake_flwr(tmp_path, f'echo $$ > "{tmp_path}/pid"; echo "Round 2 done"; exec sleep 30', status="running")
+    asked = []
+
+    def ended() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) >= 3
+
+    start = time.monotonic()
+    assert flwr_run(home, "sim", {}, echo=False, timeout=60, ended=ended) == 7
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "args-list").exists()  # Flower was not asked how the run ended
+    with pytest.raises(ProcessLookupError):  # `flwr log` stopped and reaped
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def _server_app_that_ends(status: str, error: str | None = None):
+    """A stand-in for flwr_run: the ServerApp writes its final history, and Flower never finishes."""
+    import run_folder as rf
+
+    def run(home, connection, run_config, federation_config=None, ended=None, **kwargs):
+        folder = rf.RunFolder.create(run_config["output-dir"], run_config["run-name"], "mlp")
+        first = {"round": 0, "server": {"accuracy": 0.1, "loss": 2.3}, "failures": [], "wall-time-s": 0.0, "elapsed-s": 0.0}
+        folder.write_history(rf.RUNNING, [first], 3)
+        assert ended() is False
+        last = {**first, "round": 1, "server": {"accuracy": 0.9, "loss": 0.3}, "failures": [_no_reply(1, 2, 77)],
+                "wall-time-s": 40.0, "elapsed-s": 40.0}
+        folder.write_history(status, [first, last], 3, error=error)
+        deadline = time.monotonic() + 10
+        while not ended():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return 5
+
+    return run
+
+
+def test_a_completed_run_is_left_as_written_and_the_abandoned_clients_are_named(fake_flower, monkeypatch, tmp_path, capsys):
+    import run_folder as rf
+
+    monkeypatch.setattr(ending, "GRACE_S", 0.2)
+    monkeypatch.setattr(simulate, "flwr_run", _server_app_that_ends(rf.COMPLETED))
+    argv = ["--num-supernodes", "3", "--output-dir", str(tmp_path), "--run-config", "run-name='r' num-server-rounds=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "abandoned client(s) that had not replied: partition 2 (node 77) since round 1." in out
+    assert rf.RunFolder(tmp_path / "r").history()["status"] == rf.COMPLETED
+
+
+def test_a_failed_run_whose_flower_is_stopped_stays_failed_and_exits_1(fake_flower, monkeypatch, tmp_path, capsys):
+    import run_folder as rf
+
+    monkeypatch.setattr(ending, "GRACE_S", 0.2)
+    monkeypatch.setattr(simulate, "flwr_run", _server_app_that_ends(rf.FAILED, error="RoundFailed: Round 1: 0 good"))
+    argv = ["--num-supernodes", "3", "--output-dir", str(tmp_path), "--run-config", "run-name='r' num-server-rounds=1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "partition 2 (node 77)" in captured.out
+    assert captured.err.strip() == "error: Run 5 failed: RoundFailed: Round 1: 0 good"
+    history = rf.RunFolder(tmp_path / "r").history()
+    assert (history["status"], history["error"]) == (rf.FAILED, "RoundFailed: Round 1: 0 good")  # not 'interrupted'
