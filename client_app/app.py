@@ -4,7 +4,9 @@ The ServerApp drives the run with Flower's message-based FedAvg, so the
 handlers below unpack each message, call the NumPyClient, and pack its answer:
 the NumPyClient keeps the plain ``fit`` / ``evaluate`` contract, the messages
 keep the current wire format. A third handler tells the server which shard
-this node holds, before round 1.
+this node holds, before round 1. With ``dp-clipping='client'`` the training
+handler runs inside Flower's ``fixedclipping_mod`` (see :func:`clip_on_node`),
+so the node's update is clipped before its reply leaves the node.
 
 Flower calls a handler once per message. In simulation one worker process
 (a Ray actor) serves many nodes and many rounds, so what does not change
@@ -26,6 +28,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 
 from client_app import simulation_queue
 from task.config import Settings
@@ -171,6 +174,35 @@ def reports_without_paths(handler: Callable[[Message, Context], Message]) -> Cal
     return wrapped
 
 
+def clip_on_node(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """A mod around the training handler: under ``dp-clipping='client'`` the reply goes through
+    Flower's ``fixedclipping_mod``, which clips the update (the trained weights minus the weights
+    received) to the clipping norm the server sent; under server-side clipping, or without
+    differential privacy, the reply passes untouched.
+
+    The run config decides, not the message: a node told to clip refuses (an error reply, from
+    ``fixedclipping_mod``) a training message that carries no clipping norm, and one whose norm is
+    not its run's ``dp-clipping-norm``, rather than send an unclipped update. ``fixedclipping_mod``
+    itself would answer every training message without a norm with an error, so it cannot simply
+    be put on the app for every run."""
+    try:
+        settings = run_settings(context.run_config)
+    except ConfigError:
+        return call_next(msg, context)  # the handler reports the bad config (without local paths)
+    if not settings.clips_on_nodes:
+        return call_next(msg, context)
+    from task.flower_compat import KEY_CLIPPING_NORM
+
+    for config in msg.content.config_records.values():
+        asked = config.get(KEY_CLIPPING_NORM)
+        if asked is not None and asked != settings.dp_clipping_norm:
+            raise ConfigError(
+                f"the server asks this node to clip its update to L2 norm {asked}, but the run's "
+                f"dp-clipping-norm is {settings.dp_clipping_norm:g}: refusing to send the update"
+            )
+    return fixedclipping_mod(msg, context, call_next)
+
+
 app = ClientApp()
 
 
@@ -183,7 +215,7 @@ def handle_query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({NODE_RECORD: answer}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[clip_on_node])
 @reports_without_paths
 def handle_train(msg: Message, context: Context) -> Message:
     client = client_from_context(context)

@@ -261,10 +261,15 @@ def strategy_lines(run: CompletedRun, settings) -> list[str]:
         lines.append(f"- Strategy: {what}: {lr_text}; the server treats the averaged update "
                      "as a gradient and steps with its own adaptive optimizer.")
     if settings.differential_privacy:
+        wrapper, where = (
+            ("DifferentialPrivacyClientSideFixedClipping", "by the node itself before sending it (Flower's "
+             "`fixedclipping_mod`)") if settings.clips_on_nodes
+            else ("DifferentialPrivacyServerSideFixedClipping", "on the server")
+        )
         lines.append(
-            f"- Differential privacy: Flower's `DifferentialPrivacyServerSideFixedClipping` around {name}: each "
+            f"- Differential privacy: Flower's `{wrapper}` around {name}: each "
             f"node's update (its weights minus the global weights) clipped to L2 norm {settings.dp_clipping_norm:g} "
-            f"on the server, then Gaussian noise of standard deviation {settings.dp_noise_multiplier:g} x "
+            f"{where}, then Gaussian noise of standard deviation {settings.dp_noise_multiplier:g} x "
             f"{settings.dp_clipping_norm:g} / (nodes sampled) added to the average (noise multiplier "
             f"{settings.dp_noise_multiplier:g})."
         )

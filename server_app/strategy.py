@@ -3,11 +3,14 @@ and how the trusted ones are averaged.
 
 Small pure helpers (sample, check) and a thin :class:`RoundRunner` around one of
 Flower's own strategies (``strategy``: FedAvg by default, or another of those in
-``task/strategies.py``; optionally wrapped in Flower's server-side fixed-clipping
-differential privacy), which configures the messages and does the averaging. On top of what the strategy does:
+``task/strategies.py``; optionally wrapped in one of Flower's fixed-clipping
+differential-privacy wrappers: server-side clipping, or client-side clipping where
+the nodes clip with ``fixedclipping_mod`` and the server only adds the noise), which
+configures the messages and does the averaging. On top of what the strategy does:
 
 - every training reply is checked before it is averaged (the model's exact array
-  names, shapes and dtypes, all finite; finite metrics), and a bad one is dropped
+  names, shapes and dtypes, all finite; finite metrics; with client-side clipping,
+  an update no longer than ``dp-clipping-norm``), and a bad one is dropped
   with the node, the round and the reason recorded;
 - nodes are sampled by partition id from a generator seeded by the run's seed, the
   round and the attempt, and replies are averaged in partition order, so the same
@@ -31,7 +34,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common import log
 from flwr.serverapp import GaussianPrivacyEvent, Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.serverapp import strategy as flower_strategies
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Strategy,
+)
 
 from server_app.nodes import NodeBook, node_error
 from task.config import Settings
@@ -53,6 +61,11 @@ STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     name: getattr(flower_strategies, spec.flower_class) for name, spec in STRATEGIES.items()
 }
 DP_DELTA = 1e-5  # the delta at which the privacy spent is reported
+# Flower's wrapper for each value of the dp-clipping knob: who clips each node's update.
+DP_WRAPPERS: dict[str, type[Strategy]] = {
+    "server": DifferentialPrivacyServerSideFixedClipping,
+    "client": DifferentialPrivacyClientSideFixedClipping,
+}
 
 
 def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
@@ -72,7 +85,8 @@ def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
         common[spec.client_lr_arg] = settings.learning_rate
     strategy: Strategy = STRATEGY_CLASSES[spec.name](**common)
     if settings.differential_privacy:
-        strategy = DifferentialPrivacyServerSideFixedClipping(
+        # "client": the wrapper only tells the nodes the norm and adds the noise; the nodes clip.
+        strategy = DP_WRAPPERS[settings.dp_clipping](
             strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, num_sampled
         )
     return strategy
@@ -140,6 +154,32 @@ def check_train_reply(reply: Message, expected: ArraySpec) -> str | None:
     return check_metrics(reply)
 
 
+def check_clipped(reply: Message, sent: ArrayRecord, clipping_norm: float) -> str | None:
+    """Why a reply that should have been clipped by its node is not (its update, the weights
+    minus those ``sent``, is longer than ``clipping_norm`` in L2 norm), or None when it is.
+
+    With client-side clipping the server clips nothing: the noise it adds is scaled to
+    ``clipping_norm`` on the promise that no node's update is longer. Call it on a reply that
+    passed :func:`check_train_reply`. The tolerance covers float32 rounding of the node's
+    ``global + clipped update``, nothing more."""
+    (record,) = reply.content.array_records.values()
+    squared = 0.0
+    scale = 0.0
+    for name, arr in record.items():
+        new = arr.numpy().astype(np.float64)
+        old = sent[name].numpy().astype(np.float64)
+        squared += float(np.sum((new - old) ** 2))
+        scale += float(np.sum(new**2) + np.sum(old**2))
+    norm = math.sqrt(squared)
+    tolerance = 1e-4 * clipping_norm + 4 * float(np.finfo(np.float32).eps) * math.sqrt(scale)
+    if norm > clipping_norm + tolerance:
+        return (
+            f"its update has L2 norm {norm:.6g}, more than dp-clipping-norm={clipping_norm:g}: with "
+            "dp-clipping='client' every node must clip its own update (is it running this app's ClientApp?)"
+        )
+    return None
+
+
 def check_metrics(reply: Message) -> str | None:
     """Why a reply's metrics cannot be used (non-finite values, no example count), or None."""
     if reply.has_error():
@@ -199,6 +239,8 @@ class RoundRunner:
             good = []
             for pid, reply in replies.items():
                 reason = "no reply within round-timeout" if reply is None else check_train_reply(reply, expected)
+                if reason is None and s.clips_on_nodes:
+                    reason = check_clipped(reply, arrays, s.dp_clipping_norm)
                 if reason is None:
                     good.append((pid, reply))
                 else:

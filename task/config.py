@@ -20,6 +20,10 @@ from task.strategies import STRATEGIES, STRATEGY_ONLY_FIELDS, strategy_owning
 MODELS = ("mlp", "autoencoder")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
+# Where a node's update is clipped to dp-clipping-norm: by the server (Flower's
+# DifferentialPrivacyServerSideFixedClipping) or by the node itself before it is sent
+# (flwr.clientapp.mod.fixedclipping_mod, with DifferentialPrivacyClientSideFixedClipping).
+DP_CLIPPING = ("server", "client")
 
 
 # Each partitioning's options: its keyword name -> the Settings field that holds the value.
@@ -81,6 +85,7 @@ class Settings:
     proximal_mu: float = 0.0
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 0.0
+    dp_clipping: str = "server"
     tensorboard: bool = False
 
     @classmethod
@@ -118,6 +123,8 @@ class Settings:
         unused = every - set(PARTITION_FIELDS[self.partitioning].values())
         if self.model == "mlp":
             unused |= {"ae_hidden", "ae_code_size", "ae_rounds_per_stage"}
+        if not self.differential_privacy:
+            unused.add("dp_clipping")
         return frozenset(knob_key(name) for name in unused)
 
     @property
@@ -147,6 +154,7 @@ class Settings:
         _one_of("device", self.device, DEVICES)
         _one_of("partitioning", self.partitioning, tuple(PARTITIONERS))
         _one_of("strategy", self.strategy, tuple(STRATEGIES))
+        _one_of("dp-clipping", self.dp_clipping, DP_CLIPPING)
         self._validate_server_side()
         for key in ("num-server-rounds", "local-epochs", "batch-size", "min-available-nodes", "central-epochs"):
             value = getattr(self, key.replace("-", "_"))
@@ -252,11 +260,21 @@ class Settings:
                 f"dp-noise-multiplier={self.dp_noise_multiplier} needs dp-clipping-norm > 0: the noise is scaled "
                 "to the norm each node's update is clipped to (e.g. dp-clipping-norm=1.0)."
             )
+        if self.dp_clipping == "client" and self.dp_clipping_norm == 0:
+            raise ConfigError(
+                "dp-clipping='client' needs dp-clipping-norm > 0: it says where each node's update is clipped "
+                "to that norm (dp-clipping-norm=0 turns differential privacy off)."
+            )
 
     @property
     def differential_privacy(self) -> bool:
-        """Server-side fixed clipping (and noise, when the multiplier is > 0) is on."""
+        """Fixed clipping (and noise, when the multiplier is > 0) is on, on the side ``dp-clipping`` says."""
         return self.dp_clipping_norm > 0
+
+    @property
+    def clips_on_nodes(self) -> bool:
+        """Each node clips its own update before sending it (``dp-clipping='client'``)."""
+        return self.differential_privacy and self.dp_clipping == "client"
 
     def _validate_pretraining(self) -> None:
         rounds = self.ae_rounds_per_stage

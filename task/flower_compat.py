@@ -93,6 +93,13 @@ PIECES: dict[str, Piece] = {
         "heartbeats (NODE_UNAVAILABLE) is recorded as 'the node left', not as a timeout",
         ("server_app/nodes.py",),
     ),
+    "KEY_CLIPPING_NORM": Piece(
+        "flwr.supercore.differential_privacy", "KEY_CLIPPING_NORM",
+        "the config key under which DifferentialPrivacyClientSideFixedClipping sends the clipping norm "
+        "and fixedclipping_mod reads it; a node that clips (dp-clipping='client') checks that the norm it "
+        "is asked to clip to is its run's dp-clipping-norm",
+        ("client_app/app.py",),
+    ),
     "DEFAULT_FLOWER_CONFIG_TOML": Piece(
         "flwr.cli.constant", "DEFAULT_FLOWER_CONFIG_TOML",
         "the config.toml Flower writes into a fresh FLWR_HOME; the connection script starts from it "
@@ -177,6 +184,11 @@ ATTRIBUTES: tuple[Attributes, ...] = (
     *_CARRIED,
     Attributes(
         "flwr.serverapp.strategy", "DifferentialPrivacyServerSideFixedClipping", ("strategy",),
+        "the strategy inside the DP wrapper, whose carried state is saved and restored",
+        ("server_app/strategy.py",),
+    ),
+    Attributes(
+        "flwr.serverapp.strategy", "DifferentialPrivacyClientSideFixedClipping", ("strategy",),
         "the strategy inside the DP wrapper, whose carried state is saved and restored",
         ("server_app/strategy.py",),
     ),

@@ -131,3 +131,87 @@ def test_a_failing_handler_sends_its_error_without_paths(monkeypatch, tmp_path):
     with pytest.raises(Exception) as err:
         app(_message(MessageType.TRAIN, get_weights(build_model(Settings()))), _context({"device": "cpu"}))
     assert str(tmp_path) not in str(err.value) and "<local>/shard.npz" in str(err.value)
+
+
+# ---- dp-clipping = "client": the node clips its own update with Flower's fixedclipping_mod ----
+
+CLIP = 0.5  # L2 norm; one local epoch on a node's 1,200 images moves the weights much further
+
+
+class _OneNode:
+    """The part of a Grid a strategy's configure_* uses: this test's node only."""
+
+    def get_node_ids(self) -> list[int]:
+        return [2]
+
+
+def _from_server(knobs: dict, kind: str = MessageType.TRAIN) -> tuple[Message, ArrayRecord]:
+    """The message the ServerApp's strategy (with its DP wrapper) sends node 2, and the arrays in it."""
+    from server_app.strategy import build_strategy
+
+    settings = Settings.from_run_config(knobs)
+    arrays = ArrayRecord(build_model(settings).state_dict())
+    strategy = build_strategy(settings, num_sampled=1)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 3
+    configure = strategy.configure_train if kind == MessageType.TRAIN else strategy.configure_evaluate
+    (msg,) = configure(1, arrays, ConfigRecord({}), _OneNode())
+    TaskIdentity.node_id = 2
+    return msg, arrays
+
+
+def _update(reply: Message, sent: ArrayRecord) -> list[np.ndarray]:
+    (record,) = reply.content.array_records.values()
+    return [record[k].numpy().astype(np.float64) - sent[k].numpy().astype(np.float64) for k in sent]
+
+
+def _norm(update: list[np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum(u**2) for u in update)))
+
+
+def test_under_client_side_clipping_a_nodes_reply_is_clipped_to_the_clipping_norm():
+    from server_app.strategy import check_clipped
+
+    knobs = {"local-epochs": 1, "device": "cpu", "dp-clipping-norm": CLIP, "dp-noise-multiplier": 1.0}
+    # Server-side clipping: the node sends its whole update; the server clips it.
+    msg, sent = _from_server({**knobs, "dp-clipping": "server"})
+    assert "clipping_norm" not in msg.content["config"]
+    unclipped = app(msg, _context({**knobs, "dp-clipping": "server"}))
+    assert not unclipped.has_error()
+    raw = _update(unclipped, sent)
+    assert _norm(raw) > 2 * CLIP  # so the clipping below is not a no-op
+    assert "more than dp-clipping-norm=0.5" in check_clipped(unclipped, sent, CLIP)
+
+    # Client-side clipping: the server only names the norm; the node's reply is already clipped.
+    msg, sent = _from_server({**knobs, "dp-clipping": "client"})
+    assert msg.content["config"]["clipping_norm"] == CLIP
+    reply = app(msg, _context({**knobs, "dp-clipping": "client"}))
+    assert not reply.has_error()
+    assert list(reply.content["arrays"].keys()) == list(sent.keys())  # the names the server checks
+    assert reply.content["metrics"]["num-examples"] == 1200
+    clipped = _update(reply, sent)
+    assert CLIP * (1 - 1e-5) < _norm(clipped) <= CLIP * (1 + 1e-5)
+    assert check_clipped(reply, sent, CLIP) is None
+    # the same update, scaled down: what the server would have made of the unclipped one
+    for c, r in zip(clipped, raw):
+        assert np.allclose(c, r * CLIP / _norm(raw), atol=1e-6)
+
+
+def test_a_node_told_to_clip_evaluates_and_answers_queries_as_before():
+    knobs = {"device": "cpu", "dp-clipping-norm": CLIP, "dp-clipping": "client"}
+    msg, _ = _from_server(knobs, MessageType.EVALUATE)
+    reply = app(msg, _context(knobs))
+    assert not reply.has_error() and reply.content["metrics"]["num-examples"] == 200
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 2, 3
+    reply = app(Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.QUERY), _context(knobs))
+    assert dict(reply.content["node"]) == {"partition-id": 0, "num-partitions": 50}
+
+
+def test_a_node_told_to_clip_refuses_a_training_message_without_its_clipping_norm():
+    knobs = {"local-epochs": 1, "device": "cpu", "dp-clipping-norm": CLIP, "dp-clipping": "client"}
+    weights = get_weights(build_model(Settings()))
+    reply = app(_message(MessageType.TRAIN, weights), _context(knobs))  # no clipping norm in its config
+    assert reply.has_error() and "requires the key 'clipping_norm'" in reply.error.reason
+
+    msg, _ = _from_server({**knobs, "dp-clipping-norm": 5.0})  # a server clipping to another norm
+    with pytest.raises(ConfigError, match="clip its update to L2 norm 5.0, but the run's dp-clipping-norm is 0.5"):
+        app(msg, _context(knobs))

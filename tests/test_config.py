@@ -44,6 +44,8 @@ def test_the_defaults_here_are_the_defaults_in_pyproject():
         ("proximal-mu", 0.1, "proximal-mu=0.1 applies to strategy='fedprox' only"),
         ("dp-noise-multiplier", 1.0, "dp-noise-multiplier=1.0 needs dp-clipping-norm > 0"),
         ("dp-clipping-norm", -1.0, "both must be >= 0"),
+        ("dp-clipping", "nodes", "dp-clipping='nodes' is unknown: choose one of server, client"),
+        ("dp-clipping", "client", "dp-clipping='client' needs dp-clipping-norm > 0"),
         ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0 is not allowed: use a number > 0"),
         ("num-shards", 0, "num-shards=0 is not allowed"),
         ("round-timeout", 0.0, "round-timeout=0.0 is not allowed"),
@@ -59,6 +61,15 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expec
     with pytest.raises(ConfigError) as err:
         Settings.from_run_config({key: value})
     assert expected in str(err.value)
+
+
+def test_dp_clipping_says_where_the_clipping_happens_and_is_unused_without_dp():
+    assert Settings().dp_clipping == "server" and not Settings().clips_on_nodes
+    on_nodes = Settings.from_run_config({"dp-clipping-norm": 1.0, "dp-clipping": "client"})
+    assert on_nodes.differential_privacy and on_nodes.clips_on_nodes and "dp-clipping" not in on_nodes.unused_knobs
+    on_server = Settings.from_run_config({"dp-clipping-norm": 1.0})
+    assert on_server.differential_privacy and not on_server.clips_on_nodes
+    assert "dp-clipping" in Settings().unused_knobs  # no differential privacy: where it would clip says nothing
 
 
 def test_an_autoencoder_that_widens_is_refused():

@@ -43,3 +43,27 @@ def test_differential_privacy_clips_adds_noise_and_counts_epsilon(tmp_path):
     a = rf.RunFolder(quiet).load_model().state_dict()
     b = rf.RunFolder(noisy).load_model().state_dict()
     assert not all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # the noise changed the model
+
+
+def test_client_side_clipping_on_flowers_runtime_gives_the_server_side_model(tmp_path):
+    """dp-clipping='client' on the real runtime: the nodes clip with fixedclipping_mod, the server
+    (DifferentialPrivacyClientSideFixedClipping) only averages, and checks every reply's norm.
+    Without noise the model moves at most the clipping norm per round, and it is the model
+    server-side clipping makes of the same seed (the same updates, clipped the same way)."""
+    from task.config import Settings
+    from task.models import build_model
+
+    clip = 0.05  # a node's update after one epoch on 15,000 images is far longer
+    dp = {**QUICK, "partitioning": "iid", "dp-clipping-norm": clip}
+    runs = {where: run_simulation({**dp, "dp-clipping": where, "run-name": where}, num_supernodes=4,
+                                  output_dir=tmp_path, echo=False) for where in ("client", "server")}
+    history = rf.RunFolder(runs["client"]).history()
+    assert rf.RunFolder(runs["client"]).config()["dp-clipping"] == "client"
+    assert all(r["failures"] == [] and r["clients-train"]["nodes"] == 4 for r in history["rounds"][1:])
+    assert history["rounds"][1]["clients-train"]["privacy"]["why-not"] == "no noise"
+    start = build_model(Settings.from_run_config(dp)).state_dict()
+    final = rf.RunFolder(runs["client"]).load_model().state_dict()
+    moved = float(np.sqrt(sum(((final[k].double() - start[k].double()) ** 2).sum() for k in start)))
+    assert 0.5 * clip < moved <= 2 * clip * (1 + 1e-4)  # two rounds, each an average of updates of norm <= clip
+    server_side = rf.RunFolder(runs["server"]).load_model().state_dict()
+    assert all(np.allclose(final[k].numpy(), server_side[k].numpy(), atol=1e-6) for k in final)

@@ -116,12 +116,16 @@ def test_strategies_still_keep_their_carried_state_in_the_attributes_we_save(att
                     pytrace=False)
 
 
-def test_the_dp_wrapper_still_keeps_the_strategy_it_wraps():
-    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvgM
+@pytest.mark.parametrize(
+    "wrapper_class", ["DifferentialPrivacyServerSideFixedClipping", "DifferentialPrivacyClientSideFixedClipping"]
+)
+def test_the_dp_wrapper_still_keeps_the_strategy_it_wraps(wrapper_class):
+    from flwr.serverapp import strategy as flower_strategies
+    from flwr.serverapp.strategy import FedAvgM
 
-    (attrs,) = [a for a in ATTRIBUTES if a.cls == "DifferentialPrivacyServerSideFixedClipping"]
+    (attrs,) = [a for a in ATTRIBUTES if a.cls == wrapper_class]
     inner = FedAvgM(server_momentum=0.9)
-    wrapper = DifferentialPrivacyServerSideFixedClipping(inner, 0.5, 1.0, 2)
+    wrapper = getattr(flower_strategies, wrapper_class)(inner, 0.5, 1.0, 2)
     if getattr(wrapper, WRAPPED_STRATEGY, None) is not inner:
         pytest.fail(_missing(f"the DP wrapper no longer keeps its strategy in .{WRAPPED_STRATEGY}", attrs.users,
                              attrs.why), pytrace=False)

@@ -319,6 +319,15 @@ def test_privacy_without_epsilon_says_why(tmp_path, monkeypatch):
     folder.write_history(rf.COMPLETED, rounds, num_nodes=NODES)
     text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
     assert "not computed (no noise), so no (epsilon, delta) guarantee is claimed" in text
+    assert "`DifferentialPrivacyServerSideFixedClipping` around FedAvg" in text and "1 on the server" in text
+
+
+def test_the_report_says_the_nodes_clipped_under_client_side_clipping(tmp_path, monkeypatch):
+    _tiny_central(monkeypatch, tmp_path)
+    run_dir = fake_run(tmp_path, **{"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.0, "dp-clipping": "client"})
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "`DifferentialPrivacyClientSideFixedClipping` around FedAvg" in text
+    assert "clipped to L2 norm 1 by the node itself before sending it (Flower's `fixedclipping_mod`)" in text
 
 
 def test_the_label_picture_fails_with_the_rest(tmp_path, monkeypatch):

@@ -227,9 +227,78 @@ def test_pyprojects_comments_name_every_strategy_and_its_default_server_step():
             assert f"{spec.name} {spec.default_server_lr}" in server_lr
 
 
-def test_differential_privacy_wraps_the_strategy():
+@pytest.mark.parametrize(
+    "where, cls",
+    [("server", "DifferentialPrivacyServerSideFixedClipping"), ("client", "DifferentialPrivacyClientSideFixedClipping")],
+)
+def test_differential_privacy_wraps_the_strategy(where, cls):
     from server_app.strategy import build_strategy
 
-    strategy = build_strategy(Settings.from_run_config({"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.5}), 10)
-    assert type(strategy).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+    knobs = {"strategy": "fedavgm", "server-momentum": 0.9, "dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.5}
+    strategy = build_strategy(Settings.from_run_config({**knobs, "dp-clipping": where}), 10)
+    assert type(strategy).__name__ == cls
     assert strategy.clipping_norm == 1.0 and strategy.noise_multiplier == 0.5 and strategy.num_sampled_clients == 10
+    assert type(strategy.strategy).__name__ == "FedAvgM"
+
+
+def test_client_side_clipping_tells_every_node_the_clipping_norm():
+    from flwr.app import ConfigRecord
+
+    from server_app.strategy import _ChosenNodes, build_strategy
+
+    strategy = build_strategy(Settings.from_run_config({"dp-clipping-norm": 0.7, "dp-clipping": "client"}), 2)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    messages = list(strategy.configure_train(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11, 12])))
+    assert [m.metadata.dst_node_id for m in messages] == [11, 12]
+    assert all(m.content["config"]["clipping_norm"] == 0.7 and m.content["config"]["server-round"] == 3
+               for m in messages)
+    evaluate = list(strategy.configure_evaluate(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11])))
+    assert "clipping_norm" not in evaluate[0].content["config"]  # the nodes clip training replies only
+
+
+def test_with_client_side_clipping_a_reply_longer_than_the_norm_is_dropped_and_the_rest_averaged_untouched():
+    """SPEC_ARRAYS are zeros, so a reply's weights are its update. The server clips nothing:
+    it checks that each node did, and averages the clipped updates as they came."""
+    script = {
+        11: _reply(11, np.full((2, 2), 0.25, np.float32)),  # norm 0.5
+        12: _reply(12, np.full((2, 2), 2.0, np.float32)),  # norm 4: this node did not clip
+        13: _reply(13, np.full((2, 2), 0.5, np.float32)),  # norm 1.0, exactly the clipping norm
+    }
+    runner = _runner({0: 11, 1: 12, 2: 13}, **{"dp-clipping-norm": 1.0, "dp-clipping": "client"})
+    result = runner.train(ScriptedGrid(script.get), 1, SPEC_ARRAYS)
+    assert np.allclose(result.arrays["w"].numpy(), 0.375) and result.metrics["nodes"] == 2  # no noise: the mean
+    assert [(f["partition-id"], f["reason"]) for f in result.failures] == [
+        (1, "its update has L2 norm 4, more than dp-clipping-norm=1: with dp-clipping='client' every node must "
+            "clip its own update (is it running this app's ClientApp?)")
+    ]
+    assert result.metrics["privacy"] == {"epsilon": None, "delta": 1e-5, "why-not": "no noise"}
+
+    # Server-side clipping takes the same long reply and clips it itself: nothing is dropped.
+    runner = _runner({0: 11, 1: 12, 2: 13}, **{"dp-clipping-norm": 1.0})
+    result = runner.train(ScriptedGrid(script.get), 1, SPEC_ARRAYS)
+    assert result.failures == [] and np.allclose(result.arrays["w"].numpy(), (0.25 + 0.5 + 0.5) / 3)
+
+
+def test_the_clipping_check_allows_float32_rounding_only():
+    from server_app.strategy import check_clipped
+
+    sent = ArrayRecord({"w": Array(np.full((2, 2), 3.0, np.float32)), "b": Array(np.zeros(2, np.float32))})
+    exact = np.float32(3.0) + np.float32(0.5)  # an update of norm 1.0, added to the weights in float32
+    assert check_clipped(_reply(1, np.full((2, 2), exact, np.float32)), sent, 1.0) is None
+    assert check_clipped(_reply(1, np.full((2, 2), 3.5 * (1 + 1e-6), np.float32)), sent, 1.0) is None
+    assert "L2 norm 1.01" in check_clipped(_reply(1, np.full((2, 2), 3.505, np.float32)), sent, 1.0)
+
+
+def test_the_privacy_spent_is_the_same_wherever_the_updates_are_clipped():
+    script = {n: _reply(n, np.full((2, 2), 0.1 * (n - 10), np.float32)) for n in (11, 12, 13)}
+    spent = {}
+    for where in ("server", "client"):
+        runner = _runner({0: 11, 1: 12, 2: 13},
+                         **{"dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "dp-clipping": where})
+        rounds = [runner.train(ScriptedGrid(script.get), r, SPEC_ARRAYS) for r in (1, 2)]
+        assert all(r.failures == [] for r in rounds)
+        spent[where] = [r.metrics["privacy"] for r in rounds]
+        state = runner.state()
+        assert state["privacy"]["accountable"] and "accountant" in state["privacy"]
+    assert spent["server"] == spent["client"]
+    assert 0 < spent["client"][0]["epsilon"] < spent["client"][1]["epsilon"]
