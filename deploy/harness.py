@@ -1,7 +1,7 @@
 """Tools for the tests that run docker-compose.yml: its commands as local processes
 (tests/test_compose.py) and the real containers (tests/test_containers.py).
 
-Standard library and PyYAML only; nothing here starts anything by itself.
+Standard library, PyYAML and the launcher's health wait; nothing here starts anything by itself.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import json
 import os
 import shlex
 import shutil
-import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
+
+from launcher.runtime import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -67,21 +67,16 @@ def wait_healthy(
     alive: Callable[[], bool] | None = None,
     log: Callable[[], str] | None = None,
 ) -> None:
-    """Poll ``url`` (a SuperLink's /health) until it answers 200. ``alive`` says whether the
-    process behind it still runs; ``log`` gives its output for the error."""
-    context = ssl.create_default_context(cafile=str(ca)) if ca else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll ``url`` (a SuperLink's /health) until it answers 200, with the launcher's
+    :func:`~launcher.runtime.wait_until_healthy`. ``alive`` says whether the process behind it
+    still runs; ``log`` gives its output for the error."""
+
+    def check() -> None:
         if alive is not None and not alive():
             raise HarnessError(f"{url}: the process exited before it answered:\n{log() if log else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise HarnessError(f"{url} did not answer within {timeout:g} s:\n{log() if log else ''}")
+
+    if not wait_until_healthy(url, timeout, ca=ca, check=check, request_timeout=2):
+        raise HarnessError(f"{url} did not answer within {timeout:g} s:\n{log() if log else ''}")
 
 
 # --- docker --------------------------------------------------------------------------------

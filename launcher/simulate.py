@@ -34,7 +34,12 @@ import click
 
 from launcher.console import RunWatcher
 from launcher.ending import COMPLETED, ServerAppEnd, abandoned_line
-from launcher.flower import PROJECT_ROOT, FlowerError, flower_home, flwr_run, mark, start_superlink, visible_gpus
+from launcher import PROJECT_ROOT, FlowerError
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.gpus import visible_gpus
+from launcher.runtime import start_superlink
+from launcher.timings import mark
 from task.config import ConfigError, Settings
 from task.errors import run_cli
 from task.flower_compat import get_project_config, parse_config_args

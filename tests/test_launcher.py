@@ -16,22 +16,12 @@ import pytest
 
 import launcher.ending as ending
 import launcher.simulate as simulate
-from launcher.flower import (
-    PROJECT_ROOT,
-    FlowerError,
-    FlowerHome,
-    _run_id_in,
-    _status_in,
-    descendants,
-    flwr_run,
-    lines_until,
-    running,
-    staged_app,
-    stop,
-    toml_value,
-    wait_for_run,
-)
+from launcher import PROJECT_ROOT, FlowerError
+from launcher.flower_home import FlowerHome
+from launcher.flwr_cli import _run_id_in, _status_in, flwr_run, lines_until, toml_value, wait_for_run
+from launcher.processes import descendants, running, stop
 from launcher.simulate import check_nodes, check_run_config, main, parse_run_config, pick_output_dir, run_simulation
+from launcher.staging import staged_app
 from task.config import ConfigError, Settings
 from task.data import DataError
 
@@ -537,7 +527,7 @@ TWO_GPUS = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)\nGPU 1: NVIDIA A100-SX
 
 
 def test_visible_gpus_reads_nvidia_smi(tmp_path, monkeypatch):
-    from launcher.flower import visible_gpus
+    from launcher.gpus import visible_gpus
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     _fake_nvidia_smi(tmp_path, monkeypatch, TWO_GPUS)
@@ -550,7 +540,7 @@ def test_visible_gpus_reads_nvidia_smi(tmp_path, monkeypatch):
 
 
 def test_visible_gpus_is_empty_when_nvidia_smi_fails_or_is_missing(tmp_path, monkeypatch):
-    from launcher.flower import visible_gpus
+    from launcher.gpus import visible_gpus
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     _fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA-SMI has failed\n", rc=9)
