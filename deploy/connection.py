@@ -7,9 +7,10 @@
 
 The file is ``$FLWR_HOME/config.toml`` (default ``~/.flwr/config.toml``). A missing folder or
 file is created with Flower's own defaults first. Only the ``[superlink.NAME]`` table is
-replaced; everything else, comments included, stays as it was. Running it twice gives the
-same file. The new file is checked by parsing it before it atomically replaces the old one.
-Run it with the Python that has ``flwr`` (the project's ``.venv``); standard library otherwise.
+replaced (where it stands; a new one goes at the end); everything else, comments included,
+stays as it was. Running it twice gives the same file. The new file is checked by parsing it
+before it atomically replaces the old one. Run it with the project's Python (``.venv``): it
+needs ``tomlkit`` (a dependency of the project) and, for a new file, ``flwr``'s defaults.
 
 After writing, it knocks on the SuperLink: a connection whose TLS setting does not match the
 SuperLink's (``insecure = true`` against a TLS SuperLink, for which ``flwr`` itself only says
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+
+import tomlkit
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -57,49 +60,35 @@ def table(name: str, address: str, root_certificates: str | None) -> dict[str, o
     return {"address": address, "insecure": True}
 
 
-def render(name: str, values: dict[str, object]) -> str:
-    lines = [f"[superlink.{name}]"]
-    for key, value in values.items():
-        if isinstance(value, bool):
-            shown = "true" if value else "false"
-        else:
-            shown = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        lines.append(f"{key} = {shown}")
-    return "\n".join(lines) + "\n"
-
-
-def without_table(text: str, name: str) -> str:
-    """``text`` without the ``[superlink.NAME]`` table (header to the next header)."""
-    out: list[str] = []
-    skipping = False
-    header = re.compile(r"^\s*\[\s*superlink\s*\.\s*" + re.escape(name) + r"\s*\]\s*(#.*)?$")
-    for line in text.splitlines(keepends=True):
-        if header.match(line):
-            skipping = True
-            continue
-        if skipping and line.lstrip().startswith("["):
-            skipping = False
-        if not skipping:
-            out.append(line)
-    return "".join(out)
-
-
 def updated(text: str, name: str, values: dict[str, object]) -> str:
-    rest = without_table(text, name).rstrip("\n")
-    new = (rest + "\n\n" if rest else "") + render(name, values)
+    """``text`` with ``[superlink.NAME]`` holding exactly ``values``, edited with tomlkit so that
+    every other line stays as written, comments included: a table already there is replaced
+    where it stands (in whatever form it was written: a table, dotted keys, an inline table),
+    a new one goes at the end. The result is parsed back and must read as ``text`` with only
+    that table changed."""
+    document = tomlkit.parse(text)
+    superlink = document.get("superlink")
+    if superlink is not None and not isinstance(superlink, dict):
+        raise ConnectionConfigError("'superlink' in config.toml is not a table: fix or move the file, then run this again")
+    if superlink is not None and name in superlink:
+        inline = isinstance(superlink, tomlkit.items.InlineTable)  # superlink = {NAME = {...}}
+        replacement = tomlkit.inline_table() if inline else tomlkit.table()
+        replacement.update(values)
+        superlink[name] = replacement
+        new = tomlkit.dumps(document)
+    else:
+        rest = text.rstrip("\n")
+        new = (rest + "\n\n" if rest else "") + tomlkit.dumps({"superlink": {name: values}})
     expected = tomllib.loads(text)
     expected.setdefault("superlink", {})[name] = values
     try:
         ok = tomllib.loads(new) == expected
     except tomllib.TOMLDecodeError:
         ok = False
-    if ok:
-        return new
-    # The table is written in a form the line-based edit cannot handle (dotted keys, an inline
-    # table): rewrite the whole file from its parsed content (comments are lost, values kept).
-    import tomli_w  # a Flower dependency
-
-    return tomli_w.dumps(expected)
+    if not ok:
+        raise ConnectionConfigError(f"[superlink.{name}] could not be written without changing the rest of config.toml: "
+                                    "edit that table by hand")
+    return new
 
 
 def write_connection(

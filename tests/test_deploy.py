@@ -202,6 +202,37 @@ def test_the_connection_keeps_everything_else_in_the_file(tmp_path):
     assert config["superlink"]["default"] == "lab"
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        '[superlink]\ndefault = "docker"  # mine\ndocker = {address = "old:1", insecure = true}\n',
+        'superlink.docker.address = "old:1"  # mine\nsuperlink.docker.insecure = true\n',
+        'superlink = {default = "docker", docker = {address = "old:1"}}  # mine\n',
+        '[superlink.docker]\naddress = "old:1"\n\n[superlink.docker.options]  # mine\nnum-supernodes = 3\n',
+    ],
+)
+def test_a_connection_in_any_toml_form_is_replaced_and_the_rest_kept(tmp_path, form):
+    home = tmp_path / ".flwr"
+    home.mkdir()
+    original = f"# top\n{form}\n[other]  # another tool's\nx = 1\n"
+    (home / "config.toml").write_text(original)
+    path = connection.write_connection("docker", "127.0.0.1:9000", home=home)
+    text = path.read_text()
+    config = tomllib.loads(text)
+    assert config["superlink"]["docker"] == {"address": "127.0.0.1:9000", "insecure": True}  # options too: replaced whole
+    assert config["other"] == {"x": 1} and text.startswith("# top\n") and "[other]  # another tool's\n" in text
+    assert connection.write_connection("docker", "127.0.0.1:9000", home=home).read_text() == text  # twice: the same
+
+
+def test_a_superlink_that_is_not_a_table_is_one_line_and_left_alone(tmp_path):
+    home = tmp_path / ".flwr"
+    home.mkdir()
+    (home / "config.toml").write_text('superlink = "docker"\n')
+    with pytest.raises(connection.ConnectionConfigError, match="not a table"):
+        connection.write_connection("docker", "127.0.0.1:8000", home=home)
+    assert (home / "config.toml").read_text() == 'superlink = "docker"\n'
+
+
 def test_bad_connection_input_is_one_line(tmp_path):
     home = tmp_path / ".flwr"
     with pytest.raises(connection.ConnectionConfigError, match="expected HOST:PORT"):
@@ -216,7 +247,7 @@ def test_bad_connection_input_is_one_line(tmp_path):
 
 
 def test_the_probe_says_when_nothing_listens():
-    from launcher.flower import free_port
+    from launcher.runtime import free_port
 
     ok, message = connection.probe("docker", f"127.0.0.1:{free_port()}", None)
     assert not ok and message.startswith("nothing answers")
