@@ -152,6 +152,19 @@ def federation_config(num_supernodes: int, cpus_per_client: float = 1.0, gpus_pe
     }
 
 
+def where_clients_run(
+    ray_address: str | None, gpus_per_client: float | None, device: str
+) -> tuple[dict[str, str | None], float, str | None]:
+    """The SuperLink's environment (``RAY_ADDRESS``: a Ray of its own unless one is given), each
+    client's GPU share (see :func:`gpu_share`) and what to tell the user about both."""
+    if ray_address:  # this machine's GPUs say nothing about the cluster's: only an explicit share
+        note = f"Virtual clients run on the Ray cluster at {ray_address}."
+        return {"RAY_ADDRESS": ray_address}, gpus_per_client or 0.0, note
+    gpus = visible_gpus() if gpus_per_client != 0 else []
+    share, note = gpu_share(gpus_per_client, gpus, device)
+    return {"RAY_ADDRESS": None}, share, note
+
+
 def run_simulation(
     run_config: dict[str, object],
     num_supernodes: int,
@@ -175,13 +188,7 @@ def run_simulation(
     check_nodes(settings, num_supernodes)
     output_dir = pick_output_dir(output_dir, run_config)
     mark("checks done")
-    env: dict[str, str | None] = {"RAY_ADDRESS": None}  # a Ray of its own unless told otherwise
-    if ray_address:  # this machine's GPUs say nothing about the cluster's: only an explicit share
-        gpus_per_client, note = gpus_per_client or 0.0, f"Virtual clients run on the Ray cluster at {ray_address}."
-        env["RAY_ADDRESS"] = ray_address
-    else:
-        gpus = visible_gpus() if gpus_per_client != 0 else []
-        gpus_per_client, note = gpu_share(gpus_per_client, gpus, settings.device)
+    env, gpus_per_client, note = where_clients_run(ray_address, gpus_per_client, settings.device)
     if note and echo:
         print(note, flush=True)
     names: dict[str, str] = {}
@@ -266,7 +273,7 @@ def _whole(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-supernodes", type=int, default=100, help="virtual clients (default 100)")
     parser.add_argument(
@@ -306,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds the run may take before it is stopped (default {DEFAULT_TIMEOUT_S:.0f})",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2, with the usage) counts, shares and times that cannot work."""
     if args.num_supernodes < 1:
         parser.error(f"--num-supernodes={args.num_supernodes}: use 1 or more.")
     if not 0 < args.timeout < math.inf:
@@ -316,35 +327,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_client is not None and not 0 <= args.gpus_per_client < math.inf:
         parser.error(f"--gpus-per-client={args.gpus_per_client}: use 0 or a share > 0 (0.25: 4 clients per GPU).")
 
-    def simulate() -> int:
-        try:
-            run_dir = run_simulation(
-                parse_run_config(args.run_config),
-                args.num_supernodes,
-                args.output_dir,
-                args.cpus_per_client,
-                args.gpus_per_client,
-                timeout=args.timeout,
-                ray_address=args.ray_address,
-                verbose=args.verbose,
-            )
-        except FlowerError as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt as exc:
-            print(f"\n{exc or 'stopped by Ctrl-C'}: Flower's processes were stopped; an unfinished run folder "
-                  "resumes with --run-config \"resume-from='/absolute/path/to/it'\"", file=sys.stderr)
-            return 130
-        record_origin(run_dir, ["python", "-m", "launcher.simulate", *(sys.argv[1:] if argv is None else argv)])
-        print(f"Run folder: {run_dir}")
-        if args.report:
-            from report import make_report  # the report sits downstream of the run
 
-            print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
-            print(f"Report: {make_report(run_dir)}")
-        return 0
+def simulate_from_args(args: argparse.Namespace, command: list[str]) -> int:
+    """Run what the command line asks for; print the run folder and, with ``--report``, the
+    report. Exit 1 when Flower failed, 130 when stopped (Ctrl-C, SIGTERM)."""
+    try:
+        run_dir = run_simulation(
+            parse_run_config(args.run_config),
+            args.num_supernodes,
+            args.output_dir,
+            args.cpus_per_client,
+            args.gpus_per_client,
+            timeout=args.timeout,
+            ray_address=args.ray_address,
+            verbose=args.verbose,
+        )
+    except FlowerError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc or 'stopped by Ctrl-C'}: Flower's processes were stopped; an unfinished run folder "
+              "resumes with --run-config \"resume-from='/absolute/path/to/it'\"", file=sys.stderr)
+        return 130
+    record_origin(run_dir, command)
+    print(f"Run folder: {run_dir}")
+    if args.report:
+        from report import make_report  # the report sits downstream of the run
 
-    return run_cli(simulate)
+        print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
+        print(f"Report: {make_report(run_dir)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_numbers(parser, args)
+    command = ["python", "-m", "launcher.simulate", *(sys.argv[1:] if argv is None else argv)]
+    return run_cli(lambda: simulate_from_args(args, command))
 
 
 if __name__ == "__main__":
