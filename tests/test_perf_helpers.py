@@ -12,8 +12,10 @@ import time
 import pytest
 
 import benchmarks.perf as perf
-from benchmarks.perf import Row, TreeMemory, memory_of, steady, table, targets
-from launcher.flower import descendants
+import benchmarks.perf_rows as perf_rows
+from benchmarks.perf_results import Row, steady, table, targets
+from benchmarks.sampling import TreeMemory, cpu_seconds, memory_of, role_of
+from launcher.processes import descendants
 
 
 def test_steady_state_is_the_median_of_rounds_after_the_first():
@@ -36,6 +38,21 @@ def test_the_tree_sampler_sums_the_memory_of_child_processes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_process_is_told_by_its_command_line_and_a_gone_one_reads_as_nothing():
+    busy = "import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy, "flower-supernode"])
+    try:
+        deadline = time.monotonic() + 30
+        while (cpu_seconds(child.pid) or 0) < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cpu_seconds(child.pid) >= 0.2
+        assert role_of(child.pid) == "SuperNodes"
+    finally:
+        child.kill()
+        child.wait()
+    assert memory_of(child.pid) == (0, 0) and cpu_seconds(child.pid) is None and role_of(child.pid) == "other"
 
 
 def test_targets_say_met_or_by_how_much_they_were_missed():
@@ -62,26 +79,26 @@ def test_without_a_gpu_the_gpu_rows_say_not_measured_and_why(monkeypatch, tmp_pa
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(perf, "visible_gpus", lambda: [])
-    rows = perf.gpu(2, tmp_path)
+    monkeypatch.setattr(perf_rows, "visible_gpus", lambda: [])
+    rows = perf_rows.gpu(2, tmp_path)
     assert len(rows) == 2 and all(r.notes.startswith("not measured: no GPU on this machine") for r in rows)
-    monkeypatch.setattr(perf, "visible_gpus", lambda: ["NVIDIA H100"])
-    assert "nvidia-smi shows NVIDIA H100 but torch" in perf.gpu(2, tmp_path)[0].notes
+    monkeypatch.setattr(perf_rows, "visible_gpus", lambda: ["NVIDIA H100"])
+    assert "nvidia-smi shows NVIDIA H100 but torch" in perf_rows.gpu(2, tmp_path)[0].notes
 
 
 def test_with_a_gpu_the_gpu_rows_compare_cuda_with_the_cpu_and_run_a_simulation(monkeypatch, tmp_path):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(perf, "throughput", lambda kind, device: {"cpu": 1000.0, "cuda": 8000.0}[device])
+    monkeypatch.setattr(perf_rows, "throughput", lambda kind, device: {"cpu": 1000.0, "cuda": 8000.0}[device])
     runs = []
 
     def fake_launch_gpu(num_nodes, run_config, out):
         runs.append((num_nodes, run_config))
         return {"times": [9.0, 2.0, 2.0], "total_s": 30.0, "peak_rss": 5e9, "peak_pss": 3e9}
 
-    monkeypatch.setattr(perf, "launch_gpu", fake_launch_gpu)
-    rows = perf.gpu(3, tmp_path)
+    monkeypatch.setattr(perf_rows, "launch_gpu", fake_launch_gpu)
+    rows = perf_rows.gpu(3, tmp_path)
     assert [r.ratio for r in rows[:2]] == [8.0, 8.0]
     assert "8,000 images/s on CUDA, 1,000 on the CPU" in rows[0].notes
     assert rows[2].s_per_round == 2.0 and runs[0][0] == 100 and runs[0][1]["num-server-rounds"] == 3
