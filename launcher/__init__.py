@@ -11,8 +11,6 @@ The modules, one job each:
 - ``gpus``: the NVIDIA GPUs this machine shows, without importing torch;
 - ``timings``: the ``[timing]`` lines the speed benchmark times the launcher's phases by;
 - ``simulate`` (the command), ``console``, ``ending``, ``rerun``: the simulation launcher itself.
-
-``launcher.flower`` re-exports the helpers under their old import path.
 """
 
 from pathlib import Path

@@ -22,7 +22,9 @@ import pytest
 import yaml
 
 from deploy import connection, harness, nodes, register
-from launcher.flower import flower_home, free_port, flwr_run, supernode_threads
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.runtime import free_port, supernode_threads
 from task.flower_compat import parse_args_run_superexec, parse_args_run_superlink, parse_args_run_supernode
 
 ROOT = harness.ROOT

@@ -31,7 +31,10 @@ from pathlib import Path
 import pytest
 
 from deploy import connection, harness, register
-from launcher.flower import FlowerError, flower_home, free_port, flwr_run
+from launcher import FlowerError
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.runtime import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -157,7 +157,7 @@ def test_the_run_as_user_follows_the_first_non_root_owner(tmp_path):
 
 
 def test_the_health_check_fails_when_nothing_answers():
-    from launcher.flower import free_port
+    from launcher.runtime import free_port
 
     # in a process of its own: run as root, the health check drops privileges
     url = f"http://127.0.0.1:{free_port()}/health"

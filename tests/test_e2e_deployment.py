@@ -4,7 +4,9 @@ talking over HTTP, each SuperNode serving one partition through `--node-config`.
 import pytest
 
 import run_folder as rf
-from launcher.flower import flower_home, flwr_run, start_superlink, start_supernode
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.runtime import start_superlink, start_supernode
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +60,7 @@ def test_flwr_stop_leaves_an_interrupted_history_and_a_checkpoint_to_resume(tmp_
     import threading
     import time
 
-    from launcher.flower import FlowerError
+    from launcher import FlowerError
 
     with flower_home() as home:
         address = start_superlink(home, simulation=False)

@@ -18,16 +18,11 @@ import numpy as np
 import pytest
 
 import run_folder as rf
-from launcher.flower import (
-    PROJECT_ROOT,
-    FlowerError,
-    flower_home,
-    flwr_run,
-    kill_tree,
-    running,
-    start_superlink,
-    start_supernode,
-)
+from launcher import FlowerError, PROJECT_ROOT
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.processes import kill_tree, running
+from launcher.runtime import start_superlink, start_supernode
 from launcher.simulate import federation_config, run_simulation
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,11 @@ import time
 import pytest
 
 import run_folder as rf
-from launcher.flower import PROJECT_ROOT, FlowerError, descendants, flower_home, flwr_run, running, start_superlink
+from launcher import FlowerError, PROJECT_ROOT
+from launcher.flower_home import flower_home
+from launcher.flwr_cli import flwr_run
+from launcher.processes import descendants, running
+from launcher.runtime import start_superlink
 from launcher.simulate import run_simulation
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import run_folder as rf
-from launcher.flower import free_port
+from launcher.runtime import free_port
 from launcher.simulate import main
 
 pytestmark = pytest.mark.slow
