@@ -17,29 +17,13 @@ from pathlib import Path
 import pytest
 
 import run_folder as rf
+from launcher.processes import descendants
 from launcher.runtime import free_port
 from launcher.simulate import main
 
 pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def _kill(pids: list[int], sig: int) -> None:
@@ -78,7 +62,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
             time.sleep(0.5)
         yield f"127.0.0.1:{port}", temp
     finally:
-        started = _descendants(head.pid)
+        started = descendants(head.pid)
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
         try:
             head.wait(30)
