@@ -30,7 +30,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import GaussianPrivacyEvent, Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.serverapp import strategy as flower_strategies
@@ -74,7 +74,11 @@ def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
     Sampling is done here, by partition id (see :func:`sample_partitions`), so the
     strategy is told to take every node it is shown."""
     common: dict[str, Any] = dict(
-        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
         weighted_by_key=WEIGHTED_BY,
     )
     spec = STRATEGIES[settings.strategy]
@@ -108,14 +112,24 @@ class PrivacyLedger:
         )
         self.accountable = True
 
-    def release(self, sample_size: int, uniform: bool) -> dict[str, Any]:
-        self.accountable = self.accountable and uniform and self.settings.dp_noise_multiplier > 0
+    def release(self, averaged: int, noised_for: int, uniform: bool) -> dict[str, Any]:
+        """Account one round: ``averaged`` replies went into the mean, with noise that Flower's
+        wrapper sized for ``noised_for`` nodes (its ``num_sampled_clients``, fixed when it was
+        built). With fewer replies than that (some dropped) the noise is smaller than the mean's
+        sensitivity needs: the round is accounted with the multiplier it really had,
+        ``z x averaged / noised_for``."""
+        z = self.settings.dp_noise_multiplier
+        self.accountable = self.accountable and uniform and z > 0
         if not self.accountable:
-            why = "no noise" if self.settings.dp_noise_multiplier == 0 else "nodes of unequal weight"
+            why = "no noise" if z == 0 else "nodes of unequal weight"
             return {"epsilon": None, "delta": DP_DELTA, "why-not": why}
-        self.accountant.compose(GaussianPrivacyEvent(self.settings.dp_noise_multiplier, sample_size, self.population))
+        effective = z * averaged / noised_for
+        self.accountant.compose(GaussianPrivacyEvent(effective, averaged, self.population))
         spent = self.accountant.get_privacy_spent()
-        return {"epsilon": float(spent.epsilon), "delta": DP_DELTA}
+        released = {"epsilon": float(spent.epsilon), "delta": DP_DELTA}
+        if averaged != noised_for:
+            released["noise-multiplier"] = effective
+        return released
 
 
 def array_spec(arrays: ArrayRecord) -> ArraySpec:
@@ -217,6 +231,7 @@ class RoundRunner:
         self.settings = settings
         self.book = book
         num_sampled = max(int(len(book.available()) * settings.fraction_train), settings.min_train_replies)
+        self.num_sampled = num_sampled  # the DP wrapper sizes its noise for this many nodes
         self.strategy = strategy or build_strategy(settings, num_sampled)
         self.privacy = PrivacyLedger(settings, max(len(book.available()), 1)) if settings.differential_privacy else None
 
@@ -234,7 +249,9 @@ class RoundRunner:
             if not available:
                 result.failures.append(self._failure(server_round, attempt, "train", None, "no node available"))
                 continue
-            chosen = sample_partitions(available, s.fraction_train, s.min_train_replies, s.seed, server_round, attempt, "train")
+            chosen = sample_partitions(
+                available, s.fraction_train, s.min_train_replies, s.seed, server_round, attempt, "train"
+            )
             replies = self._ask(grid, MessageType.TRAIN, chosen, server_round, arrays)
             good = []
             for pid, reply in replies.items():
@@ -253,14 +270,21 @@ class RoundRunner:
                     result.metrics = {**self._with_counts(metrics, [m for _, m in good]), "asked": len(chosen)}
                     if self.privacy is not None:
                         counts = {self._count(m) for _, m in good}
-                        result.metrics["privacy"] = self.privacy.release(len(good), uniform=len(counts) == 1)
+                        result.metrics["privacy"] = self.privacy.release(
+                            len(good), self.num_sampled, uniform=len(counts) == 1
+                        )
                     return result
                 result.failures.append(
                     self._failure(server_round, attempt, "train", None, "the averaged model is not finite: discarded")
                 )
             if attempt < s.round_retries:
-                log(WARNING, "Round %d: %d good training replies of %d needed; retrying with other nodes",
-                    server_round, len(good), s.min_train_replies)
+                log(
+                    WARNING,
+                    "Round %d: %d good training replies of %d needed; retrying with other nodes",
+                    server_round,
+                    len(good),
+                    s.min_train_replies,
+                )
         reasons = "; ".join(
             f"partition {f['partition-id']}: {f['reason']}" if f["partition-id"] is not None else f["reason"]
             for f in result.failures[-5:]
@@ -299,9 +323,17 @@ class RoundRunner:
         configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
         # The strategy writes the messages (its config: server-round, FedProx's proximal-mu, ...)
         # and remembers the arrays it sent (FedOpt, FedAvgM, DP clipping need them to aggregate).
-        messages = sorted(configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: m.metadata.dst_node_id)
-        log(INFO, "Round %d: %s on %d of %d available node(s)", server_round, kind, len(messages),
-            len(self.book.available()))
+        messages = sorted(
+            configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: m.metadata.dst_node_id
+        )
+        log(
+            INFO,
+            "Round %d: %s on %d of %d available node(s)",
+            server_round,
+            kind,
+            len(messages),
+            len(self.book.available()),
+        )
         replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
         # A reply the SuperLink writes for a node it lost comes from the SuperLink, not the node:
         # it is matched by the message it answers (whose id the grid set when it was sent).
@@ -317,10 +349,23 @@ class RoundRunner:
 
     def _failure(self, server_round: int, attempt: int, phase: str, pid: int | None, reason: str) -> dict[str, Any]:
         node = self.book.node_of(pid) if pid is not None else None
-        log(WARNING, "Round %d (%s, attempt %d): dropped %s: %s", server_round, phase, attempt + 1,
-            f"partition {pid} (node {node})" if pid is not None else "the round", reason)
-        return {"round": server_round, "phase": phase, "attempt": attempt + 1, "partition-id": pid, "node": node,
-                "reason": reason}
+        log(
+            WARNING,
+            "Round %d (%s, attempt %d): dropped %s: %s",
+            server_round,
+            phase,
+            attempt + 1,
+            f"partition {pid} (node {node})" if pid is not None else "the round",
+            reason,
+        )
+        return {
+            "round": server_round,
+            "phase": phase,
+            "attempt": attempt + 1,
+            "partition-id": pid,
+            "node": node,
+            "reason": reason,
+        }
 
     @staticmethod
     def _count(reply: Message) -> int:
@@ -337,7 +382,10 @@ class RoundRunner:
         inner = getattr(self.strategy, WRAPPED_STRATEGY, self.strategy)  # inside the DP wrapper
         state = {k: v for k, v in vars(inner).items() if k in STRATEGY_STATE}
         if self.privacy is not None:
-            state["privacy"] = {"accountant": self.privacy.accountant.state_dict(), "accountable": self.privacy.accountable}
+            state["privacy"] = {
+                "accountant": self.privacy.accountant.state_dict(),
+                "accountable": self.privacy.accountable,
+            }
         return state
 
     def restore(self, state: dict[str, Any]) -> None:

@@ -60,7 +60,10 @@ def test_sampling_is_seeded_by_run_round_and_attempt_not_by_node_ids():
         (lambda: _reply(1), None),
         (lambda: _error(1, "boom"), "the node failed: boom"),
         (lambda: _reply(1, np.full((2, 2), np.nan, np.float32)), "array w holds NaN or infinite values"),
-        (lambda: _reply(1, np.zeros((3, 3), np.float32)), r"array w has shape \(3, 3\) and dtype float32, expected \(2, 2\)"),
+        (
+            lambda: _reply(1, np.zeros((3, 3), np.float32)),
+            r"array w has shape \(3, 3\) and dtype float32, expected \(2, 2\)",
+        ),
         (lambda: _reply(1, np.zeros((2, 2), np.float64)), "dtype float64, expected"),
         (lambda: _reply(1, x=np.zeros(2, np.float32)), "arrays named"),
         (lambda: _reply(1, loss=float("inf")), "metric train-loss=inf is not a finite number"),
@@ -115,7 +118,7 @@ def test_weights_are_averaged_by_examples_whatever_order_replies_arrive_in():
         replies = {n: _reply(n, np.full((2, 2), values[n][0], np.float32), values[n][1]) for n in order}
 
         class Shuffled(ScriptedGrid):
-            def send_and_receive(self, messages, *, timeout=None):
+            def send_and_receive(self, messages, *, timeout=None, replies=replies, order=order):
                 list(messages)
                 return [replies[n] for n in order]
 
@@ -127,8 +130,11 @@ def test_weights_are_averaged_by_examples_whatever_order_replies_arrive_in():
 
 
 def test_bad_replies_are_dropped_and_recorded_and_the_round_counts():
-    script = {11: _reply(11, np.full((2, 2), np.nan, np.float32)), 12: _reply(12, np.full((2, 2), 2.0, np.float32)),
-              13: None}
+    script = {
+        11: _reply(11, np.full((2, 2), np.nan, np.float32)),
+        12: _reply(12, np.full((2, 2), 2.0, np.float32)),
+        13: None,
+    }
     result = _runner({0: 11, 1: 12, 2: 13}).train(ScriptedGrid(script.get), 1, SPEC_ARRAYS)
     assert np.allclose(result.arrays["w"].numpy(), 2.0)
     reasons = {f["partition-id"]: f["reason"] for f in result.failures}
@@ -176,8 +182,11 @@ def test_a_round_short_of_good_replies_is_retried_without_the_nodes_that_failed(
 
 def test_a_round_that_stays_short_stops_the_run_saying_what_happened():
     grid = ScriptedGrid(lambda node: _error(node, "out of memory"))
-    with pytest.raises(RoundFailed, match=r"Round 2: 0 good training replies, fewer than min-train-replies=1, after 2 "
-                                          r"attempt\(s\). Last failures: partition \d: the node failed: out of memory"):
+    with pytest.raises(
+        RoundFailed,
+        match=r"Round 2: 0 good training replies, fewer than min-train-replies=1, after 2 "
+        r"attempt\(s\). Last failures: partition \d: the node failed: out of memory",
+    ):
         _runner({0: 11, 1: 12}, **{"round-retries": 1, "fraction-train": 0.5}).train(grid, 2, SPEC_ARRAYS)
 
 
@@ -185,7 +194,11 @@ def test_a_round_that_stays_short_stops_the_run_saying_what_happened():
     "knobs, cls, attrs",
     [
         ({}, "FedAvg", {}),
-        ({"strategy": "fedavgm", "server-momentum": 0.9}, "FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 1.0}),
+        (
+            {"strategy": "fedavgm", "server-momentum": 0.9},
+            "FedAvgM",
+            {"server_momentum": 0.9, "server_learning_rate": 1.0},
+        ),
         ({"strategy": "fedadam", "server-learning-rate": 0.02}, "FedAdam", {"eta": 0.02}),
         ({"strategy": "fedyogi"}, "FedYogi", {"eta": 0.01}),  # Flower's own default when the knob is 0
         ({"strategy": "fedprox", "proximal-mu": 0.5}, "FedProx", {"proximal_mu": 0.5}),
@@ -229,7 +242,10 @@ def test_pyprojects_comments_name_every_strategy_and_its_default_server_step():
 
 @pytest.mark.parametrize(
     "where, cls",
-    [("server", "DifferentialPrivacyServerSideFixedClipping"), ("client", "DifferentialPrivacyClientSideFixedClipping")],
+    [
+        ("server", "DifferentialPrivacyServerSideFixedClipping"),
+        ("client", "DifferentialPrivacyClientSideFixedClipping"),
+    ],
 )
 def test_differential_privacy_wraps_the_strategy(where, cls):
     from server_app.strategy import build_strategy
@@ -249,9 +265,10 @@ def test_client_side_clipping_tells_every_node_the_clipping_norm():
     strategy = build_strategy(Settings.from_run_config({"dp-clipping-norm": 0.7, "dp-clipping": "client"}), 2)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     messages = list(strategy.configure_train(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11, 12])))
-    assert [m.metadata.dst_node_id for m in messages] == [11, 12]
-    assert all(m.content["config"]["clipping_norm"] == 0.7 and m.content["config"]["server-round"] == 3
-               for m in messages)
+    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12]  # Flower samples in random order
+    assert all(
+        m.content["config"]["clipping_norm"] == 0.7 and m.content["config"]["server-round"] == 3 for m in messages
+    )
     evaluate = list(strategy.configure_evaluate(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11])))
     assert "clipping_norm" not in evaluate[0].content["config"]  # the nodes clip training replies only
 
@@ -268,8 +285,11 @@ def test_with_client_side_clipping_a_reply_longer_than_the_norm_is_dropped_and_t
     result = runner.train(ScriptedGrid(script.get), 1, SPEC_ARRAYS)
     assert np.allclose(result.arrays["w"].numpy(), 0.375) and result.metrics["nodes"] == 2  # no noise: the mean
     assert [(f["partition-id"], f["reason"]) for f in result.failures] == [
-        (1, "its update has L2 norm 4, more than dp-clipping-norm=1: with dp-clipping='client' every node must "
-            "clip its own update (is it running this app's ClientApp?)")
+        (
+            1,
+            "its update has L2 norm 4, more than dp-clipping-norm=1: with dp-clipping='client' every node must "
+            "clip its own update (is it running this app's ClientApp?)",
+        )
     ]
     assert result.metrics["privacy"] == {"epsilon": None, "delta": 1e-5, "why-not": "no noise"}
 
@@ -293,8 +313,9 @@ def test_the_privacy_spent_is_the_same_wherever_the_updates_are_clipped():
     script = {n: _reply(n, np.full((2, 2), 0.1 * (n - 10), np.float32)) for n in (11, 12, 13)}
     spent = {}
     for where in ("server", "client"):
-        runner = _runner({0: 11, 1: 12, 2: 13},
-                         **{"dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "dp-clipping": where})
+        runner = _runner(
+            {0: 11, 1: 12, 2: 13}, **{"dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "dp-clipping": where}
+        )
         rounds = [runner.train(ScriptedGrid(script.get), r, SPEC_ARRAYS) for r in (1, 2)]
         assert all(r.failures == [] for r in rounds)
         spent[where] = [r.metrics["privacy"] for r in rounds]
@@ -302,3 +323,18 @@ def test_the_privacy_spent_is_the_same_wherever_the_updates_are_clipped():
         assert state["privacy"]["accountable"] and "accountant" in state["privacy"]
     assert spent["server"] == spent["client"]
     assert 0 < spent["client"][0]["epsilon"] < spent["client"][1]["epsilon"]
+
+
+def test_a_round_with_a_dropped_reply_is_accounted_with_the_noise_it_really_had():
+    """Flower's DP wrapper sizes the noise for the nodes it was built for (3 here); with one
+    reply dropped the mean of 2 has a larger sensitivity, so the round spends more privacy."""
+    knobs = {"dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0}
+    good = {n: _reply(n, np.full((2, 2), 0.1, np.float32)) for n in (11, 12, 13)}
+    dropped = {**good, 13: _reply(13, np.full((2, 2), np.nan, np.float32))}
+    spent = {}
+    for name, script in (("all", good), ("dropped", dropped)):
+        runner = _runner({0: 11, 1: 12, 2: 13}, **knobs)
+        spent[name] = runner.train(ScriptedGrid(script.get), 1, SPEC_ARRAYS).metrics["privacy"]
+    assert "noise-multiplier" not in spent["all"]
+    assert spent["dropped"]["noise-multiplier"] == pytest.approx(2 / 3)
+    assert spent["dropped"]["epsilon"] > spent["all"]["epsilon"]
