@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh clone (Python 3.11, Linux):
 #   make run    set up .venv, run a 100-client federated simulation on real MNIST, write its report
 #   make test   set up .venv, run every test (unit, simulation and deployment end to end)
-# Also: make test-fast (unit tests only, seconds), make clean.
+# Also: make test-fast (unit tests only), make lint (ruff: style and formatting), make clean.
 
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # A system-wide pip config may list package folders that do not exist; pip then warns about each. Drop those lines only.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

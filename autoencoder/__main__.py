@@ -104,7 +104,9 @@ def anomaly(args) -> str:
         threshold = result["clean"]["p99-score"]
         result["input"] = {"path": str(args.input), "scores": scores.tolist(), "threshold": threshold}
         lines.append(f"{args.input}: {len(scores)} image(s); above the clean 99th percentile ({threshold:.5f}):")
-        lines += [f"  image {i}: score {s:.5f}{'  ANOMALY' if s > threshold else ''}" for i, s in enumerate(scores[:50])]
+        lines += [
+            f"  image {i}: score {s:.5f}{'  ANOMALY' if s > threshold else ''}" for i, s in enumerate(scores[:50])
+        ]
     out = folder.write_file(rf.ANOMALY, rf.to_json(result), at=args.out)
     lines.append(f"Written: {out}")
     return "\n".join(lines)

@@ -82,8 +82,11 @@ def anomaly_check(model: Autoencoder, test_images: np.ndarray, count: int, seed:
     clean, source = test_images[picks[:count]], test_images[picks[count : 2 * count]]
     clean_scores = reconstruction_error(model, clean)
     result = {
-        "clean": {"images": int(count), "mean-score": float(clean_scores.mean()),
-                  "p99-score": float(np.quantile(clean_scores, 0.99))},
+        "clean": {
+            "images": int(count),
+            "mean-score": float(clean_scores.mean()),
+            "p99-score": float(np.quantile(clean_scores, 0.99)),
+        },
         "corruptions": {},
     }
     all_bad = []

@@ -55,7 +55,10 @@ def main(argv: list[str]) -> None:
         settings = Settings.from_run_config({**config, "central-epochs": max(1, round(budget))})
         fed = fedavg(settings)
         if federated_only:
-            print(f"| `{item}` | " + ", ".join(f"{v:.5f}" for v in fed["by-round"]) + f" | {fed['seconds']:.0f} s |", flush=True)
+            print(
+                f"| `{item}` | " + ", ".join(f"{v:.5f}" for v in fed["by-round"]) + f" | {fed['seconds']:.0f} s |",
+                flush=True,
+            )
             continue
         torch.set_num_threads(1)
         start = time.monotonic()

@@ -19,7 +19,6 @@ from task.models import build_model
 from task.shards import load_node_data, server_test_set
 from task.training import evaluate, get_weights, set_weights, train_round
 
-
 # A server-side update: (round, global weights, their weighted average over the round's
 # nodes) -> the new global weights. None: FedAvg's own (the average is the new model).
 ServerUpdate = Callable[[int, list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
@@ -51,7 +50,9 @@ def fedavg(
             train_round(model, nodes[i].train, settings, device, rnd * 1000 + int(i), rnd)
             for acc, w in zip(merged, get_weights(model)):
                 acc += w * (len(nodes[i].train) / total)
-        weights = merged if server_update is None else [w.astype(np.float32) for w in server_update(rnd, weights, merged)]
+        weights = (
+            merged if server_update is None else [w.astype(np.float32) for w in server_update(rnd, weights, merged)]
+        )
         set_weights(model, weights)
         values.append(evaluate(model, test, device, objective)[key])
         print(f"  round {rnd}: {key} {values[-1]:.5f}", file=sys.stderr, flush=True)

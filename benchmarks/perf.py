@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of the overhead and deployment rows (default 4)")
-    parser.add_argument("--plain-threads", default="1",
-                        help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)")
+    parser.add_argument(
+        "--plain-threads",
+        default="1",
+        help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)",
+    )
     parser.add_argument("--scale", default="10,100,1000,10000", help="client counts of the scale rows")
     parser.add_argument("--models", default="mlp,autoencoder", help="models of the overhead rows")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help="Markdown file the table is appended to")
@@ -71,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         for section in sections:
             print(f"[perf] {section} ...", file=sys.stderr, flush=True)
             if section == "overhead":
-                rows += overhead(args.rounds, work, plain_threads=tuple(int(t) for t in args.plain_threads.split(",")),
-                                 models=tuple(m.strip() for m in args.models.split(",")))
+                rows += overhead(
+                    args.rounds,
+                    work,
+                    plain_threads=tuple(int(t) for t in args.plain_threads.split(",")),
+                    models=tuple(m.strip() for m in args.models.split(",")),
+                )
             elif section == "coldstart":
                 rows += coldstart(work)
             elif section == "scale":

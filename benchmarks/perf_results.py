@@ -56,11 +56,15 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| row | s/round (steady) | ratio | round 1 / cold start (s) | peak RSS, summed (GB) | peak PSS, summed (GB) "
-            "| load 1-min before → after | notes |\n|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| row | s/round (steady) | ratio | round 1 / cold start (s) | peak RSS, summed (GB) | peak PSS, summed (GB) "
+        "| load 1-min before → after | notes |\n|---|---|---|---|---|---|---|---|\n"
+    )
     body = "".join(
-        f"| {r.section}: {r.name} | {_num(r.s_per_round, '.2f')} | {_num(r.ratio, '.2f')} | {_num(r.first_round_s, '.1f')} "
-        f"| {_num(r.peak_rss_gb, '.2f')} | {_num(r.peak_pss_gb, '.2f')} | {r.load[0]:.1f} → {r.load[1]:.1f} | {r.notes} |\n"
+        f"| {r.section}: {r.name} | {_num(r.s_per_round, '.2f')} | {_num(r.ratio, '.2f')} "
+        f"| {_num(r.first_round_s, '.1f')} "
+        f"| {_num(r.peak_rss_gb, '.2f')} | {_num(r.peak_pss_gb, '.2f')} "
+        f"| {r.load[0]:.1f} → {r.load[1]:.1f} | {r.notes} |\n"
         for r in rows
     )
     return head + body
@@ -102,4 +106,6 @@ def write(rows: list[Row], command: str, started: str, md: Path, jsonl: Path) ->
         fh.write(header + table(rows) + ("\n" + checks if checks else ""))
     with jsonl.open("a") as fh:
         for r in rows:
-            fh.write(json.dumps({"date": started, "command": command, "machine": info, "versions": vers, **asdict(r)}) + "\n")
+            fh.write(
+                json.dumps({"date": started, "command": command, "machine": info, "versions": vers, **asdict(r)}) + "\n"
+            )

@@ -46,27 +46,56 @@ def overhead(
             l0 = load1()
             run = plain_loop(config, 100, rounds, threads=threads)
             plain.append(run)
-            rows.append(Row("overhead", f"{model}: plain loop, one process, {threads} thread(s)", steady(run["times"]),
-                            None, run["times"][0], load=(l0, load1()),
-                            notes=f"{key} after {rounds} rounds {run['metric']:.4f}", extra={"rounds": run["times"]}))
+            rows.append(
+                Row(
+                    "overhead",
+                    f"{model}: plain loop, one process, {threads} thread(s)",
+                    steady(run["times"]),
+                    None,
+                    run["times"][0],
+                    load=(l0, load1()),
+                    notes=f"{key} after {rounds} rounds {run['metric']:.4f}",
+                    extra={"rounds": run["times"]},
+                )
+            )
         l2 = load1()
         sim = launch(100, {**config, "run-name": f"overhead-{model}"}, work_dir)
         l3 = load1()
         best = min(steady(run["times"]) for run in plain)
-        rows.append(Row("overhead", f"{model}: flwr run simulation, 100 clients", steady(sim["times"]),
-                        steady(sim["times"]) / best, sim["times"][0], sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9,
-                        load=(l2, l3),
-                        notes=f"{key} {final_metric(sim['history'], objective):.4f}; ratio against the plain loop; "
-                        + cpu_note(sim["cpu"]),
-                        extra={"rounds": sim["times"], "cpu": sim["cpu"]}))
+        rows.append(
+            Row(
+                "overhead",
+                f"{model}: flwr run simulation, 100 clients",
+                steady(sim["times"]),
+                steady(sim["times"]) / best,
+                sim["times"][0],
+                sim["peak_rss"] / 1e9,
+                sim["peak_pss"] / 1e9,
+                load=(l2, l3),
+                notes=f"{key} {final_metric(sim['history'], objective):.4f}; ratio against the plain loop; "
+                + cpu_note(sim["cpu"]),
+                extra={"rounds": sim["times"], "cpu": sim["cpu"]},
+            )
+        )
         if model == "mlp" and with_flower_delivery:  # the same run with Flower's own message loop, for comparison
-            old = launch(100, {**config, "run-name": f"overhead-{model}-flower-delivery"}, work_dir,
-                         env={DISABLE_ENV: "1"})
+            old = launch(
+                100, {**config, "run-name": f"overhead-{model}-flower-delivery"}, work_dir, env={DISABLE_ENV: "1"}
+            )
             l4 = load1()
-            rows.append(Row("overhead", f"{model}: the same, Flower's own per-node delivery", steady(old["times"]),
-                            steady(old["times"]) / best, old["times"][0], old["peak_rss"] / 1e9, old["peak_pss"] / 1e9,
-                            load=(l3, l4), notes=f"{key} {final_metric(old['history'], objective):.4f}; " + cpu_note(old["cpu"]),
-                            extra={"rounds": old["times"], "cpu": old["cpu"]}))
+            rows.append(
+                Row(
+                    "overhead",
+                    f"{model}: the same, Flower's own per-node delivery",
+                    steady(old["times"]),
+                    steady(old["times"]) / best,
+                    old["times"][0],
+                    old["peak_rss"] / 1e9,
+                    old["peak_pss"] / 1e9,
+                    load=(l3, l4),
+                    notes=f"{key} {final_metric(old['history'], objective):.4f}; " + cpu_note(old["cpu"]),
+                    extra={"rounds": old["times"], "cpu": old["cpu"]},
+                )
+            )
     return rows
 
 
@@ -98,9 +127,20 @@ def coldstart(work_dir: Path) -> list[Row]:
         phases.append(f"{label}: +{at - previous:.1f} s (at {at:.1f} s)")
         previous = max(previous, at)
     end = run["folder"].get("round 1")
-    return [Row("coldstart", "command to end of round 1, 100 clients", None, None, end,
-                run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1), notes="; ".join(phases + [cpu_note(run["cpu"])]),
-                extra={"total_s": run["total_s"], "phases": phases, "cpu": run["cpu"]})]
+    return [
+        Row(
+            "coldstart",
+            "command to end of round 1, 100 clients",
+            None,
+            None,
+            end,
+            run["peak_rss"] / 1e9,
+            run["peak_pss"] / 1e9,
+            load=(l0, l1),
+            notes="; ".join(phases + [cpu_note(run["cpu"])]),
+            extra={"total_s": run["total_s"], "phases": phases, "cpu": run["cpu"]},
+        )
+    ]
 
 
 def scale(sizes: list[int], work_dir: Path) -> list[Row]:
@@ -109,17 +149,33 @@ def scale(sizes: list[int], work_dir: Path) -> list[Row]:
     # every size with one worker per core; 1,000 clients also with a single worker (cores per client = all)
     plan = [(n, 1.0) for n in sizes] + ([(1000, float(cores))] if 1000 in sizes and cores > 1 else [])
     for n, cpus in plan:
-        config = {**WORK, "fraction-train": 0.1, "fraction-evaluate": 0.1, "num-server-rounds": 3,
-                  "run-name": f"scale-{n}-{cpus:g}"}
+        config = {
+            **WORK,
+            "fraction-train": 0.1,
+            "fraction-evaluate": 0.1,
+            "num-server-rounds": 3,
+            "run-name": f"scale-{n}-{cpus:g}",
+        }
         l0 = load1()
         run = launch(n, config, work_dir, timeout=5400, cpus_per_client=cpus)
         l1 = load1()
         per = max(1, int(n * 0.1))
         workers = "" if cpus == 1 else f", one worker (--cpus-per-client {cpus:g})"
-        rows.append(Row("scale", f"{n:,} clients ({60000 // n:,} images each, {per:,} per round{workers})", steady(run["times"]),
-                        None, run["times"][0], run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, l1),
-                        notes=f"{run['procs']} processes at most; start to finish {run['total_s']:.0f} s; " + cpu_note(run["cpu"]),
-                        extra={"rounds": run["times"], "names_at_peak": run["names"], "cpu": run["cpu"]}))
+        rows.append(
+            Row(
+                "scale",
+                f"{n:,} clients ({60000 // n:,} images each, {per:,} per round{workers})",
+                steady(run["times"]),
+                None,
+                run["times"][0],
+                run["peak_rss"] / 1e9,
+                run["peak_pss"] / 1e9,
+                load=(l0, l1),
+                notes=f"{run['procs']} processes at most; start to finish {run['total_s']:.0f} s; "
+                + cpu_note(run["cpu"]),
+                extra={"rounds": run["times"], "names_at_peak": run["names"], "cpu": run["cpu"]},
+            )
+        )
     return rows
 
 
@@ -132,23 +188,45 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
         home.add_connection("loopback", address)
         for i in range(3):
             start_supernode(home, address, partition_id=i, num_partitions=3)
-        flwr_run(home, "loopback", {**config, "output-dir": str(work_dir), "run-name": "deployment"}, echo=False,
-                 timeout=3600)
+        flwr_run(
+            home,
+            "loopback",
+            {**config, "output-dir": str(work_dir), "run-name": "deployment"},
+            echo=False,
+            timeout=3600,
+        )
     history = rf.RunFolder(work_dir / "deployment").history()
     deployed = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     l1 = load1()
     sim = launch(3, {**config, "run-name": "deployment-sim"}, work_dir)
     l2 = load1()
     return [
-        Row("deployment", "3 SuperNodes on loopback (20,000 images each)", steady(deployed), steady(deployed) / steady(sim["times"]),
-            deployed[0], mem.peak_rss / 1e9, mem.peak_pss / 1e9, load=(l0, l1),
-            notes=f"{mlp.key} {final_metric(history, mlp):.4f}; ratio against the simulation below; one ClientApp process per "
+        Row(
+            "deployment",
+            "3 SuperNodes on loopback (20,000 images each)",
+            steady(deployed),
+            steady(deployed) / steady(sim["times"]),
+            deployed[0],
+            mem.peak_rss / 1e9,
+            mem.peak_pss / 1e9,
+            load=(l0, l1),
+            notes=f"{mlp.key} {final_metric(history, mlp):.4f}; ratio against the simulation below; "
+            "one ClientApp process per "
             f"message; {cpu_note(mem.cpu_by_role())}",
-            extra={"rounds": deployed, "cpu": mem.cpu_by_role()}),
-        Row("deployment", "simulation, 3 clients (20,000 images each)", steady(sim["times"]), None, sim["times"][0],
-            sim["peak_rss"] / 1e9, sim["peak_pss"] / 1e9, load=(l1, l2),
+            extra={"rounds": deployed, "cpu": mem.cpu_by_role()},
+        ),
+        Row(
+            "deployment",
+            "simulation, 3 clients (20,000 images each)",
+            steady(sim["times"]),
+            None,
+            sim["times"][0],
+            sim["peak_rss"] / 1e9,
+            sim["peak_pss"] / 1e9,
+            load=(l1, l2),
             notes=f"{mlp.key} {final_metric(sim['history'], mlp):.4f}; {cpu_note(sim['cpu'])}",
-            extra={"rounds": sim["times"], "cpu": sim["cpu"]}),
+            extra={"rounds": sim["times"], "cpu": sim["cpu"]},
+        ),
     ]
 
 
@@ -190,18 +268,42 @@ def throughput(model_kind: str, device_name: str, epochs: int = 3) -> float:
 def gpu(rounds: int, work_dir: Path) -> list[Row]:
     reason = gpu_reason()
     if reason is not None:
-        return [Row("gpu", name, notes=f"not measured: {reason}") for name in
-                ("training throughput, CUDA vs CPU, MLP and autoencoder", "simulation, 100 clients sharing the GPU")]
+        return [
+            Row("gpu", name, notes=f"not measured: {reason}")
+            for name in (
+                "training throughput, CUDA vs CPU, MLP and autoencoder",
+                "simulation, 100 clients sharing the GPU",
+            )
+        ]
     rows = []
     for kind in ("mlp", "autoencoder"):
         l0 = load1()
         cpu, cuda = throughput(kind, "cpu"), throughput(kind, "cuda")
-        rows.append(Row("gpu", f"{kind}: training throughput, CUDA vs CPU", None, cuda / cpu, load=(l0, load1()),
-                        notes=f"{cuda:,.0f} images/s on CUDA, {cpu:,.0f} on the CPU (one client, batch 32)"))
+        rows.append(
+            Row(
+                "gpu",
+                f"{kind}: training throughput, CUDA vs CPU",
+                None,
+                cuda / cpu,
+                load=(l0, load1()),
+                notes=f"{cuda:,.0f} images/s on CUDA, {cpu:,.0f} on the CPU (one client, batch 32)",
+            )
+        )
     l0 = load1()
     name = "gpu-sim"
     cmd_config = {**WORK, "num-server-rounds": rounds, "run-name": name}
     run = launch_gpu(100, cmd_config, work_dir)
-    rows.append(Row("gpu", "simulation, 100 clients, 0.25 GPU each", steady(run["times"]), None, run["times"][0],
-                    run["peak_rss"] / 1e9, run["peak_pss"] / 1e9, load=(l0, load1()), notes="clients and server on CUDA"))
+    rows.append(
+        Row(
+            "gpu",
+            "simulation, 100 clients, 0.25 GPU each",
+            steady(run["times"]),
+            None,
+            run["times"][0],
+            run["peak_rss"] / 1e9,
+            run["peak_pss"] / 1e9,
+            load=(l0, load1()),
+            notes="clients and server on CUDA",
+        )
+    )
     return rows

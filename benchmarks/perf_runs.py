@@ -76,9 +76,23 @@ def launch(
     round times, when each line of its output arrived, the peak memory of its processes and
     the CPU time each kind of process used."""
     name = str(run_config["run-name"])
-    cmd = [sys.executable, "-m", "launcher.simulate", "--num-supernodes", str(num_nodes), "--output-dir", str(out),
-           "--gpus-per-client", "0", "--cpus-per-client", str(cpus_per_client), "--timeout", str(timeout),
-           "--run-config", _run_config_pairs(run_config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.simulate",
+        "--num-supernodes",
+        str(num_nodes),
+        "--output-dir",
+        str(out),
+        "--gpus-per-client",
+        "0",
+        "--cpus-per-client",
+        str(cpus_per_client),
+        "--timeout",
+        str(timeout),
+        "--run-config",
+        _run_config_pairs(run_config),
+    ]
     env = {**os.environ, TIMINGS_ENV: "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
@@ -94,15 +108,34 @@ def launch(
         raise RuntimeError(f"launcher exited with {proc.returncode}:\n{tail}")
     history = rf.RunFolder(out / name).history()
     times = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
-    return {"times": times, "lines": lines, "total_s": time.perf_counter() - start, "history": history,
-            "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss, "procs": mem.peak_procs, "names": mem.peak_names,
-            "cpu": mem.cpu_by_role(), "first_seen": mem.first_seen, "folder": watch.seen}
+    return {
+        "times": times,
+        "lines": lines,
+        "total_s": time.perf_counter() - start,
+        "history": history,
+        "peak_rss": mem.peak_rss,
+        "peak_pss": mem.peak_pss,
+        "procs": mem.peak_procs,
+        "names": mem.peak_names,
+        "cpu": mem.cpu_by_role(),
+        "first_seen": mem.first_seen,
+        "folder": watch.seen,
+    }
 
 
 def launch_gpu(num_nodes: int, run_config: dict[str, Any], out: Path) -> dict[str, Any]:
     """As :func:`launch`, with the launcher's default GPU share."""
-    cmd = [sys.executable, "-m", "launcher.simulate", "--num-supernodes", str(num_nodes), "--output-dir", str(out),
-           "--run-config", _run_config_pairs(run_config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.simulate",
+        "--num-supernodes",
+        str(num_nodes),
+        "--output-dir",
+        str(out),
+        "--run-config",
+        _run_config_pairs(run_config),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with TreeMemory(proc.pid, include_root=True) as mem:
@@ -110,8 +143,12 @@ def launch_gpu(num_nodes: int, run_config: dict[str, Any], out: Path) -> dict[st
     if proc.returncode != 0:
         raise RuntimeError(f"launcher exited with {proc.returncode}:\n{output[-3000:]}")
     history = rf.RunFolder(out / str(run_config["run-name"])).history()
-    return {"times": [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0], "total_s": time.perf_counter() - start,
-            "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
+    return {
+        "times": [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0],
+        "total_s": time.perf_counter() - start,
+        "peak_rss": mem.peak_rss,
+        "peak_pss": mem.peak_pss,
+    }
 
 
 class RunWatch(Poller):

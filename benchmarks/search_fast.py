@@ -36,7 +36,10 @@ def main(rows: list[int]) -> None:
         )
         r = fedavg(settings)
         hit = r["rounds-to-target"] or "not reached"
-        print(f"| {c} | {e} | {b} | {lr} | {mom} | {hit} | {100 * r['by-round'][-1]:.2f}% | {r['seconds']:.0f} |", flush=True)
+        print(
+            f"| {c} | {e} | {b} | {lr} | {mom} | {hit} | {100 * r['by-round'][-1]:.2f}% | {r['seconds']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

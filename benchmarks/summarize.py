@@ -39,7 +39,11 @@ def main(argv: list[str]) -> None:
     for arg in argv:
         s = summarize(Path(arg))
         objective = s["objective"]
-        target = f"rounds to {objective.format(objective.target)}: {s['rounds-to-target'] or 'not reached'}, " if objective.target else ""
+        target = (
+            f"rounds to {objective.format(objective.target)}: {s['rounds-to-target'] or 'not reached'}, "
+            if objective.target
+            else ""
+        )
         print(
             f"{s['run']}: {s['status']}, {s['nodes']} nodes, {s['rounds']} rounds, final {objective.label} "
             f"{objective.format(s['final'])}, {target}{s['seconds']:.0f} s\n"

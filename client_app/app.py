@@ -40,7 +40,6 @@ from task.node_config import NUM_PARTITIONS, PARTITION_ID
 from task.shards import NODE_RECORD, NodeData, check_partition, local_test_shards, train_shards
 from task.training import evaluate, get_weights, pick_device, set_weights, train_round
 
-
 # Flower's simulation loads this module in its own process before its message loop starts:
 # the moment to give that loop its one-pass delivery (a no-op anywhere else).
 simulation_queue.install()
@@ -105,7 +104,9 @@ def client_from_context(context: Context) -> MnistClient:
     settings = run_settings(context.run_config)
     partition_id, num_partitions = node_partition(context)
     data = load_node_data_cached(settings, partition_id, num_partitions)
-    return MnistClient(settings, data, partition_id, num_partitions, model=run_model(settings), device=run_device(settings))
+    return MnistClient(
+        settings, data, partition_id, num_partitions, model=run_model(settings), device=run_device(settings)
+    )
 
 
 def run_settings(run_config: dict) -> Settings:
@@ -235,6 +236,8 @@ def handle_train(msg: Message, context: Context) -> Message:
 @reports_without_paths
 def handle_evaluate(msg: Message, context: Context) -> Message:
     client = client_from_context(context)
-    loss, num_examples, metrics = client.evaluate(msg.content["arrays"].to_numpy_ndarrays(), dict(msg.content["config"]))
+    _loss, num_examples, metrics = client.evaluate(
+        msg.content["arrays"].to_numpy_ndarrays(), dict(msg.content["config"])
+    )
     content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": num_examples})})
     return Message(content=content, reply_to=msg)

@@ -69,7 +69,9 @@ def updated(text: str, name: str, values: dict[str, object]) -> str:
     document = tomlkit.parse(text)
     superlink = document.get("superlink")
     if superlink is not None and not isinstance(superlink, dict):
-        raise ConnectionConfigError("'superlink' in config.toml is not a table: fix or move the file, then run this again")
+        raise ConnectionConfigError(
+            "'superlink' in config.toml is not a table: fix or move the file, then run this again"
+        )
     if superlink is not None and name in superlink:
         inline = isinstance(superlink, tomlkit.items.InlineTable)  # superlink = {NAME = {...}}
         replacement = tomlkit.inline_table() if inline else tomlkit.table()
@@ -86,8 +88,9 @@ def updated(text: str, name: str, values: dict[str, object]) -> str:
     except tomllib.TOMLDecodeError:
         ok = False
     if not ok:
-        raise ConnectionConfigError(f"[superlink.{name}] could not be written without changing the rest of config.toml: "
-                                    "edit that table by hand")
+        raise ConnectionConfigError(
+            f"[superlink.{name}] could not be written without changing the rest of config.toml: edit that table by hand"
+        )
     return new
 
 
@@ -112,7 +115,9 @@ def write_connection(
         try:
             tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConnectionConfigError(f"{path} is not valid TOML ({exc}): fix or move it, then run this again") from None
+            raise ConnectionConfigError(
+                f"{path} is not valid TOML ({exc}): fix or move it, then run this again"
+            ) from None
     else:
         text = flower_default_config()
     new = updated(text, name, table(name, address, ca))
@@ -142,7 +147,9 @@ def read_connection(name: str, home: Path | None = None) -> dict[str, object]:
         raise ConnectionConfigError(f"{path} is not valid TOML ({exc})") from None
     conn = config.get("superlink", {}).get(name)
     if not isinstance(conn, dict) or "address" not in conn:
-        raise ConnectionConfigError(f"{path} has no [superlink.{name}] with an address: write it first (without --check)")
+        raise ConnectionConfigError(
+            f"{path} has no [superlink.{name}] with an address: write it first (without --check)"
+        )
     return conn
 
 
@@ -197,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="connection name, as in `flwr run . NAME`")
     parser.add_argument("--address", default="127.0.0.1:8000", help="SuperLink HOST:PORT (default 127.0.0.1:8000)")
     tls = parser.add_mutually_exclusive_group()
-    tls.add_argument("--tls", action="store_true", help="verify the SuperLink with deploy/certs/ca.crt ($FEDMNIST_CERTS)")
+    tls.add_argument(
+        "--tls", action="store_true", help="verify the SuperLink with deploy/certs/ca.crt ($FEDMNIST_CERTS)"
+    )
     tls.add_argument("--root-certificates", metavar="CA_FILE", help="verify the SuperLink with this CA certificate")
-    parser.add_argument("--check", action="store_true", help="write nothing; check the connection against the SuperLink")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; check the connection against the SuperLink"
+    )
     args = parser.parse_args(argv)
     if args.check:
         try:

@@ -111,9 +111,7 @@ class Compose:
     paths in its files are read from ``directory``: the checkout for docker-compose.yml, the
     file's own folder for the host files under deploy/."""
 
-    def __init__(
-        self, cli: list[str], docker: str, project: str, env: dict[str, str], directory: Path = ROOT
-    ) -> None:
+    def __init__(self, cli: list[str], docker: str, project: str, env: dict[str, str], directory: Path = ROOT) -> None:
         self.cli, self.docker, self.project, self.directory = cli, docker, project, directory
         self.env = {**os.environ, **env}
 
@@ -137,9 +135,17 @@ class Compose:
 
     def container(self, service: str) -> str | None:
         out = subprocess.run(
-            [self.docker, "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
-             "--filter", f"label=com.docker.compose.service={service}"],
-            capture_output=True, text=True,
+            [
+                self.docker,
+                "ps",
+                "-aq",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+            ],
+            capture_output=True,
+            text=True,
         ).stdout.split()
         return out[0] if out else None
 

@@ -73,7 +73,9 @@ def override(n: int, tls: bool = False, gpu: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", type=int, help="number of SuperNodes (each holds 1/N of MNIST)")
-    parser.add_argument("--tls", action="store_true", help="nodes as in deploy/tls.yml (keys from deploy/tls.sh --nodes N)")
+    parser.add_argument(
+        "--tls", action="store_true", help="nodes as in deploy/tls.yml (keys from deploy/tls.sh --nodes N)"
+    )
     parser.add_argument("--gpu", action="store_true", help="one GPU per node, as in deploy/gpu.yml")
     args = parser.parse_args(argv)
     try:

@@ -89,9 +89,7 @@ def flwr_command() -> str:
 def _flwr(home: Path, *args: str, cwd: Path | None = None) -> str:
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     try:
-        proc = subprocess.run(
-            [flwr_command(), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
-        )
+        proc = subprocess.run([flwr_command(), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return "no answer within 120 s"
     return proc.stdout + proc.stderr
@@ -112,8 +110,12 @@ def _cli_attempt(action: str, output: str) -> Attempt:
 def _http(base: str, ca: str, method: str, path: str) -> Attempt:
     action = f"{method} {path}"
     context = ssl.create_default_context(cafile=ca)
-    request = urllib.request.Request(base + path, method=method, data=b"{}" if method == "POST" else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=b"{}" if method == "POST" else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=15, context=context) as resp:
             return Attempt(action, False, f"HTTP {resp.status}")
@@ -159,10 +161,16 @@ def attempts(address: str, ca: str, closed: list[str]) -> list[Attempt]:
         (app / "app.py").write_text(APP_CODE)
 
         found.append(_cli_attempt("list runs (flwr ls)", _flwr(home, "ls", CONNECTION, "--format", "json")))
-        found.append(_cli_attempt("list nodes (flwr supernode ls)",
-                                  _flwr(home, "supernode", "ls", CONNECTION, "--format", "json")))
-        found.append(_cli_attempt("register a key (flwr supernode register)",
-                                  _flwr(home, "supernode", "register", str(key), CONNECTION)))
+        found.append(
+            _cli_attempt(
+                "list nodes (flwr supernode ls)", _flwr(home, "supernode", "ls", CONNECTION, "--format", "json")
+            )
+        )
+        found.append(
+            _cli_attempt(
+                "register a key (flwr supernode register)", _flwr(home, "supernode", "register", str(key), CONNECTION)
+            )
+        )
         found.append(_cli_attempt("submit an app (flwr run)", _flwr(home, "run", str(app), CONNECTION, cwd=app)))
         found.append(_cli_attempt("read logs (flwr log)", _flwr(home, "log", "1", CONNECTION)))
 
@@ -185,13 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("address", help="HOST:PORT of the listener a stranger can reach")
     parser.add_argument("--ca", required=True, help="the deployment's CA certificate (public)")
-    parser.add_argument("--closed", action="append", default=[], metavar="HOST:PORT",
-                        help="an address that must not accept a connection from here (repeatable)")
+    parser.add_argument(
+        "--closed",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an address that must not accept a connection from here (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per action")
     args = parser.parse_args(argv)
     if not Path(args.ca).is_file():
-        print(f"stranger.py: --ca {args.ca}: no such file (the deployment's ca.crt, from deploy/tls.sh)",
-              file=sys.stderr)
+        print(
+            f"stranger.py: --ca {args.ca}: no such file (the deployment's ca.crt, from deploy/tls.sh)", file=sys.stderr
+        )
         return 2
     found = attempts(args.address, args.ca, args.closed)
     for attempt in found:

@@ -30,7 +30,10 @@ def progress_line(entry: dict[str, Any], total_rounds: int, objective: Objective
     """One round of ``history.json`` as a line: ``Round 3/10 | test accuracy 93.10% | ...``."""
     done = entry["round"]
     metric = entry["server"].get(objective.key)
-    parts = [f"Round {done}/{total_rounds}", f"{objective.label} {objective.format(metric) if metric is not None else '?'}"]
+    parts = [
+        f"Round {done}/{total_rounds}",
+        f"{objective.label} {objective.format(metric) if metric is not None else '?'}",
+    ]
     train = entry.get("clients-train") or {}
     if "nodes" in train:
         parts.append(f"replies {train['nodes']}/{train.get('asked', train['nodes'])}")
@@ -99,8 +102,10 @@ def summary(history: dict[str, Any], objective: Objective) -> str:
         )
         hit = next((r["round"] for r in rounds if objective.reached(r["server"].get(objective.key) or 0.0)), None)
         if objective.target is not None:
-            lines.append(f"  first at {objective.format(objective.target)}: "
-                         + (f"round {hit}" if hit is not None else "not reached"))
+            lines.append(
+                f"  first at {objective.format(objective.target)}: "
+                + (f"round {hit}" if hit is not None else "not reached")
+            )
         dropped = sum(len(r.get("failures") or []) for r in rounds)
         if dropped:
             lines.append(f"  {dropped} repl(ies) dropped along the way (see history.json and server.log)")
@@ -125,8 +130,11 @@ class RunWatcher:
 
     def __enter__(self) -> RunWatcher:
         if self.display is not None:
-            print(f"Run {self.run_dir.name}: {self.display.total_rounds} round(s); Flower's own records go to "
-                  f"{self.run_dir}/flower.log (--verbose shows them here)", flush=True)
+            print(
+                f"Run {self.run_dir.name}: {self.display.total_rounds} round(s); Flower's own records go to "
+                f"{self.run_dir}/flower.log (--verbose shows them here)",
+                flush=True,
+            )
         self.thread.start()
         return self
 

@@ -109,12 +109,15 @@ def abandoned_line(end: ServerAppEnd) -> str:
     """The one console line for a run whose Flower was stopped after the grace."""
     clients = unanswered(end.history or {})
     named = ", ".join(
-        f"partition {f['partition-id']}" + (f" (node {f['node']})" if f.get("node") is not None else "")
+        f"partition {f['partition-id']}"
+        + (f" (node {f['node']})" if f.get("node") is not None else "")
         + f" since round {f['round']}"
         for f in clients
     )
-    abandoned = f"abandoned client(s) that had not replied: {named}" if clients else (
-        "no client is recorded as unanswered in history.json"
+    abandoned = (
+        f"abandoned client(s) that had not replied: {named}"
+        if clients
+        else ("no client is recorded as unanswered in history.json")
     )
     return (
         f"The run {end.status} (so says its ServerApp), but Flower's simulation had not finished "

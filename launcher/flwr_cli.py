@@ -101,7 +101,8 @@ def flwr_run(
             follow.wait()
     except TimeoutError:
         raise FlowerError(
-            f"Run {run_id} did not finish within {timeout:g} s, so it was stopped: give a larger --timeout for longer runs."
+            f"Run {run_id} did not finish within {timeout:g} s, so it was stopped: "
+            "give a larger --timeout for longer runs."
         ) from None
     finally:
         stop(follow)
@@ -171,7 +172,8 @@ def wait_for_run(
             if time.monotonic() - silent_since >= unreachable_s:
                 raise FlowerError(
                     f"Run {run_id}: the SuperLink has not answered for {unreachable_s:.0f} s "
-                    f"(last seen '{status}'): {_last_line(_error_in(out.stdout)) or out.stderr.strip() or out.stdout.strip()}"
+                    f"(last seen '{status}'): "
+                    f"{_last_line(_error_in(out.stdout)) or out.stderr.strip() or out.stdout.strip()}"
                 )
         else:
             silent_since = None

@@ -18,7 +18,11 @@ def visible_gpus() -> list[str]:
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
         if out.returncode == 0:
-            names = [line.split(" (UUID")[0].split(": ", 1)[-1] for line in out.stdout.splitlines() if line.startswith("GPU ")]
+            names = [
+                line.split(" (UUID")[0].split(": ", 1)[-1]
+                for line in out.stdout.splitlines()
+                if line.startswith("GPU ")
+            ]
     except (OSError, subprocess.TimeoutExpired):
         gpus = Path("/proc/driver/nvidia/gpus")
         names = [f"NVIDIA GPU {d.name}" for d in sorted(gpus.iterdir())] if gpus.is_dir() else []

@@ -41,7 +41,9 @@ def compare_histories(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> t
             for key in sorted(set(a) | set(b)):
                 compared += 1
                 if not _same(a.get(key), b.get(key)):
-                    differences.append(f"round {before['round']} {group} {key}: {a.get(key)!r} before, {b.get(key)!r} now")
+                    differences.append(
+                        f"round {before['round']} {group} {key}: {a.get(key)!r} before, {b.get(key)!r} now"
+                    )
         old_drops = [(f["phase"], f["partition-id"], f["reason"]) for f in before.get("failures") or []]
         new_drops = [(f["phase"], f["partition-id"], f["reason"]) for f in now.get("failures") or []]
         compared += 1
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m launcher.rerun", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", type=Path, help="a run folder holding manifest.json")
-    parser.add_argument("--output-dir", type=Path, default=None, help="where the new run folder goes (default: beside the old)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="where the new run folder goes (default: beside the old)"
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     args = parser.parse_args(argv)
 

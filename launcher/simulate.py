@@ -32,9 +32,9 @@ from pathlib import Path
 
 import click
 
+from launcher import PROJECT_ROOT, FlowerError
 from launcher.console import RunWatcher
 from launcher.ending import COMPLETED, ServerAppEnd, abandoned_line
-from launcher import PROJECT_ROOT, FlowerError
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.gpus import visible_gpus
@@ -210,11 +210,21 @@ def run_simulation(
             address = start_superlink(home, simulation=True, env=env, while_starting=name_the_run)
             home.add_connection(CONNECTION, address)
             config = {**run_config, "output-dir": str(output_dir), "run-name": names["run"]}
-            watcher = RunWatcher(output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose)
+            watcher = RunWatcher(
+                output_dir / names["run"], settings.num_server_rounds, settings.objective, echo, verbose
+            )
             end = ends[0]
             with watcher:
-                run_id = flwr_run(home, CONNECTION, config, federation, echo=False, timeout=timeout,
-                                  on_line=watcher.on_line, ended=end)
+                run_id = flwr_run(
+                    home,
+                    CONNECTION,
+                    config,
+                    federation,
+                    echo=False,
+                    timeout=timeout,
+                    on_line=watcher.on_line,
+                    ended=end,
+                )
             if end.expired:  # leaving flower_home stops the SuperLink, the simulation and the stuck clients
                 if echo:
                     print(abandoned_line(end), flush=True)
@@ -289,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a preset TOML file or 'key=value ...'; repeat to combine, later ones win",
     )
-    parser.add_argument("--report", action="store_true", help="write report.md (federated vs central) into the run folder")
+    parser.add_argument(
+        "--report", action="store_true", help="write report.md (federated vs central) into the run folder"
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="show Flower's and Ray's own records instead of the progress line"
     )
@@ -346,8 +358,11 @@ def simulate_from_args(args: argparse.Namespace, command: list[str]) -> int:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"\n{exc or 'stopped by Ctrl-C'}: Flower's processes were stopped; an unfinished run folder "
-              "resumes with --run-config \"resume-from='/absolute/path/to/it'\"", file=sys.stderr)
+        print(
+            f"\n{exc or 'stopped by Ctrl-C'}: Flower's processes were stopped; an unfinished run folder "
+            "resumes with --run-config \"resume-from='/absolute/path/to/it'\"",
+            file=sys.stderr,
+        )
         return 130
     record_origin(run_dir, command)
     print(f"Run folder: {run_dir}")

@@ -28,8 +28,11 @@ def staged_app(home: FlowerHome, app_dir: Path) -> Path:
     ignored = pathspec.GitIgnoreSpec.from_lines([*lines, ".git/"])
     for folder, dirs, files in os.walk(app_dir):
         rel = Path(folder).relative_to(app_dir)
-        dirs[:] = [d for d in dirs if not ignored.match_file(f"{(rel / d).as_posix()}/")
-                   and not (Path(folder) / d).is_symlink()]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not ignored.match_file(f"{(rel / d).as_posix()}/") and not (Path(folder) / d).is_symlink()
+        ]
         for name in files:
             source = Path(folder) / name
             if source.is_symlink() or ignored.match_file((rel / name).as_posix()):

@@ -56,18 +56,14 @@ def partition(
     ignore 0 (the run config's "not set") and refuse anything else.
     """
     if name not in PARTITIONERS:
-        raise ValueError(
-            f"partitioning='{name}' is unknown; choose one of {sorted(PARTITIONERS)}."
-        )
+        raise ValueError(f"partitioning='{name}' is unknown; choose one of {sorted(PARTITIONERS)}.")
     allowed = OPTIONS[name]
     if samples_per_class is not None and ("samples_per_class" in allowed or samples_per_class != 0):
         options["samples_per_class"] = samples_per_class
     for key, value in options.items():
         if key not in allowed:
             takes = ", ".join(dashed(k) for k in allowed) or "no options"
-            raise ValueError(
-                f"{dashed(key)}={value!r} does not apply to partitioning='{name}': it takes {takes}."
-            )
+            raise ValueError(f"{dashed(key)}={value!r} does not apply to partitioning='{name}': it takes {takes}.")
     return PARTITIONERS[name](labels, num_partitions, seed, **options)
 
 
@@ -107,9 +103,7 @@ def follow_label_mix(counts: np.ndarray, labels: np.ndarray, seed: int) -> list[
     return [np.flatnonzero(owner == node) for node in range(num_partitions)]
 
 
-def label_counts(
-    labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int | None = None
-) -> np.ndarray:
+def label_counts(labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:
     """``[num_partitions, num_classes]`` counts of each label on each node: the
     report's nodes-by-digits picture, and how the tests measure skew. Classes are
     ``0 .. max(labels)`` unless ``num_classes`` is given, so every picture of MNIST

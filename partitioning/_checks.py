@@ -8,18 +8,14 @@ import numpy as np
 
 def check_num_partitions(num_items: int, num_partitions: int) -> None:
     if not 1 <= num_partitions <= num_items:
-        raise ValueError(
-            f"num-partitions={num_partitions} must be between 1 and the {num_items} items."
-        )
+        raise ValueError(f"num-partitions={num_partitions} must be between 1 and the {num_items} items.")
 
 
 def check_whole(key: str, value: object, minimum: int, meaning: str = "") -> int:
     """A whole number >= ``minimum``; a float or a bool is refused rather than
     truncated, so a typo cannot silently change the split."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"{key}={value!r} is not allowed: use a whole number >= {minimum}{meaning}."
-        )
+        raise ValueError(f"{key}={value!r} is not allowed: use a whole number >= {minimum}{meaning}.")
     return int(value)
 
 

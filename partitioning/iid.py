@@ -21,9 +21,7 @@ def iid(labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[i * per_node : (i + 1) * per_node]) for i in range(num_partitions)]
 
 
-def iid_balanced(
-    labels: np.ndarray, num_partitions: int, seed: int, samples_per_class: int = 0
-) -> list[np.ndarray]:
+def iid_balanced(labels: np.ndarray, num_partitions: int, seed: int, samples_per_class: int = 0) -> list[np.ndarray]:
     """Every node gets ``samples_per_class`` images of each class (the tutorial's
     split: 45 of each digit per node). ``0`` means as many as the rarest class
     allows for every node."""

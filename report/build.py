@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 import run_folder as rf
+from partitioning import label_counts
 from report.central import CentralResult, Log, central_baseline, log_stderr
 from report.device import report_device
-from partitioning import label_counts
 from report.figures import curves_png, grid_png, label_heatmap_png, local_vs_merged_png
 from report.local_vs_merged import OWN_SHARD, LocalVsMerged, compare_local_and_merged
 from run_folder import CompletedRun, read_completed_run
@@ -124,7 +124,11 @@ def reconstructions(run: CompletedRun, central: CentralResult, settings) -> tupl
 
 
 def render(
-    run: CompletedRun, settings, central: CentralResult, local: LocalVsMerged, extra: list[str],
+    run: CompletedRun,
+    settings,
+    central: CentralResult,
+    local: LocalVsMerged,
+    extra: list[str],
     counts: np.ndarray | None = None,
 ) -> str:
     objective = settings.objective
@@ -248,22 +252,32 @@ def strategy_lines(run: CompletedRun, settings) -> list[str]:
     spec = STRATEGIES[settings.strategy]
     name, what = spec.label, f"{spec.label} (Flower's `{spec.flower_class}`)"
     lr = settings.server_learning_rate or spec.default_server_lr
-    lr_text = (f"server learning rate {lr:g}" + (" (Flower's default)" if not settings.server_learning_rate else "")
-               if lr is not None else "")
+    lr_text = (
+        f"server learning rate {lr:g}" + (" (Flower's default)" if not settings.server_learning_rate else "")
+        if lr is not None
+        else ""
+    )
     if settings.strategy == "fedavg":
         lines.append(f"- Strategy: {what}, the default.")
     elif settings.strategy == "fedavgm":
         lines.append(f"- Strategy: {what}: {lr_text}, server momentum {settings.server_momentum:g}.")
     elif settings.strategy == "fedprox":
-        lines.append(f"- Strategy: {what}: proximal term mu = {settings.proximal_mu:g} "
-                     "in every node's local loss, FedAvg's averaging on the server.")
+        lines.append(
+            f"- Strategy: {what}: proximal term mu = {settings.proximal_mu:g} "
+            "in every node's local loss, FedAvg's averaging on the server."
+        )
     else:
-        lines.append(f"- Strategy: {what}: {lr_text}; the server treats the averaged update "
-                     "as a gradient and steps with its own adaptive optimizer.")
+        lines.append(
+            f"- Strategy: {what}: {lr_text}; the server treats the averaged update "
+            "as a gradient and steps with its own adaptive optimizer."
+        )
     if settings.differential_privacy:
         wrapper, where = (
-            ("DifferentialPrivacyClientSideFixedClipping", "by the node itself before sending it (Flower's "
-             "`fixedclipping_mod`)") if settings.clips_on_nodes
+            (
+                "DifferentialPrivacyClientSideFixedClipping",
+                "by the node itself before sending it (Flower's `fixedclipping_mod`)",
+            )
+            if settings.clips_on_nodes
             else ("DifferentialPrivacyServerSideFixedClipping", "on the server")
         )
         lines.append(
@@ -289,8 +303,10 @@ def privacy_text(run: CompletedRun) -> str:
     rnd, privacy = last
     delta = privacy.get("delta", 1e-5)
     if privacy.get("epsilon") is None:
-        return (f"not computed ({privacy.get('why-not', 'no reason recorded')}), so no (epsilon, delta) "
-                "guarantee is claimed.")
+        return (
+            f"not computed ({privacy.get('why-not', 'no reason recorded')}), so no (epsilon, delta) "
+            "guarantee is claimed."
+        )
     return (
         f"epsilon = {_epsilon(privacy['epsilon'])} at delta = {delta:g} after {rnd} rounds (Flower's RDP accountant). "
         "Client-level: it bounds what the released models reveal about whether any one node took part, "
@@ -333,8 +349,10 @@ def local_lines(settings, local: LocalVsMerged) -> list[str]:
     metric, fmt, column = objective.key, objective.format, objective.column
     own = local.test_set
     if own == OWN_SHARD:
-        where = ("both tested on the node's held-out local test images (its share of the 10,000 test images, "
-                 "never used for training, spread over the digits like its training images)")
+        where = (
+            "both tested on the node's held-out local test images (its share of the 10,000 test images, "
+            "never used for training, spread over the digits like its training images)"
+        )
     else:
         where = (
             "both tested on the node's own distribution: the 10,000 test images of the digits the node trains on, "
@@ -347,8 +365,11 @@ def local_lines(settings, local: LocalVsMerged) -> list[str]:
         "",
         f"For {len(local.rows)} sampled nodes: a model trained only on the node's own training shard "
         f"(from the same initial weights, with the run's optimizer, for {local.epochs} epoch(s)"
-        + (" = local-epochs, as the tutorial did; `python -m report --local-epochs N` gives it more"
-           if local.epochs == settings.local_epochs else "")
+        + (
+            " = local-epochs, as the tutorial did; `python -m report --local-epochs N` gives it more"
+            if local.epochs == settings.local_epochs
+            else ""
+        )
         + f") against the merged global model, {where}. Both are also tested on all 10,000 test images.",
         "",
         f"| node | digits in training (images) | train images | test images | local {column}, {own} "
@@ -399,7 +420,9 @@ def _partitioning(settings) -> str:
     if name == "dirichlet":
         return f"dirichlet, alpha = {settings.dirichlet_alpha:g}"
     if name == "iid-balanced":
-        return "iid-balanced" + (f", {settings.samples_per_class} images per digit" if settings.samples_per_class else "")
+        return "iid-balanced" + (
+            f", {settings.samples_per_class} images per digit" if settings.samples_per_class else ""
+        )
     return f"{name} shards"
 
 

@@ -206,4 +206,3 @@ def write_cache(result: CentralResult) -> None:
     }
     atomic_write(result.folder / ENTRY_WEIGHTS, lambda fh: torch.save(result.state_dict, fh))
     atomic_write(result.folder / ENTRY_META, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
-

@@ -334,7 +334,9 @@ def write_comparison(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CompareError(f"cannot create the output folder {out_dir} ({exc.strerror}): choose another --out.") from None
+        raise CompareError(
+            f"cannot create the output folder {out_dir} ({exc.strerror}): choose another --out."
+        ) from None
     replaced = md.exists() or png.exists()
     try:
         write_files({md: text.encode(), png: figure})
@@ -394,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="two or more run folders")
     parser.add_argument(
-        "--out", type=Path, default=None,
-        help="folder to write into, created if needed (default: the folder holding the run folders)"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write into, created if needed (default: the folder holding the run folders)",
     )
     parser.add_argument(
         "--name", default=DEFAULT_NAME, help=f"file name of the comparison, without suffix (default {DEFAULT_NAME})"

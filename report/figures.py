@@ -123,8 +123,13 @@ def comparison_png(runs: Sequence[tuple[str, list[dict[str, Any]]]], objective: 
     by_time.set_xlabel("wall time from the first evaluation, round 0 (s)")
     for ax in (by_round, by_time):
         if objective.target is not None:
-            ax.axhline(objective.scale(objective.target), color="grey", ls=":", lw=1,
-                       label=f"target {objective.format(objective.target)}")
+            ax.axhline(
+                objective.scale(objective.target),
+                color="grey",
+                ls=":",
+                lw=1,
+                label=f"target {objective.format(objective.target)}",
+            )
         ax.set_ylabel(objective.axis_label)
         ax.grid(alpha=0.3)
         if objective.percent:
@@ -159,8 +164,15 @@ def label_heatmap_png(counts: np.ndarray, title: str, marked: Sequence[int] = ()
         top = counts.max() or 1
         for n in range(nodes):
             for d in range(digits):
-                ax.text(n, d, str(counts[n, d]), ha="center", va="center", fontsize=7,
-                        color="black" if counts[n, d] > 0.6 * top else "white")
+                ax.text(
+                    n,
+                    d,
+                    str(counts[n, d]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if counts[n, d] > 0.6 * top else "white",
+                )
     for n in marked:
         ax.plot(n, -0.5, marker="^", color="red", ms=5, clip_on=False)
     fig.colorbar(image, ax=ax, label="training images", pad=0.01)

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from partitioning import label_counts
 from report.central import Log, log_stderr
 from report.device import small_batch_threads
-from partitioning import label_counts
 from task.config import Settings
 from task.data import Batchable
 from task.models import build_model
@@ -119,8 +119,10 @@ def compare_local_and_merged(
     merged.load_state_dict(merged_state)
     sample = sample_nodes(num_nodes, nodes, settings.seed)
     test_set = test_set_for(settings)
-    log(f"Local vs merged: {len(sample)} of {num_nodes} nodes, {epochs} local epoch(s) each on {device}, "
-        f"tested on each node's {test_set}")
+    log(
+        f"Local vs merged: {len(sample)} of {num_nodes} nodes, {epochs} local epoch(s) each on {device}, "
+        f"tested on each node's {test_set}"
+    )
     everything = server_test_set(settings)
     by_digit = _ByDigit(everything, device, objective)
     merged_by_digit: dict[int, dict[str, float]] = {}

@@ -292,14 +292,18 @@ class RunFolder:
         model = build_model(settings)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         found = (
-            {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+            {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+            if isinstance(state, dict)
+            else {}
         )
         if found != expected:
             first = next((k for k in expected if expected[k] != found.get(k)), None)
-            detail = f"{first}: expected {expected[first]}, found {found.get(first, 'nothing')}" if first else "different keys"
-            raise RunFolderError(
-                f"{path} does not match {CONFIG} (model='{settings.model}', {detail}); {fix}."
+            detail = (
+                f"{first}: expected {expected[first]}, found {found.get(first, 'nothing')}"
+                if first
+                else "different keys"
             )
+            raise RunFolderError(f"{path} does not match {CONFIG} (model='{settings.model}', {detail}); {fix}.")
         model.load_state_dict(state, strict=True)
         return model
 
@@ -350,4 +354,6 @@ def read_completed_run(path: str | Path) -> CompletedRun:
     folder = RunFolder.open(path)
     history = folder.completed_history()
     settings = folder.settings()
-    return CompletedRun(folder, folder.config(), settings, history, folder.num_partitions(), folder.load_model(settings))
+    return CompletedRun(
+        folder, folder.config(), settings, history, folder.num_partitions(), folder.load_model(settings)
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from logging import ERROR, INFO
-from typing import Any
 
 import flwr
 import torch
@@ -35,8 +34,20 @@ from task.training import evaluate, pick_device, set_weights
 NODE_WAIT_S = 3600.0
 # Knobs a resumed run may change: where it goes, how long it runs and how it tolerates faults.
 RESUMABLE_CHANGES = frozenset(
-    {"num-server-rounds", "run-name", "output-dir", "resume-from", "min-available-nodes", "min-train-replies",
-     "round-timeout", "round-retries", "device", "data-dir", "central-epochs", "fault-injection"}
+    {
+        "num-server-rounds",
+        "run-name",
+        "output-dir",
+        "resume-from",
+        "min-available-nodes",
+        "min-train-replies",
+        "round-timeout",
+        "round-retries",
+        "device",
+        "data-dir",
+        "central-epochs",
+        "fault-injection",
+    }
 )
 
 app = ServerApp()
@@ -76,8 +87,12 @@ def _run(
     """The rounds, with the run folder made and the log going into it."""
     log(INFO, "Writing results to %s", folder.path)
     folder.write_manifest(build_manifest(settings, num_partitions, context.run_id))
-    config = {**settings.to_run_config(), "run-id": context.run_id, "flwr-version": flwr.__version__,
-              "num-partitions": num_partitions}
+    config = {
+        **settings.to_run_config(),
+        "run-id": context.run_id,
+        "flwr-version": flwr.__version__,
+        "num-partitions": num_partitions,
+    }
     if resumed is not None:
         config["resumed-from"] = str(resumed[0].path)
     folder.write_config(config)
@@ -101,8 +116,9 @@ def _run(
 
     # `flwr stop`, Ctrl-C or a container stopping reach the ServerApp as a signal, which
     # Flower turns into a graceful exit: the history then says 'interrupted'.
-    add_exit_handler(lambda: recorder.interrupted("stopped by a signal (flwr stop, Ctrl-C or shutdown)"),
-                     run_before_force_exit=True)
+    add_exit_handler(
+        lambda: recorder.interrupted("stopped by a signal (flwr stop, Ctrl-C or shutdown)"), run_before_force_exit=True
+    )
     try:
         if resumed is None:
             recorder.record(0, evaluate_global(0, arrays), num_nodes=len(book.available()))
@@ -119,8 +135,13 @@ def _run(
                 failures=trained.failures + evaluated.failures,
             )
             folder.write_checkpoint(
-                Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, recorder.rounds,
-                           recorder.num_nodes, runner.state())
+                Checkpoint(
+                    server_round,
+                    {k: v.numpy() for k, v in arrays.items()},
+                    recorder.rounds,
+                    recorder.num_nodes,
+                    runner.state(),
+                )
             )
         set_weights(model, arrays.to_numpy_ndarrays())
         folder.write_model(model.state_dict())

@@ -62,7 +62,9 @@ def ask_partitions(
     """``{node id: (partition-id, num-partitions)}`` for the nodes that answered, and
     ``{node id: why not}`` for those that could not (e.g. no partition in their node config)."""
     node_ids = list(node_ids)
-    messages = [Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids]
+    messages = [
+        Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids
+    ]
     answers: dict[int, tuple[int, int]] = {}
     errors: dict[int, str] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -117,8 +119,13 @@ class NodeBook:
                 self._refuse({node: f"num-partitions={n} disagrees with the run's {self.num_partitions}"})
             elif pid in self.connected and self.connected[pid] != node:
                 # Perhaps a restarted node whose old self the SuperLink has not yet let go: ask again next round.
-                log(WARNING, "Node %d holds partition %d, still held by node %d: not used yet", node, pid,
-                    self.connected[pid])
+                log(
+                    WARNING,
+                    "Node %d holds partition %d, still held by node %d: not used yet",
+                    node,
+                    pid,
+                    self.connected[pid],
+                )
                 del self.partition_of[node]
             else:
                 log(INFO, "Node %d joined with partition %d", node, pid)

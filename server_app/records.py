@@ -21,6 +21,7 @@ from task.errors import ConfigError
 from task.host import machine, versions
 from task.shards import local_test_shards, train_shards
 
+
 def shard_hashes(settings: Settings, num_partitions: int) -> dict[str, list[str]]:
     """SHA-256 (first 16 hex digits) of each node's training and local test indices."""
 
@@ -42,7 +43,9 @@ def build_manifest(settings: Settings, num_partitions: int, run_id: int) -> dict
         "seeds": {
             "seed": settings.seed,
             "model-init": f"torch.manual_seed({settings.seed})",
-            "partitioning": f"numpy default_rng({settings.seed}) for training shards, ({settings.seed + 1}) for test shards",
+            "partitioning": (
+                f"numpy default_rng({settings.seed}) for training shards, ({settings.seed + 1}) for test shards"
+            ),
             "sampling": f"numpy default_rng([{settings.seed}, round, attempt, phase])",
             "node-shuffling": f"torch seed {settings.seed} x 1000003 + round x 10007 + partition-id",
         },
@@ -82,7 +85,8 @@ class TensorBoardLog:
         except ImportError:
             raise ConfigError(
                 "tensorboard=true needs the tensorboard package in the ServerApp's environment: "
-                "pip install tensorboard (or the project's extra: pip install '.[tensorboard]'), or set tensorboard=false."
+                "pip install tensorboard (or the project's extra: pip install '.[tensorboard]'), "
+                "or set tensorboard=false."
             ) from None
         self.writer = SummaryWriter(log_dir=str(folder.file(TENSORBOARD)))
 

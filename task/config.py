@@ -7,6 +7,7 @@ and what is allowed, instead of a traceback halfway through round 1.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ class Settings:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed={self.seed} is not allowed: use a whole number from 0 to 4294967295.")
         if self.run_name and (
-            self.run_name in (".", "..") or any(c in self.run_name for c in '/\\\0') or self.run_name.startswith("~")
+            self.run_name in (".", "..") or any(c in self.run_name for c in "/\\\0") or self.run_name.startswith("~")
         ):
             raise ConfigError(
                 f"run-name='{self.run_name}' is not allowed: give a plain folder name (no '/', '\\', '..' or '~'); "
@@ -212,7 +213,9 @@ class Settings:
         if self.fault_injection:
             parse_faults(self.fault_injection)  # test-only: refused unless explicitly enabled
         if self.samples_per_class < 0:
-            raise ConfigError(f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more.")
+            raise ConfigError(
+                f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more."
+            )
         sizes = self.ae_hidden_sizes
         if not sizes:
             raise ConfigError(
@@ -225,7 +228,7 @@ class Settings:
                 "the 784 input pixels and at least 1."
             )
         widths = (784, *sizes, self.ae_code_size)
-        if any(b > a for a, b in zip(widths, widths[1:])):
+        if any(b > a for a, b in itertools.pairwise(widths)):
             raise ConfigError(
                 f"ae-hidden='{self.ae_hidden}' with ae-code-size={self.ae_code_size} does not narrow "
                 f"from 784 to the code ({' > '.join(map(str, widths))}): use widths that shrink."
@@ -284,7 +287,8 @@ class Settings:
             raise ConfigError(f"ae-pretrain-rounds={rounds} is not allowed: use 0 (off) or a whole number >= 1.")
         if self.model != "autoencoder":
             raise ConfigError(
-                f"ae-pretrain-rounds={rounds} applies to model='autoencoder' only: set it to 0 for model='{self.model}'."
+                f"ae-pretrain-rounds={rounds} applies to model='autoencoder' only: "
+                f"set it to 0 for model='{self.model}'."
             )
         needed = self.ae_pretraining_rounds_total
         if self.num_server_rounds <= needed:

@@ -27,7 +27,6 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -150,15 +149,12 @@ def _verified(arrays: dict[str, np.ndarray], source: str, fix: str) -> Mnist:
         arr = arrays[key]
         if arr.shape != shape or arr.dtype != np.uint8:
             raise DataError(
-                f"MNIST {key} in {source} has shape {arr.shape} and dtype {arr.dtype}, "
-                f"expected {shape} uint8. {fix}"
+                f"MNIST {key} in {source} has shape {arr.shape} and dtype {arr.dtype}, expected {shape} uint8. {fix}"
             )
     for key, counts in (("train_labels", TRAIN_LABEL_COUNTS), ("test_labels", TEST_LABEL_COUNTS)):
         found = tuple(int(c) for c in np.bincount(arrays[key], minlength=10))
         if found != counts:
-            raise DataError(
-                f"MNIST {key} in {source} has label counts {found}, expected {counts}. {fix}"
-            )
+            raise DataError(f"MNIST {key} in {source} has label counts {found}, expected {counts}. {fix}")
     for key, digest in SHA256.items():
         if _sha256(arrays[key]) != digest:
             raise DataError(f"MNIST {key} in {source} fails its SHA-256 check. {fix}")

@@ -61,119 +61,155 @@ class Attributes:
 
 
 _VCE_API = "flwr.server.superlink.fleet.vce.vce_api"  # the simulation's runtime (Ray backend)
-_TEST_MESSAGES = ("tests/test_client_app.py", "tests/test_server_app.py", "tests/test_strategy.py",
-                  "tests/test_simulation_queue.py", "tests/test_flower_compat.py")
+_TEST_MESSAGES = (
+    "tests/test_client_app.py",
+    "tests/test_server_app.py",
+    "tests/test_strategy.py",
+    "tests/test_simulation_queue.py",
+    "tests/test_flower_compat.py",
+)
 _TEST_LINKSTATE = ("tests/test_simulation_queue.py", "tests/test_flower_compat.py")
 _LINKSTATE_WHY = "the test builds Flower's own in-memory SuperLink state as the simulation does, to feed it messages"
 
 PIECES: dict[str, Piece] = {
     # ---- used by the app, the launcher and the deploy scripts ----
     "add_exit_handler": Piece(
-        "flwr.supercore.exit", "add_exit_handler",
+        "flwr.supercore.exit",
+        "add_exit_handler",
         "`flwr stop`, Ctrl-C or a container stopping reach the ServerApp process as a signal, which "
         "Flower turns into its own graceful exit that runs only the handlers registered here; Flower "
         "has no public hook for it, and it is how history.json comes to say 'interrupted'",
-        ("server_app/app.py",), ("exit_handler", "run_before_force_exit"),
+        ("server_app/app.py",),
+        ("exit_handler", "run_before_force_exit"),
     ),
     "get_project_config": Piece(
-        "flwr.common.config", "get_project_config",
+        "flwr.common.config",
+        "get_project_config",
         "reads and validates pyproject.toml exactly as `flwr run` does, so the launcher checks a run "
         "config against the same [tool.flwr.app.config] table before starting Flower",
-        ("launcher/simulate.py",), ("project_dir",),
+        ("launcher/simulate.py",),
+        ("project_dir",),
     ),
     "parse_config_args": Piece(
-        "flwr.common.config", "parse_config_args",
+        "flwr.common.config",
+        "parse_config_args",
         "parses --run-config items (TOML files, k=v strings) with Flower's own parser, so the "
         "launcher sees the values and types `flwr run --run-config` will give the app",
-        ("launcher/simulate.py",), ("config",),
+        ("launcher/simulate.py",),
+        ("config",),
     ),
     "ErrorCode": Piece(
-        "flwr.common.constant", "ErrorCode",
+        "flwr.common.constant",
+        "ErrorCode",
         "the codes of a reply's Error: a reply the SuperLink makes for a node that stopped sending "
         "heartbeats (NODE_UNAVAILABLE) is recorded as 'the node left', not as a timeout",
         ("server_app/nodes.py",),
     ),
     "KEY_CLIPPING_NORM": Piece(
-        "flwr.supercore.differential_privacy", "KEY_CLIPPING_NORM",
+        "flwr.supercore.differential_privacy",
+        "KEY_CLIPPING_NORM",
         "the config key under which DifferentialPrivacyClientSideFixedClipping sends the clipping norm "
         "and fixedclipping_mod reads it; a node that clips (dp-clipping='client') checks that the norm it "
         "is asked to clip to is its run's dp-clipping-norm",
         ("client_app/app.py",),
     ),
     "DEFAULT_FLOWER_CONFIG_TOML": Piece(
-        "flwr.cli.constant", "DEFAULT_FLOWER_CONFIG_TOML",
+        "flwr.cli.constant",
+        "DEFAULT_FLOWER_CONFIG_TOML",
         "the config.toml Flower writes into a fresh FLWR_HOME; the connection script starts from it "
         "when the file does not exist yet, so the file stays the one Flower would have written",
         ("deploy/connection.py",),
     ),
     "add_messages_to_queue": Piece(
-        _VCE_API, "add_messages_to_queue",
+        _VCE_API,
+        "add_messages_to_queue",
         "the simulation runtime's message-delivery loop (one scan of every stored message per node "
         "per pass); client_app/simulation_queue.py replaces it with a one-pass loop that delivers "
         "the same messages, only where the runtime is already loaded (see loaded())",
-        ("client_app/simulation_queue.py",), ("state", "queue", "nodes_mapping", "f_stop"),
+        ("client_app/simulation_queue.py",),
+        ("state", "queue", "nodes_mapping", "f_stop"),
     ),
     # ---- used by tests only ----
     "TaskIdentity": Piece(
-        "flwr.supercore.task_identity", "TaskIdentity",
+        "flwr.supercore.task_identity",
+        "TaskIdentity",
         "Message() takes its run, node and task ids from it; tests that build Messages outside "
         "Flower's runtime set them",
         _TEST_MESSAGES,
     ),
     "build_fab_from_disk": Piece(
-        "flwr.cli.build", "build_fab_from_disk",
+        "flwr.cli.build",
+        "build_fab_from_disk",
         "builds the app bundle (FAB) as `flwr run` does, to check the launcher's staged copy of the "
-        "app bundles to the same bytes", ("tests/test_launcher.py",), ("app",),
+        "app bundles to the same bytes",
+        ("tests/test_launcher.py",),
+        ("app",),
     ),
     "parse_args_run_superlink": Piece(
-        "flwr.superlink.cli.flower_superlink", "_parse_args_run_superlink",
+        "flwr.superlink.cli.flower_superlink",
+        "_parse_args_run_superlink",
         "the argument parser of flower-superlink, to check the flags docker-compose.yml passes it",
         ("tests/test_compose.py",),
     ),
     "parse_args_run_supernode": Piece(
-        "flwr.supernode.cli.flower_supernode", "_parse_args_run_supernode",
+        "flwr.supernode.cli.flower_supernode",
+        "_parse_args_run_supernode",
         "the argument parser of flower-supernode, to check the flags docker-compose.yml passes it",
         ("tests/test_compose.py",),
     ),
     "parse_args_run_superexec": Piece(
-        "flwr.supercore.cli.flower_superexec", "_parse_args",
+        "flwr.supercore.cli.flower_superexec",
+        "_parse_args",
         "the argument parser of flower-superexec, to check the flags deploy/superlink-host and "
         "deploy/node-host pass it",
         ("tests/test_compose.py",),
     ),
     "vce_api": Piece(
-        _VCE_API, None,
-        "the module whose add_messages_to_queue the test swaps, and whose node registration the "
-        "test's state uses", ("tests/test_simulation_queue.py",),
+        _VCE_API,
+        None,
+        "the module whose add_messages_to_queue the test swaps, and whose node registration the test's state uses",
+        ("tests/test_simulation_queue.py",),
     ),
     "register_nodes": Piece(
-        _VCE_API, "_register_nodes",
+        _VCE_API,
+        "_register_nodes",
         "registers N simulated nodes in a state, as the simulation does at start",
-        _TEST_LINKSTATE, ("num_nodes", "state_factory"),
+        _TEST_LINKSTATE,
+        ("num_nodes", "state_factory"),
     ),
     "LinkStateFactory": Piece("flwr.server.superlink.linkstate", "LinkStateFactory", _LINKSTATE_WHY, _TEST_LINKSTATE),
-    "RunRecord": Piece("flwr.server.superlink.linkstate.in_memory_linkstate", "RunRecord", _LINKSTATE_WHY,
-                       _TEST_LINKSTATE),
-    "generate_rand_int_from_bytes": Piece("flwr.server.superlink.linkstate.utils", "generate_rand_int_from_bytes",
-                                          _LINKSTATE_WHY, _TEST_LINKSTATE),
+    "RunRecord": Piece(
+        "flwr.server.superlink.linkstate.in_memory_linkstate", "RunRecord", _LINKSTATE_WHY, _TEST_LINKSTATE
+    ),
+    "generate_rand_int_from_bytes": Piece(
+        "flwr.server.superlink.linkstate.utils", "generate_rand_int_from_bytes", _LINKSTATE_WHY, _TEST_LINKSTATE
+    ),
     "RUN_ID_NUM_BYTES": Piece("flwr.common.constant", "RUN_ID_NUM_BYTES", _LINKSTATE_WHY, _TEST_LINKSTATE),
     "TASK_ID_NUM_BYTES": Piece("flwr.common.constant", "TASK_ID_NUM_BYTES", _LINKSTATE_WHY, _TEST_LINKSTATE),
     "SUPERLINK_NODE_ID": Piece("flwr.common.constant", "SUPERLINK_NODE_ID", _LINKSTATE_WHY, _TEST_LINKSTATE),
-    "FLWR_IN_MEMORY_DB_NAME": Piece("flwr.supercore.constant", "FLWR_IN_MEMORY_DB_NAME", _LINKSTATE_WHY,
-                                    _TEST_LINKSTATE),
+    "FLWR_IN_MEMORY_DB_NAME": Piece(
+        "flwr.supercore.constant", "FLWR_IN_MEMORY_DB_NAME", _LINKSTATE_WHY, _TEST_LINKSTATE
+    ),
     "NOOP_FEDERATION_ID": Piece("flwr.supercore.constant", "NOOP_FEDERATION_ID", _LINKSTATE_WHY, _TEST_LINKSTATE),
     "ObjectStoreFactory": Piece("flwr.supercore.object_store", "ObjectStoreFactory", _LINKSTATE_WHY, _TEST_LINKSTATE),
-    "NoOpFederationManager": Piece("flwr.superlink.federation", "NoOpFederationManager", _LINKSTATE_WHY,
-                                   _TEST_LINKSTATE),
+    "NoOpFederationManager": Piece(
+        "flwr.superlink.federation", "NoOpFederationManager", _LINKSTATE_WHY, _TEST_LINKSTATE
+    ),
     "Run": Piece("flwr.supercore.run", "Run", _LINKSTATE_WHY, _TEST_LINKSTATE),
     "Task": Piece("flwr.proto.task_pb2", "Task", _LINKSTATE_WHY, _TEST_LINKSTATE),
-    "InMemoryGrid": Piece("flwr.superlink.grid", "InMemoryGrid",
-                          "pushes messages into that state as the simulation's ServerApp does", _TEST_LINKSTATE),
+    "InMemoryGrid": Piece(
+        "flwr.superlink.grid",
+        "InMemoryGrid",
+        "pushes messages into that state as the simulation's ServerApp does",
+        _TEST_LINKSTATE,
+    ),
 }
 
-_CARRY_WHY = ("what the strategy carries from round to round; checkpoints save it and a resumed run "
-              "restores it, so the run continues as if it had not stopped (the strategies have no "
-              "public state API)")
+_CARRY_WHY = (
+    "what the strategy carries from round to round; checkpoints save it and a resumed run "
+    "restores it, so the run continues as if it had not stopped (the strategies have no "
+    "public state API)"
+)
 _CARRIED: tuple[Attributes, ...] = (
     Attributes("flwr.serverapp.strategy", "FedAvgM", ("momentum_vector",), _CARRY_WHY, ("server_app/strategy.py",)),
     Attributes("flwr.serverapp.strategy", "FedAdam", ("m_t", "v_t"), _CARRY_WHY, ("server_app/strategy.py",)),
@@ -183,17 +219,22 @@ _CARRIED: tuple[Attributes, ...] = (
 ATTRIBUTES: tuple[Attributes, ...] = (
     *_CARRIED,
     Attributes(
-        "flwr.serverapp.strategy", "DifferentialPrivacyServerSideFixedClipping", ("strategy",),
+        "flwr.serverapp.strategy",
+        "DifferentialPrivacyServerSideFixedClipping",
+        ("strategy",),
         "the strategy inside the DP wrapper, whose carried state is saved and restored",
         ("server_app/strategy.py",),
     ),
     Attributes(
-        "flwr.serverapp.strategy", "DifferentialPrivacyClientSideFixedClipping", ("strategy",),
+        "flwr.serverapp.strategy",
+        "DifferentialPrivacyClientSideFixedClipping",
+        ("strategy",),
         "the strategy inside the DP wrapper, whose carried state is saved and restored",
         ("server_app/strategy.py",),
     ),
     Attributes(
-        "flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState",
+        "flwr.server.superlink.linkstate.in_memory_linkstate",
+        "InMemoryLinkState",
         ("message_ins_store", "lock", "_check_stored_messages"),
         "the one-pass delivery loop scans the stored messages itself, under the state's lock, "
         "with Flower's own validity checks (without them it falls back to get_message_ins per node)",

@@ -33,7 +33,9 @@ def machine() -> dict[str, Any]:
 
     cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
     mem_kb = _proc_field("/proc/meminfo", "MemTotal")
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {
         "system": platform.platform(),
         "host": platform.node(),

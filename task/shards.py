@@ -18,7 +18,6 @@ from task.data import Batchable, Mnist, load_mnist
 from task.errors import ConfigError
 from task.node_config import NUM_PARTITIONS, PARTITION_ID, partition_problem
 
-
 # The record of a node's answer when the server asks which shard it holds (its keys are
 # the node-config keys of task.node_config).
 NODE_RECORD = "node"
@@ -42,7 +41,7 @@ def check_partition(partition_id: int, num_partitions: int) -> None:
     problem = partition_problem(partition_id, num_partitions)
     if problem is not None:
         raise ConfigError(
-            f"{problem}: give each SuperNode --node-config \"{PARTITION_ID}=N {NUM_PARTITIONS}=M\" "
+            f'{problem}: give each SuperNode --node-config "{PARTITION_ID}=N {NUM_PARTITIONS}=M" '
             "with M >= 1 and 0 <= N < M."
         )
 
@@ -85,7 +84,9 @@ def load_node_data(settings: Settings, partition_id: int, num_partitions: int) -
     check_partition(partition_id, num_partitions)
     mnist = load_mnist(settings.data_dir)
     train = train_shards(settings, num_partitions, mnist)
-    return NodeData.cut(mnist, train[partition_id], local_test_shards(settings, num_partitions, mnist, train)[partition_id])
+    return NodeData.cut(
+        mnist, train[partition_id], local_test_shards(settings, num_partitions, mnist, train)[partition_id]
+    )
 
 
 def server_test_set(settings: Settings) -> Batchable:

@@ -35,8 +35,12 @@ STRATEGIES: dict[str, StrategySpec] = {
     for s in (
         StrategySpec("fedavg", "FedAvg", "FedAvg"),
         StrategySpec(
-            "fedavgm", "FedAvgM", "FedAvgM", knobs=(("server_momentum", "server_momentum"),),
-            server_lr_arg="server_learning_rate", default_server_lr=1.0,
+            "fedavgm",
+            "FedAvgM",
+            "FedAvgM",
+            knobs=(("server_momentum", "server_momentum"),),
+            server_lr_arg="server_learning_rate",
+            default_server_lr=1.0,
         ),
         StrategySpec("fedadam", "FedAdam", "FedAdam", default_server_lr=0.1, **_FEDOPT),
         StrategySpec("fedyogi", "FedYogi", "FedYogi", default_server_lr=0.01, **_FEDOPT),

@@ -20,8 +20,15 @@ from task.data import Batchable
 from task.models import build_model
 from task.training import train
 
-AE = {"model": "autoencoder", "ae-hidden": "128", "ae-code-size": 16, "optimizer": "adam", "learning-rate": 0.002,
-      "batch-size": 50, "device": "cpu"}
+AE = {
+    "model": "autoencoder",
+    "ae-hidden": "128",
+    "ae-code-size": 16,
+    "optimizer": "adam",
+    "learning-rate": 0.002,
+    "batch-size": 50,
+    "device": "cpu",
+}
 
 
 def write_run(folder: Path, config: dict, model: torch.nn.Module, status: str = rf.COMPLETED) -> Path:
@@ -121,7 +128,11 @@ def test_a_model_from_another_architecture_is_refused(tmp_path, capsys):
     run = write_run(tmp_path / "ae", AE, other)
     assert codec(["encode", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "does not match config.json" in err and "encoder.2.weight: expected (16, 128), found (8, 128)" in err and "Traceback" not in err
+    assert (
+        "does not match config.json" in err
+        and "encoder.2.weight: expected (16, 128), found (8, 128)" in err
+        and "Traceback" not in err
+    )
 
 
 def test_an_unfinished_run_is_refused(tmp_path, capsys):

@@ -14,7 +14,9 @@ from task.training import get_weights
 @pytest.fixture
 def small_client() -> MnistClient:
     settings = Settings(local_epochs=2, batch_size=10, learning_rate=0.1, device="cpu")
-    return MnistClient(settings, load_node_data(settings, partition_id=3, num_partitions=100), partition_id=3, num_partitions=100)
+    return MnistClient(
+        settings, load_node_data(settings, partition_id=3, num_partitions=100), partition_id=3, num_partitions=100
+    )
 
 
 def test_fit_trains_on_the_nodes_shard_only(small_client):
@@ -97,10 +99,19 @@ def test_a_supernode_without_its_partition_is_told_how_to_start():
 
 def test_a_pretraining_round_trains_only_that_rounds_pair():
     settings = Settings.from_run_config(
-        {"model": "autoencoder", "ae-pretrain-rounds": 1, "num-server-rounds": 4, "optimizer": "adam",
-         "learning-rate": 0.001, "local-epochs": 1, "device": "cpu"}
+        {
+            "model": "autoencoder",
+            "ae-pretrain-rounds": 1,
+            "num-server-rounds": 4,
+            "optimizer": "adam",
+            "learning-rate": 0.001,
+            "local-epochs": 1,
+            "device": "cpu",
+        }
     )
-    client = MnistClient(settings, load_node_data(settings, partition_id=0, num_partitions=100), partition_id=0, num_partitions=100)
+    client = MnistClient(
+        settings, load_node_data(settings, partition_id=0, num_partitions=100), partition_id=0, num_partitions=100
+    )
     start = get_weights(build_model(settings))
     names = list(build_model(settings).state_dict())
     changed = {}

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import run_folder as rf
-from report.compare import CompareError, compare, main as compare_cli, render, write_comparison
+from report.compare import CompareError, compare, render, write_comparison
+from report.compare import main as compare_cli
 from run_folder import RunFolder, RunFolderError
 from task.config import Settings
 from task.models import build_model
@@ -45,8 +46,13 @@ def make_run(
         for r, v in enumerate(values)
     ]
     folder = RunFolder.create(root, name, settings.model)
-    config = {**settings.to_run_config(), "run-name": name, "run-id": hash(name) % 1000, "flwr-version": "1.41.0",
-              "num-partitions": NODES}
+    config = {
+        **settings.to_run_config(),
+        "run-name": name,
+        "run-id": hash(name) % 1000,
+        "flwr-version": "1.41.0",
+        "num-partitions": NODES,
+    }
     folder.write_config({k: v for k, v in config.items() if k not in drop})
     folder.write_history(status, rounds, num_nodes=NODES, error=error)
     if status == rf.COMPLETED:
@@ -59,7 +65,7 @@ def table_rows(text: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| #"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
@@ -86,17 +92,54 @@ def test_table_numbers_order_and_differing_settings(three_mlp_runs, tmp_path):
     assert md == out / "comparison.md" and not replaced
     text = md.read_text()
     column = MLP.column
-    assert header(text) == ["#", "run", "model", "settings that differ", "status", "rounds", f"final {column}",
-                            f"best {column} (round)", "first round at 97.00% (wall time)", "wall time"]
+    assert header(text) == [
+        "#",
+        "run",
+        "model",
+        "settings that differ",
+        "status",
+        "rounds",
+        f"final {column}",
+        f"best {column} (round)",
+        "first round at 97.00% (wall time)",
+        "wall time",
+    ]
     rows = table_rows(text)
     # ordered by the final value, best first: fast (98%), peaked (97%), slow (93%)
     assert [r[1] for r in rows] == ["fast", "peaked", "slow"]
-    assert rows[0] == ["1", "fast", "mlp", "num-server-rounds=4, learning-rate=0.1", "completed", "4", "98.00%",
-                       "98.00% (4)", "2 (6 s)", "12 s"]
-    assert rows[1] == ["2", "peaked", "mlp", "num-server-rounds=3, learning-rate=0.05", "completed", "3", "97.00%",
-                       "99.00% (2)", "2 (4 s)", "6 s"]
-    assert rows[2][3:] == ["num-server-rounds=3, learning-rate=0.01", "completed", "3", "93.00%", "93.00% (3)",
-                           "not reached", "6 s"]
+    assert rows[0] == [
+        "1",
+        "fast",
+        "mlp",
+        "num-server-rounds=4, learning-rate=0.1",
+        "completed",
+        "4",
+        "98.00%",
+        "98.00% (4)",
+        "2 (6 s)",
+        "12 s",
+    ]
+    assert rows[1] == [
+        "2",
+        "peaked",
+        "mlp",
+        "num-server-rounds=3, learning-rate=0.05",
+        "completed",
+        "3",
+        "97.00%",
+        "99.00% (2)",
+        "2 (4 s)",
+        "6 s",
+    ]
+    assert rows[2][3:] == [
+        "num-server-rounds=3, learning-rate=0.01",
+        "completed",
+        "3",
+        "93.00%",
+        "93.00% (3)",
+        "not reached",
+        "6 s",
+    ]
     # the names of the runs and their Flower run ids differ too, but they are not settings
     assert "run-id=" not in text and "run-name=" not in text
     assert "`num-partitions=4`" in text and "`local-epochs=5`" in text  # shared settings, listed once
@@ -134,7 +177,9 @@ def test_a_knob_a_run_ignores_is_no_difference(tmp_path):
     comparison = compare([a, c])
     assert comparison.knobs == ["partitioning", "num-shards", "shards-per-client"]
     assert [comparison.knob_text(r) for r in comparison.runs] == [
-        "partitioning=iid, num-shards=-, shards-per-client=-", "partitioning=shards, num-shards=300, shards-per-client=0"]
+        "partitioning=iid, num-shards=-, shards-per-client=-",
+        "partitioning=shards, num-shards=300, shards-per-client=0",
+    ]
 
 
 def test_a_setting_an_older_run_lacks_counts_at_its_default(tmp_path):
@@ -163,8 +208,9 @@ def test_lower_is_better_orders_the_other_way_and_has_no_target_column(tmp_path)
 def test_unfinished_runs_are_shown_with_their_status(tmp_path):
     done = make_run(tmp_path, "done", [0.1, 0.9, 0.95], **{"num-server-rounds": 2})
     going = make_run(tmp_path, "going", [0.1, 0.92], status=rf.RUNNING, **{"num-server-rounds": 5})
-    broke = make_run(tmp_path, "broke", [0.1, 0.5], status=rf.FAILED, error="RuntimeError: out of memory",
-                     **{"num-server-rounds": 5})
+    broke = make_run(
+        tmp_path, "broke", [0.1, 0.5], status=rf.FAILED, error="RuntimeError: out of memory", **{"num-server-rounds": 5}
+    )
     paused = make_run(tmp_path, "paused", [0.1, 0.3, 0.4], status="interrupted", **{"num-server-rounds": 5})
     text = write_comparison([going, done, broke, paused], tmp_path / "out")[0].read_text()
     rows = {r[1]: r for r in table_rows(text)}

@@ -71,7 +71,9 @@ def test_the_tls_switch_turns_on_tls_and_authentication_everywhere():
     assert plain.insecure and not plain.enable_supernode_auth
     assert not tls.insecure and tls.enable_supernode_auth
     assert (tls.ssl_ca_certfile, tls.ssl_certfile, tls.ssl_keyfile) == (
-        "/certs/ca.crt", "/certs/superlink.crt", "/certs/superlink.key"
+        "/certs/ca.crt",
+        "/certs/superlink.crt",
+        "/certs/superlink.key",
     )
     mounts = {mount_target(v): v for v in TLS["services"]["superlink"]["volumes"]}
     assert set(mounts) == {"/certs/ca.crt", "/certs/superlink.crt", "/certs/superlink.key"}
@@ -154,8 +156,7 @@ def test_the_node_generator_makes_n_consistent_nodes(n):
         merged = {name: {**base.get(name, {}), **svc} for name, svc in override.items()}
         active = {name: s for name, s in merged.items() if "profiles" not in s}
         assert sorted(active, key=lambda s: int(s.split("-")[1])) == [f"supernode-{i}" for i in range(n)]
-        configs = {name: node_config(shlex.split(s["command"]))
-                   for name, s in active.items()}
+        configs = {name: node_config(shlex.split(s["command"])) for name, s in active.items()}
         assert {c["num-partitions"] for c in configs.values()} == {n}
         assert sorted(c["partition-id"] for c in configs.values()) == list(range(n))
         for name, service in active.items():
@@ -172,7 +173,7 @@ def test_the_node_generator_makes_n_consistent_nodes(n):
 
 def test_the_node_generator_for_three_nodes_is_the_compose_file_itself():
     override = nodes.override(3)["services"]
-    for name, argv in services("flower-supernode").items():
+    for name, _argv in services("flower-supernode").items():
         assert override[name]["command"].split() == COMPOSE["services"][name]["command"].split()
     tls = nodes.override(3, tls=True)["services"]
     for name in services("flower-supernode"):
@@ -188,15 +189,22 @@ def test_the_compose_files_are_valid_for_docker_compose_v1():
     if v1 is None:
         pytest.skip("docker-compose (v1) is not installed: apt-get install docker-compose, or run deploy/engine.sh")
     env = {"PATH": "/usr/bin:/bin", "FEDMNIST_OUTPUTS": "/tmp/outputs"}
-    for files in ([harness.COMPOSE_FILE], [harness.COMPOSE_FILE, harness.TLS_FILE, harness.GPU_FILE],
-                  [harness.SUPERLINK_HOST_FILE], [harness.NODE_HOST_FILE]):
+    for files in (
+        [harness.COMPOSE_FILE],
+        [harness.COMPOSE_FILE, harness.TLS_FILE, harness.GPU_FILE],
+        [harness.SUPERLINK_HOST_FILE],
+        [harness.NODE_HOST_FILE],
+    ):
         args = [v1, "--project-directory", str(files[0].parent if len(files) == 1 else ROOT)]
         args += [a for f in files for a in ("-f", str(f))] + ["config", "-q"]
-        proc = subprocess.run(args, capture_output=True, text=True, env={**env, "SUPERLINK_ADDRESS": "example.org:8443"})
+        proc = subprocess.run(
+            args, capture_output=True, text=True, env={**env, "SUPERLINK_ADDRESS": "example.org:8443"}
+        )
         assert proc.returncode == 0, proc.stderr
     # The node host names the SuperLink host or refuses to start, saying which setting is missing.
-    proc = subprocess.run([v1, "-f", str(harness.NODE_HOST_FILE), "config", "-q"], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        [v1, "-f", str(harness.NODE_HOST_FILE), "config", "-q"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode != 0 and "set SUPERLINK_ADDRESS=HOST:PORT" in proc.stderr
 
 
@@ -219,7 +227,9 @@ def _start(home, tmp_path: Path, source: Path, certs: Path | None) -> tuple[str,
     proc = home.spawn("superlink", argv)
     scheme = "https" if ca else "http"
     harness.wait_healthy(
-        f"{scheme}://127.0.0.1:{port}/health", ca=ca, alive=lambda: proc.poll() is None,
+        f"{scheme}://127.0.0.1:{port}/health",
+        ca=ca,
+        alive=lambda: proc.poll() is None,
         log=lambda: home.log_tail("superlink"),
     )
     return f"127.0.0.1:{port}", ca
@@ -241,8 +251,15 @@ def _run_one_round(home, conn: str, tmp_path: Path) -> dict:
         home,
         conn,
         # batches of 100 keep the round short; the point is the plumbing, not the accuracy
-        {"num-server-rounds": 1, "fraction-train": 1.0, "local-epochs": 1, "batch-size": 100,
-         "min-available-nodes": 3, "output-dir": str(tmp_path), "run-name": conn},
+        {
+            "num-server-rounds": 1,
+            "fraction-train": 1.0,
+            "local-epochs": 1,
+            "batch-size": 100,
+            "min-available-nodes": 3,
+            "output-dir": str(tmp_path),
+            "run-name": conn,
+        },
         echo=False,
         timeout=900,
     )
@@ -277,13 +294,27 @@ def test_the_tls_commands_run_one_round_on_loopback_and_refuse_strangers(tmp_pat
         assert refused.returncode != 0
         assert connection.probe("compose-tls", address, ca)[0]
         # A SuperNode whose key nobody registered is turned away at once.
-        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(tmp_path / "stranger")],
-                       check=True)
-        stranger = home.spawn("stranger", [
-            "flower-supernode", "--superlink", address, "--root-certificates", ca,
-            "--auth-supernode-private-key", str(tmp_path / "stranger"), "--host", "127.0.0.1",
-            "--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=3",
-        ])
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(tmp_path / "stranger")], check=True
+        )
+        stranger = home.spawn(
+            "stranger",
+            [
+                "flower-supernode",
+                "--superlink",
+                address,
+                "--root-certificates",
+                ca,
+                "--auth-supernode-private-key",
+                str(tmp_path / "stranger"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                "partition-id=0 num-partitions=3",
+            ],
+        )
         assert stranger.wait(60) != 0
         assert "Failed to activate SuperNode" in home.log_tail("stranger")
         assert "No SuperNode found with the given public key" in home.log_tail("superlink", 400)
@@ -292,7 +323,8 @@ def test_the_tls_commands_run_one_round_on_loopback_and_refuse_strangers(tmp_pat
             ok, message = register.register("compose-tls", key, env=home.env)
             assert ok, message
         assert register.register("compose-tls", certs / "supernode-0.key.pub", env=home.env) == (
-            True, "supernode-0.key.pub: already registered"
+            True,
+            "supernode-0.key.pub: already registered",
         )
         _start_nodes(home, address, harness.TLS_FILE, certs)
         history = _run_one_round(home, "compose-tls", tmp_path)
@@ -343,8 +375,11 @@ def test_the_superlink_host_runs_tls_authentication_and_serverapps_in_a_containe
 
 def test_node_host_supernodes_join_through_the_proxy_and_clientapps_run_beside_them_without_keys():
     required = re.compile(r"\$\{SUPERLINK_ADDRESS:\?[^}]*\}")  # compose fills it in before splitting
-    nodes_ = {name: shlex.split(required.sub("superlink.example.org:8443", s["command"]))
-              for name, s in NODE_HOST["services"].items() if s["command"].startswith("flower-supernode")}
+    nodes_ = {
+        name: shlex.split(required.sub("superlink.example.org:8443", s["command"]))
+        for name, s in NODE_HOST["services"].items()
+        if s["command"].startswith("flower-supernode")
+    }
     assert sorted(nodes_) == ["supernode-0", "supernode-1", "supernode-2"]
     partitions = []
     for name, argv in nodes_.items():

@@ -15,7 +15,9 @@ def test_defaults_are_valid():
 def test_the_defaults_here_are_the_defaults_in_pyproject():
     """pyproject.toml's [tool.flwr.app.config] is what Flower runs with; Settings() is what
     the report and the tools assume when a key is missing. They must not drift apart."""
-    table = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    table = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     assert Settings().to_run_config() == table
 
 
@@ -114,7 +116,9 @@ def test_pretraining_that_cannot_fit_the_run_is_refused(overrides, expected):
     assert expected in str(err.value)
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).parent.parent / "presets").glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parent.parent / "presets").glob("*.toml")), ids=lambda p: p.stem
+)
 def test_every_preset_is_a_valid_run_config(preset):
     values = tomllib.loads(preset.read_text())
     settings = check_run_config(values)  # also refuses keys the app does not declare (a typo would be ignored)

@@ -7,8 +7,13 @@ from task.objective import CLASSIFICATION, RECONSTRUCTION
 
 
 def _round(n, acc, elapsed, nodes=10, asked=10, failures=()):
-    return {"round": n, "server": {"loss": 0.3, "accuracy": acc, "mse": 0.01}, "elapsed-s": elapsed,
-            "clients-train": {"nodes": nodes, "asked": asked} if n else None, "failures": list(failures)}
+    return {
+        "round": n,
+        "server": {"loss": 0.3, "accuracy": acc, "mse": 0.01},
+        "elapsed-s": elapsed,
+        "clients-train": {"nodes": nodes, "asked": asked} if n else None,
+        "failures": list(failures),
+    }
 
 
 def test_a_progress_line_says_rounds_metric_replies_speed_and_time_left():
@@ -34,7 +39,10 @@ def test_without_a_terminal_each_round_is_one_plain_line():
     display.update({"rounds": rounds})  # nothing new: nothing printed
     display.close()
     lines = out.getvalue().splitlines()
-    assert lines == ["Round 0/3 | test accuracy 10.00%", "Round 1/3 | test accuracy 90.00% | replies 10/10 | 2.0 s/round | about 4 s left"]
+    assert lines == [
+        "Round 0/3 | test accuracy 10.00%",
+        "Round 1/3 | test accuracy 90.00% | replies 10/10 | 2.0 s/round | about 4 s left",
+    ]
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
 

@@ -147,8 +147,11 @@ def _nobody_is_root(compose: harness.Compose, services: list[str], patience: flo
             top = subprocess.run([compose.docker, "top", cid, "-eo", "pid,uid,args"], capture_output=True, text=True)
             rows = [line.split(None, 2) for line in top.stdout.splitlines()[1:]]
             assert rows, top.stderr
-            root = [args for _, uid, args in rows
-                    if uid == "0" and not args.startswith("/sbin/docker-init") and "--health" not in args]
+            root = [
+                args
+                for _, uid, args in rows
+                if uid == "0" and not args.startswith("/sbin/docker-init") and "--health" not in args
+            ]
             starting = all("fedmnist-entrypoint" in args for args in root)
             if not root or not starting or time.monotonic() > deadline:
                 break
@@ -170,8 +173,12 @@ def test_compose_up_runs_on_one_machine_and_leaves_nothing_behind(engine, image,
         cli,
         docker,
         project=f"fedmnist-test-{uuid.uuid4().hex[:8]}",
-        env={"FEDMNIST_OUTPUTS": str(outputs), "FEDMNIST_PORT": str(port), "FEDMNIST_CERTS": str(certs),
-             "FEDMNIST_IMAGE": image},
+        env={
+            "FEDMNIST_OUTPUTS": str(outputs),
+            "FEDMNIST_PORT": str(port),
+            "FEDMNIST_CERTS": str(certs),
+            "FEDMNIST_IMAGE": image,
+        },
     )
     address = f"127.0.0.1:{port}"
     try:
@@ -191,9 +198,20 @@ def test_compose_up_runs_on_one_machine_and_leaves_nothing_behind(engine, image,
             _check_run(outputs, "plain", owner)
 
             # A SuperNode told a partition that does not exist never starts; the line says why.
-            bad = compose.run(BASE, "run", "--rm", "--no-deps", "-T", "supernode-0", "flower-supernode",
-                              "--insecure", "--superlink", "superlink:8000",
-                              "--node-config", "partition-id=3 num-partitions=3")
+            bad = compose.run(
+                BASE,
+                "run",
+                "--rm",
+                "--no-deps",
+                "-T",
+                "supernode-0",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                "superlink:8000",
+                "--node-config",
+                "partition-id=3 num-partitions=3",
+            )
             assert bad.returncode == 2, bad.stdout + bad.stderr
             assert "partition-id=3 is out of range for num-partitions=3" in bad.stdout + bad.stderr
 
@@ -223,8 +241,7 @@ def _snooped(findings: dict) -> list[str]:
     return leaks
 
 
-def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded_code(engine, image, timings,
-                                                                                         tmp_path):
+def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded_code(engine, image, timings, tmp_path):
     """The SuperLink host (proxy, SuperLink, SuperExec) and a node host (three SuperNodes, each
     with its ClientApp container) as two compose projects on separate Docker networks: the
     nodes reach the SuperLink only through the proxy's published port, as another machine
@@ -236,26 +253,43 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
     tag = uuid.uuid4().hex[:8]
     common = {"FEDMNIST_CERTS": str(certs), "FEDMNIST_IMAGE": image}
     link_host = harness.Compose(
-        cli, docker, project=f"fedmnist-link-{tag}", directory=harness.SUPERLINK_HOST_FILE.parent,
-        env={**common, "FEDMNIST_OUTPUTS": str(outputs), "FEDMNIST_PUBLIC_PORT": str(public),
-             "FEDMNIST_CONTROL_PORT": str(control)},
+        cli,
+        docker,
+        project=f"fedmnist-link-{tag}",
+        directory=harness.SUPERLINK_HOST_FILE.parent,
+        env={
+            **common,
+            "FEDMNIST_OUTPUTS": str(outputs),
+            "FEDMNIST_PUBLIC_PORT": str(public),
+            "FEDMNIST_CONTROL_PORT": str(control),
+        },
     )
     node_host = harness.Compose(
-        cli, docker, project=f"fedmnist-nodes-{tag}", directory=harness.NODE_HOST_FILE.parent,
+        cli,
+        docker,
+        project=f"fedmnist-nodes-{tag}",
+        directory=harness.NODE_HOST_FILE.parent,
         env={**common, "SUPERLINK_ADDRESS": f"host.docker.internal:{public}"},
     )
     link_files, node_files = [harness.SUPERLINK_HOST_FILE], [harness.NODE_HOST_FILE]
     refusals: dict[str, str] = {}
     try:
         with flower_home() as home:
-            made = subprocess.run([str(ROOT / "deploy" / "tls.sh"), "--dir", str(certs), "--san",
-                                   "host.docker.internal"], capture_output=True, text=True)
+            made = subprocess.run(
+                [str(ROOT / "deploy" / "tls.sh"), "--dir", str(certs), "--san", "host.docker.internal"],
+                capture_output=True,
+                text=True,
+            )
             assert made.returncode == 0, made.stderr
             t0 = time.monotonic()
             link_host(link_files, "up", "-d")
             link_host.wait_healthy(["superlink"], timeout=180)
-            harness.wait_healthy(f"https://127.0.0.1:{public}/health", timeout=60, ca=certs / "ca.crt",
-                                 log=lambda: link_host.logs("proxy"))
+            harness.wait_healthy(
+                f"https://127.0.0.1:{public}/health",
+                timeout=60,
+                ca=certs / "ca.crt",
+                log=lambda: link_host.logs("proxy"),
+            )
             _nobody_is_root(link_host, ["superlink", "superexec"])
             ops = f"127.0.0.1:{control}"
             connection.write_connection("ops", ops, root_certificates=certs / "ca.crt", home=home.path)
@@ -268,23 +302,50 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
 
             # A SuperNode whose key was not registered is turned away at the public listener.
             stranger_key = tmp_path / "stranger.key"
-            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(stranger_key)],
-                           check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(stranger_key)], check=True
+            )
             unregistered = node_host.run(
-                node_files, "run", "--rm", "--no-deps", "-T", "-v", f"{stranger_key}:/certs/stranger.key:ro",
-                "supernode-0", "flower-supernode", "--superlink", f"host.docker.internal:{public}",
-                "--root-certificates", "/certs/ca.crt", "--auth-supernode-private-key", "/certs/stranger.key",
-                "--max-retries", "2", "--node-config", "partition-id=0 num-partitions=3",
+                node_files,
+                "run",
+                "--rm",
+                "--no-deps",
+                "-T",
+                "-v",
+                f"{stranger_key}:/certs/stranger.key:ro",
+                "supernode-0",
+                "flower-supernode",
+                "--superlink",
+                f"host.docker.internal:{public}",
+                "--root-certificates",
+                "/certs/ca.crt",
+                "--auth-supernode-private-key",
+                "/certs/stranger.key",
+                "--max-retries",
+                "2",
+                "--node-config",
+                "partition-id=0 num-partitions=3",
             )
             assert unregistered.returncode != 0, unregistered.stdout + unregistered.stderr
             assert "Failed to activate SuperNode" in unregistered.stdout + unregistered.stderr
             assert "No SuperNode found with the given public key" in link_host.logs("superlink", 400)
-            refusals["unregistered SuperNode"] = "Failed to activate SuperNode (exit %d)" % unregistered.returncode
+            refusals["unregistered SuperNode"] = f"Failed to activate SuperNode (exit {unregistered.returncode})"
             # A certificate that is not there: one line naming the file, before Flower starts.
-            missing = node_host.run(node_files, "run", "--rm", "--no-deps", "-T", "supernode-0", "flower-supernode",
-                                    "--superlink", f"host.docker.internal:{public}",
-                                    "--root-certificates", "/certs/nowhere.crt",
-                                    "--node-config", "partition-id=0 num-partitions=3")
+            missing = node_host.run(
+                node_files,
+                "run",
+                "--rm",
+                "--no-deps",
+                "-T",
+                "supernode-0",
+                "flower-supernode",
+                "--superlink",
+                f"host.docker.internal:{public}",
+                "--root-certificates",
+                "/certs/nowhere.crt",
+                "--node-config",
+                "partition-id=0 num-partitions=3",
+            )
             assert missing.returncode == 2
             assert "--root-certificates /certs/nowhere.crt: CA certificate not found" in missing.stdout + missing.stderr
 
@@ -296,13 +357,33 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
             # A stranger on the node host's network, with the CA certificate and a key of their own.
             t0 = time.monotonic()
             stranger = subprocess.run(
-                [docker, "run", "--rm", "--network", node_host.network(),
-                 "--add-host", "host.docker.internal:host-gateway",
-                 "-v", f"{certs / 'ca.crt'}:/certs/ca.crt:ro",
-                 "-v", f"{ROOT / 'deploy' / 'stranger.py'}:/opt/stranger.py:ro",
-                 image, "python", "/opt/stranger.py", f"host.docker.internal:{public}", "--ca", "/certs/ca.crt",
-                 "--closed", f"host.docker.internal:{control}", "--closed", "superlink:8000", "--json"],
-                capture_output=True, text=True, timeout=600,
+                [
+                    docker,
+                    "run",
+                    "--rm",
+                    "--network",
+                    node_host.network(),
+                    "--add-host",
+                    "host.docker.internal:host-gateway",
+                    "-v",
+                    f"{certs / 'ca.crt'}:/certs/ca.crt:ro",
+                    "-v",
+                    f"{ROOT / 'deploy' / 'stranger.py'}:/opt/stranger.py:ro",
+                    image,
+                    "python",
+                    "/opt/stranger.py",
+                    f"host.docker.internal:{public}",
+                    "--ca",
+                    "/certs/ca.crt",
+                    "--closed",
+                    f"host.docker.internal:{control}",
+                    "--closed",
+                    "superlink:8000",
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             tried = [json.loads(line) for line in stranger.stdout.splitlines() if line.startswith("{")]
             refusals.update({t["action"]: t["detail"] for t in tried})
@@ -321,15 +402,21 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
 
             # Uploaded code looks for keys and state where it runs: there are none to read.
             t0 = time.monotonic()
-            snoop = subprocess.run(["flwr", "run", str(ROOT / "tests" / "apps" / "snoop"), "ops", "--stream"],
-                                   env=home.env, capture_output=True, text=True, timeout=600)
+            snoop = subprocess.run(
+                ["flwr", "run", str(ROOT / "tests" / "apps" / "snoop"), "ops", "--stream"],
+                env=home.env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert snoop.returncode == 0, snoop.stdout + snoop.stderr
             findings = json.loads((outputs / "snoop" / "findings.json").read_text())
             assert _snooped(findings) == [], findings
             timings["snoop"] = time.monotonic() - t0
 
-            listed = subprocess.run(["flwr", "supernode", "ls", "ops", "--format", "json"], env=home.env,
-                                    capture_output=True, text=True)
+            listed = subprocess.run(
+                ["flwr", "supernode", "ls", "ops", "--format", "json"], env=home.env, capture_output=True, text=True
+            )
             assert len(json.loads(listed.stdout)["nodes"]) == 3  # the strangers are not among them
     finally:
         node_host(node_files, "down", "-v", "--remove-orphans", check=False)

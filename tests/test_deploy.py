@@ -71,7 +71,8 @@ def test_the_entrypoints_partition_check_is_the_clientapps_and_loads_only_the_st
     SuperNode; it must stay light: no numpy, torch or Flower before Flower starts."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from deploy import entrypoint\n"
-        "entrypoint.check(entrypoint.Command.parse(['flower-supernode', '--node-config', 'partition-id=0 num-partitions=1']))\n"
+        "entrypoint.check(entrypoint.Command.parse(\n"
+        "    ['flower-supernode', '--node-config', 'partition-id=0 num-partitions=1']))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'torch', 'flwr', 'partitioning')))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)
@@ -89,15 +90,25 @@ def test_other_commands_are_not_checked_for_partitions():
 def superlink(certs: Path, **files: str) -> list[str]:
     paths = {"ca": "ca.crt", "cert": "superlink.crt", "key": "superlink.key", **files}
     return [
-        "flower-superlink", "--ssl-ca-certfile", str(certs / paths["ca"]), "--ssl-certfile",
-        str(certs / paths["cert"]), f"--ssl-keyfile={certs / paths['key']}", "--enable-supernode-auth",
+        "flower-superlink",
+        "--ssl-ca-certfile",
+        str(certs / paths["ca"]),
+        "--ssl-certfile",
+        str(certs / paths["cert"]),
+        f"--ssl-keyfile={certs / paths['key']}",
+        "--enable-supernode-auth",
     ]
 
 
 def supernode(certs: Path, key: str = "supernode-0.key", ca: str = "ca.crt") -> list[str]:
     return [
-        "flower-supernode", "--root-certificates", str(certs / ca), "--auth-supernode-private-key",
-        str(certs / key), "--node-config", "partition-id=0 num-partitions=2",
+        "flower-supernode",
+        "--root-certificates",
+        str(certs / ca),
+        "--auth-supernode-private-key",
+        str(certs / key),
+        "--node-config",
+        "partition-id=0 num-partitions=2",
     ]
 
 
@@ -109,8 +120,10 @@ def test_what_deploy_tls_makes_passes(certs):
 
 def test_a_missing_file_is_one_line_naming_it(certs):
     problem = check(supernode(certs, key="supernode-7.key"))
-    assert problem == f"--auth-supernode-private-key {certs / 'supernode-7.key'}: SuperNode private key not found: " \
-                      f"{entrypoint.HINT}"
+    assert (
+        problem == f"--auth-supernode-private-key {certs / 'supernode-7.key'}: SuperNode private key not found: "
+        f"{entrypoint.HINT}"
+    )
 
 
 def test_a_directory_in_place_of_a_file_says_docker_made_it(certs, tmp_path):
@@ -161,8 +174,9 @@ def test_the_health_check_fails_when_nothing_answers():
 
     # in a process of its own: run as root, the health check drops privileges
     url = f"http://127.0.0.1:{free_port()}/health"
-    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "entrypoint.py"), "--health", url],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "entrypoint.py"), "--health", url], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and url in proc.stderr
 
 
@@ -190,7 +204,7 @@ def test_the_connection_keeps_everything_else_in_the_file(tmp_path):
     original = (
         '# my notes\n[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "10.0.0.1:8000"\n'
         'root-certificates = "/etc/lab.crt"\n\n[superlink.docker]\naddress = "old:1"\ninsecure = true\n'
-        "\n[superlink.local]\naddress = \":local:\"\noptions.num-supernodes = 10\n"
+        '\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 10\n'
     )
     (home / "config.toml").write_text(original)
     text = connection.write_connection("docker", "127.0.0.1:9000", home=home).read_text()
@@ -219,7 +233,10 @@ def test_a_connection_in_any_toml_form_is_replaced_and_the_rest_kept(tmp_path, f
     path = connection.write_connection("docker", "127.0.0.1:9000", home=home)
     text = path.read_text()
     config = tomllib.loads(text)
-    assert config["superlink"]["docker"] == {"address": "127.0.0.1:9000", "insecure": True}  # options too: replaced whole
+    assert config["superlink"]["docker"] == {
+        "address": "127.0.0.1:9000",
+        "insecure": True,
+    }  # options too: replaced whole
     assert config["other"] == {"x": 1} and text.startswith("# top\n") and "[other]  # another tool's\n" in text
     assert connection.write_connection("docker", "127.0.0.1:9000", home=home).read_text() == text  # twice: the same
 
@@ -278,7 +295,9 @@ def test_the_lock_pins_what_the_extras_bring():
                 environment = {"extra": extra, "python_full_version": "3.11.2", "sys_platform": "linux"}
                 if needed.marker is not None and needed.marker.evaluate(environment):
                     name = needed.name.lower().replace("_", "-")
-                    assert name in pins, f"{name} ({requirement.name}[{extra}]) is not in deploy/requirements.txt: run deploy/lock.sh"
+                    assert name in pins, (
+                        f"{name} ({requirement.name}[{extra}]) is not in deploy/requirements.txt: run deploy/lock.sh"
+                    )
                     checked += 1
     assert checked >= 2  # ray and dp-accounting at least
 
@@ -311,15 +330,19 @@ def test_tls_sh_is_idempotent_and_checks_names_and_pairs(certs, tmp_path):
     again = subprocess.run([str(TLS_SH), "--dir", str(certs), "--nodes", "2"], capture_output=True, text=True)
     assert again.returncode == 0
     assert {p.name: p.read_bytes() for p in certs.iterdir()} == before  # nothing made twice
-    sans = subprocess.run(["openssl", "x509", "-in", str(certs / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
-                          capture_output=True, text=True).stdout
+    sans = subprocess.run(
+        ["openssl", "x509", "-in", str(certs / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "DNS:superlink" in sans and "DNS:localhost" in sans and "IP Address:127.0.0.1" in sans
     assert oct((certs / "supernode-0.key").stat().st_mode & 0o777) == "0o600"
     assert (certs / "supernode-0.key.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     # a key pair that does not match, and a node without a key: one line each, naming the file
     (certs / "supernode-1.key.pub").write_bytes((certs / "supernode-0.key.pub").read_bytes())
-    checked = subprocess.run([str(TLS_SH), "--dir", str(certs), "--nodes", "3", "--check"], capture_output=True,
-                             text=True)
+    checked = subprocess.run(
+        [str(TLS_SH), "--dir", str(certs), "--nodes", "3", "--check"], capture_output=True, text=True
+    )
     assert checked.returncode == 1
     lines = checked.stderr.strip().splitlines()
     assert len(lines) == 2
@@ -332,10 +355,16 @@ def test_tls_sh_adds_a_name_to_the_certificate_when_asked(tmp_path):
     folder = tmp_path / "c"
     subprocess.run([str(TLS_SH), "--dir", str(folder), "--nodes", "1"], check=True, capture_output=True)
     ca = (folder / "ca.crt").read_bytes()
-    subprocess.run([str(TLS_SH), "--dir", str(folder), "--nodes", "1", "--san", "superlink.example.org",
-                    "--san", "10.1.2.3"], check=True, capture_output=True)
-    sans = subprocess.run(["openssl", "x509", "-in", str(folder / "superlink.crt"), "-noout", "-ext",
-                           "subjectAltName"], capture_output=True, text=True).stdout
+    subprocess.run(
+        [str(TLS_SH), "--dir", str(folder), "--nodes", "1", "--san", "superlink.example.org", "--san", "10.1.2.3"],
+        check=True,
+        capture_output=True,
+    )
+    sans = subprocess.run(
+        ["openssl", "x509", "-in", str(folder / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "DNS:superlink.example.org" in sans and "IP Address:10.1.2.3" in sans
     assert (folder / "ca.crt").read_bytes() == ca  # same CA: the nodes need nothing new
 
@@ -345,7 +374,9 @@ def test_register_finds_the_node_keys_in_order(tmp_path):
         (tmp_path / f"supernode-{i}.key.pub").write_text("x")
     (tmp_path / "stranger.key.pub").write_text("x")
     assert [p.name for p in register.default_keys(tmp_path)] == [
-        "supernode-0.key.pub", "supernode-2.key.pub", "supernode-10.key.pub"
+        "supernode-0.key.pub",
+        "supernode-2.key.pub",
+        "supernode-10.key.pub",
     ]
     ok, message = register.register("docker", tmp_path / "supernode-5.key.pub")
     assert not ok and "no such public key file" in message

@@ -97,7 +97,7 @@ def fenced_blocks(doc: Path) -> list[Block]:
         indent, fence, language = opening.groups()
         body, j = [], i + 1
         while j < len(lines) and not lines[j].strip().startswith(fence):
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j].lstrip())
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
             j += 1
         blocks.append(Block(doc, i + 1, language.lower(), tuple(body)))
         i = j + 1
@@ -352,8 +352,11 @@ def problems_of(command: Command, written: set[str]) -> list[str]:
         plain_words = shlex.split(command.text, comments=True)
     except ValueError as exc:  # an unclosed quote
         return [f"not a valid shell command: {exc}"]
-    problems = [f"placeholder {m.group()}: write a shell word such as RUN_DIR instead"
-                for word in plain_words if (m := PLACEHOLDER.search(word))]
+    problems = [
+        f"placeholder {m.group()}: write a shell word such as RUN_DIR instead"
+        for word in plain_words
+        if (m := PLACEHOLDER.search(word))
+    ]
     for words in simple_commands(command.text):
         # Redirections: the file after > is written (checked by nobody), after < read.
         kept, i = [], 0
@@ -372,27 +375,40 @@ def problems_of(command: Command, written: set[str]) -> list[str]:
         if not inv.words:
             continue
         if inv.words[0] == "make":
-            problems += [f"make {t}: no such target in the Makefile" for t in inv.words[1:]
-                         if not t.startswith("-") and "=" not in t and t not in make_targets()]
+            problems += [
+                f"make {t}: no such target in the Makefile"
+                for t in inv.words[1:]
+                if not t.startswith("-") and "=" not in t and t not in make_targets()
+            ]
         if inv.module and not module_resolves(inv.module, as_main=True):
             problems.append(f"python -m {inv.module}: no such module")
         if inv.code:
             for node in ast.walk(ast.parse(inv.code)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                )
                 problems += [f"python -c: cannot import {n}" for n in names if not module_resolves(n)]
         args = inv.args if inv.cli else tuple(inv.words[1:])
         for i, word in enumerate(args):
             if word == "--run-config" and i + 1 < len(args) and not args[i + 1].endswith(".toml"):
                 keys = [pair.split("=", 1)[0] for pair in shlex.split(args[i + 1])]
-                problems += [f"--run-config: no knob {k!r} in [tool.flwr.app.config]" for k in keys
-                             if k not in run_config_keys()]
+                problems += [
+                    f"--run-config: no knob {k!r} in [tool.flwr.app.config]" for k in keys if k not in run_config_keys()
+                ]
         if inv.cli:
             cli = with_subcommand(inv.cli, inv.args)
             known, error = options(cli)
-            problems += [error] if error else [
-                f"{cli.name}: no option {o}" for o in (a.split("=", 1)[0] for a in inv.args if a.startswith("--"))
-                if o not in known]
+            problems += (
+                [error]
+                if error
+                else [
+                    f"{cli.name}: no option {o}"
+                    for o in (a.split("=", 1)[0] for a in inv.args if a.startswith("--"))
+                    if o not in known
+                ]
+            )
             if inv.direct and not os.access(ROOT / cli.target, os.X_OK):
                 problems.append(f"{cli.target} is run by its path but is not executable")
     return problems
@@ -402,8 +418,7 @@ def problems_of(command: Command, written: set[str]) -> list[str]:
 
 
 def test_every_fenced_block_says_its_language():
-    unnamed = [f"{rel(b.doc)}:{b.line}" for b in all_blocks()
-               if b.language not in SHELL_LANGUAGES | OTHER_LANGUAGES]
+    unnamed = [f"{rel(b.doc)}:{b.line}" for b in all_blocks() if b.language not in SHELL_LANGUAGES | OTHER_LANGUAGES]
     assert not unnamed, f"fenced blocks without a known language (bash, text, ...): {unnamed}"
 
 
@@ -523,7 +538,7 @@ def test_the_checks_catch_what_does_not_exist(tmp_path):
         "make nosuchtarget\n"
         "deploy/tls.sh --nodes 3 --nosuchflag\n"
         ".venv/bin/python -m launcher.simulate --num-supernodes 2 --run-config presets/nosuch.toml\n"
-        ".venv/bin/python -m launcher.simulate --run-config \"num-server-rounds=1 no-such-knob=2\"\n"
+        '.venv/bin/python -m launcher.simulate --run-config "num-server-rounds=1 no-such-knob=2"\n'
         ".venv/bin/python -m launcher.nosuchmodule\n"
         ".venv/bin/python -m report outputs/<run-name>\n"
         "```\n"

@@ -33,8 +33,14 @@ def test_one_round_over_superlink_and_two_supernodes(tmp_path):
         again = flwr_run(
             home,
             "loopback",
-            {"num-server-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 1.0, "local-epochs": 1,
-             "output-dir": str(tmp_path), "run-name": "again"},
+            {
+                "num-server-rounds": 1,
+                "fraction-train": 1.0,
+                "fraction-evaluate": 1.0,
+                "local-epochs": 1,
+                "output-dir": str(tmp_path),
+                "run-name": "again",
+            },
             echo=False,
         )
         assert again != run_id
@@ -71,8 +77,19 @@ def test_flwr_stop_leaves_an_interrupted_history_and_a_checkpoint_to_resume(tmp_
 
         def run() -> None:
             try:
-                flwr_run(home, "loopback", {"num-server-rounds": 50, "local-epochs": 1, "fraction-evaluate": 0.0,
-                                            "output-dir": str(tmp_path), "run-name": "stopped"}, echo=False, timeout=600)
+                flwr_run(
+                    home,
+                    "loopback",
+                    {
+                        "num-server-rounds": 50,
+                        "local-epochs": 1,
+                        "fraction-evaluate": 0.0,
+                        "output-dir": str(tmp_path),
+                        "run-name": "stopped",
+                    },
+                    echo=False,
+                    timeout=600,
+                )
             except FlowerError as exc:
                 outcome["error"] = str(exc)
 
@@ -86,8 +103,9 @@ def test_flwr_stop_leaves_an_interrupted_history_and_a_checkpoint_to_resume(tmp_
             except (rf.RunFolderError, FileNotFoundError):
                 pass
             time.sleep(0.5)
-        listed = subprocess.run(["flwr", "list", "loopback", "--format", "json"], env=home.env, capture_output=True,
-                                text=True, check=True)
+        listed = subprocess.run(
+            ["flwr", "list", "loopback", "--format", "json"], env=home.env, capture_output=True, text=True, check=True
+        )
         run_id = json.loads(listed.stdout)["runs"][0]["run-id"]
         subprocess.run(["flwr", "stop", str(run_id), "loopback"], env=home.env, capture_output=True, check=True)
         thread.join(120)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import run_folder as rf
-from launcher import FlowerError, PROJECT_ROOT
+from launcher import PROJECT_ROOT, FlowerError
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.processes import kill_tree, running
@@ -49,8 +49,13 @@ def _wait_for_round(folder: Path, server_round: int, timeout: float = 900) -> No
 
 def test_misbehaving_clients_are_dropped_and_the_run_completes(tmp_path, faults_allowed):
     run_dir = run_simulation(
-        {**QUICK, "num-server-rounds": 2, "round-timeout": 45.0, "run-name": "faulty",
-         "fault-injection": "nan@1 shape@2 raise@3:1 hang@0:2"},
+        {
+            **QUICK,
+            "num-server-rounds": 2,
+            "round-timeout": 45.0,
+            "run-name": "faulty",
+            "fault-injection": "nan@1 shape@2 raise@3:1 hang@0:2",
+        },
         num_supernodes=5,
         output_dir=tmp_path,
         echo=False,
@@ -72,14 +77,30 @@ def test_a_client_that_never_returns_is_abandoned_once_the_server_app_completes(
     completes the run, and Flower's simulation would wait for the sleeper. The launcher stops it."""
     mark = f"FEDMNIST_TEST_MARK=abandon-{uuid.uuid4().hex}"  # inherited by every process the launcher starts
     env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}  # FEDMNIST_ALLOW_FAULTS=1 included
-    knobs = ("local-epochs=1 fraction-train=1.0 fraction-evaluate=0.0 seed=7 num-server-rounds=2 round-timeout=15.0 "
-             "run-name='stuck' fault-injection='hang@1:2'")
+    knobs = (
+        "local-epochs=1 fraction-train=1.0 fraction-evaluate=0.0 seed=7 num-server-rounds=2 round-timeout=15.0 "
+        "run-name='stuck' fault-injection='hang@1:2'"
+    )
     console = tmp_path / "console.txt"
     with console.open("w") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "launcher.simulate", "--num-supernodes", "3", "--output-dir", str(tmp_path),
-             "--timeout", "600", "--run-config", knobs],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "launcher.simulate",
+                "--num-supernodes",
+                "3",
+                "--output-dir",
+                str(tmp_path),
+                "--timeout",
+                "600",
+                "--run-config",
+                knobs,
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         final_at = None
         while launcher.poll() is None:
@@ -102,7 +123,9 @@ def test_a_client_that_never_returns_is_abandoned_once_the_server_app_completes(
     assert "abandoned client(s) that had not replied: partition 1 (node " in text and "since round 2." in text, text
     run = rf.read_completed_run(tmp_path / "stuck")  # 'completed', the model and the rounds as the ServerApp wrote them
     assert [r["round"] for r in run.rounds] == [0, 1, 2]
-    assert [(f["partition-id"], f["reason"]) for f in run.rounds[2]["failures"]] == [(1, "no reply within round-timeout")]
+    assert [(f["partition-id"], f["reason"]) for f in run.rounds[2]["failures"]] == [
+        (1, "no reply within round-timeout")
+    ]
     deadline = time.monotonic() + 10  # and nothing the launcher started is left, the sleeping client included
     while (left := _processes_with(mark)) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -132,10 +155,18 @@ def test_a_supernode_killed_mid_round_does_not_end_the_run_and_rejoins(tmp_path)
         def run() -> None:
             try:
                 outcome["run-id"] = flwr_run(
-                    home, "loopback",
-                    {**QUICK, "num-server-rounds": 6, "min-available-nodes": 3, "round-timeout": 120.0,
-                     "output-dir": str(tmp_path), "run-name": "killed"},
-                    echo=False, timeout=900,
+                    home,
+                    "loopback",
+                    {
+                        **QUICK,
+                        "num-server-rounds": 6,
+                        "min-available-nodes": 3,
+                        "round-timeout": 120.0,
+                        "output-dir": str(tmp_path),
+                        "run-name": "killed",
+                    },
+                    echo=False,
+                    timeout=900,
                 )
             except FlowerError as exc:
                 outcome["error"] = exc
@@ -155,7 +186,8 @@ def test_a_supernode_killed_mid_round_does_not_end_the_run_and_rejoins(tmp_path)
     # The SuperLink answers for the node it lost (within round-timeout=120): recorded as gone, not as a timeout.
     lost = [f["reason"] for f in run.rounds[2]["failures"] if f["partition-id"] == 2]
     assert lost and set(lost) == {
-        "the node left the federation before replying (the SuperLink stopped receiving its heartbeats)"}, lost
+        "the node left the federation before replying (the SuperLink stopped receiving its heartbeats)"
+    }, lost
 
 
 def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
@@ -173,8 +205,14 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
 
         def run() -> None:
             try:
-                flwr_run(home, "sim", {**knobs, "output-dir": str(tmp_path), "run-name": "cut"}, federation_config(4),
-                         echo=False, timeout=600)
+                flwr_run(
+                    home,
+                    "sim",
+                    {**knobs, "output-dir": str(tmp_path), "run-name": "cut"},
+                    federation_config(4),
+                    echo=False,
+                    timeout=600,
+                )
             except FlowerError as exc:
                 ended["error"] = exc
 
@@ -191,8 +229,9 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
     with pytest.raises(rf.RunFolderError, match="resume-from="):
         rf.read_completed_run(cut)
 
-    resumed = run_simulation({**knobs, "run-name": "resumed", "resume-from": str(cut)}, num_supernodes=4,
-                             output_dir=tmp_path, echo=False)
+    resumed = run_simulation(
+        {**knobs, "run-name": "resumed", "resume-from": str(cut)}, num_supernodes=4, output_dir=tmp_path, echo=False
+    )
     assert rf.RunFolder(resumed).config()["resumed-from"] == str(cut)
     assert rf.RunFolder(resumed).file(rf.MODEL).read_bytes() == rf.RunFolder(whole).file(rf.MODEL).read_bytes()
     assert _metrics(resumed) == _metrics(whole)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import run_folder as rf
-from launcher import FlowerError, PROJECT_ROOT
+from launcher import PROJECT_ROOT, FlowerError
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.processes import descendants, running
@@ -35,7 +35,9 @@ def test_ten_clients_two_rounds_reach_85_percent(tmp_path):
     assert history["rounds"][1]["clients-train"]["num-examples"] > 0
     # Round 0 is the initial evaluation, before any training: it takes no round time.
     assert [r["wall-time-s"] > 0 for r in history["rounds"]] == [False, True, True]
-    assert history["rounds"][2]["elapsed-s"] == pytest.approx(sum(r["wall-time-s"] for r in history["rounds"]), abs=0.01)
+    assert history["rounds"][2]["elapsed-s"] == pytest.approx(
+        sum(r["wall-time-s"] for r in history["rounds"]), abs=0.01
+    )
 
     assert run.config["num-server-rounds"] == 2 and run.num_partitions == 10 and history["num-nodes"] == 10
 
@@ -57,13 +59,27 @@ def test_a_bad_value_fails_the_run_with_its_message(tmp_path):
 
 def test_a_launcher_stopped_with_sigterm_stops_flower_and_marks_the_run_interrupted(tmp_path):
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launcher.simulate", "--num-supernodes", "4", "--output-dir", str(tmp_path),
-         "--run-config", "num-server-rounds=50 local-epochs=1 run-name='long'"],
-        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "launcher.simulate",
+            "--num-supernodes",
+            "4",
+            "--output-dir",
+            str(tmp_path),
+            "--run-config",
+            "num-server-rounds=50 local-epochs=1 run-name='long'",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     history = tmp_path / "long" / rf.HISTORY
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (history.is_file() and len(rf.RunFolder(tmp_path / "long").history()["rounds"]) >= 2):
+    while time.monotonic() < deadline and not (
+        history.is_file() and len(rf.RunFolder(tmp_path / "long").history()["rounds"]) >= 2
+    ):
         time.sleep(0.5)
     started = descendants(launcher.pid)  # SuperLink, SuperExec, the simulation, Ray
     assert len(started) >= 4
@@ -75,4 +91,3 @@ def test_a_launcher_stopped_with_sigterm_stops_flower_and_marks_the_run_interrup
     assert [pid for pid in started if running(pid)] == []
     finished = rf.RunFolder(tmp_path / "long").history()
     assert finished["status"] == rf.INTERRUPTED and finished["rounds"][-1]["round"] < 50
-

@@ -34,8 +34,9 @@ def test_each_strategy_trains_through_flower(tmp_path, knobs):
 def test_differential_privacy_clips_adds_noise_and_counts_epsilon(tmp_path):
     dp = {**QUICK, "partitioning": "iid", "dp-clipping-norm": 1.0}
     quiet = run_simulation({**dp, "run-name": "clip"}, num_supernodes=4, output_dir=tmp_path, echo=False)
-    noisy = run_simulation({**dp, "dp-noise-multiplier": 1.0, "run-name": "noise"}, num_supernodes=4,
-                           output_dir=tmp_path, echo=False)
+    noisy = run_simulation(
+        {**dp, "dp-noise-multiplier": 1.0, "run-name": "noise"}, num_supernodes=4, output_dir=tmp_path, echo=False
+    )
     privacy = [r["clients-train"]["privacy"] for r in rf.RunFolder(noisy).history()["rounds"][1:]]
     assert privacy[0]["epsilon"] > 0 and privacy[1]["epsilon"] > privacy[0]["epsilon"]  # it adds up
     assert privacy[1]["delta"] == 1e-5
@@ -55,8 +56,12 @@ def test_client_side_clipping_on_flowers_runtime_gives_the_server_side_model(tmp
 
     clip = 0.05  # a node's update after one epoch on 15,000 images is far longer
     dp = {**QUICK, "partitioning": "iid", "dp-clipping-norm": clip}
-    runs = {where: run_simulation({**dp, "dp-clipping": where, "run-name": where}, num_supernodes=4,
-                                  output_dir=tmp_path, echo=False) for where in ("client", "server")}
+    runs = {
+        where: run_simulation(
+            {**dp, "dp-clipping": where, "run-name": where}, num_supernodes=4, output_dir=tmp_path, echo=False
+        )
+        for where in ("client", "server")
+    }
     history = rf.RunFolder(runs["client"]).history()
     assert rf.RunFolder(runs["client"]).config()["dp-clipping"] == "client"
     assert all(r["failures"] == [] and r["clients-train"]["nodes"] == 4 for r in history["rounds"][1:])

@@ -23,16 +23,25 @@ COMPAT = ROOT / "task" / "flower_compat.py"
 
 # Flower's public API: these modules, and of each only the names in its __all__
 # (plain ``import flwr`` for ``flwr.__version__``). Keep in step with flower_compat's docstring.
-PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp", "flwr.clientapp.mod",
-          "flwr.client", "flwr.common")
+PUBLIC = (
+    "flwr.app",
+    "flwr.serverapp",
+    "flwr.serverapp.strategy",
+    "flwr.clientapp",
+    "flwr.clientapp.mod",
+    "flwr.client",
+    "flwr.common",
+)
 # Files of other workstreams that still import a piece from Flower directly instead of from
 # task.flower_compat (the piece is listed there): drop each entry once that file imports it from there.
 NOT_YET_ROUTED: dict[str, set[str]] = {}
 
 
 def _missing(what: str, users: tuple[str, ...], why: str) -> str:
-    return (f"Flower {flower_compat._flower_version()}: {what} (see task/flower_compat.py, checked with flwr "
-            f"{flower_compat.CHECKED_WITH}; needed by {', '.join(users)}: {why})")
+    return (
+        f"Flower {flower_compat._flower_version()}: {what} (see task/flower_compat.py, checked with flwr "
+        f"{flower_compat.CHECKED_WITH}; needed by {', '.join(users)}: {why})"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PIECES))
@@ -45,13 +54,21 @@ def test_every_piece_is_still_in_flower(name):
     if piece.params is not None:
         params = [p for p in inspect.signature(found).parameters if p in piece.params]
         if params != list(piece.params):
-            pytest.fail(_missing(f"{piece.path}{inspect.signature(found)} no longer takes {piece.params} in this order",
-                                 piece.users, piece.why), pytrace=False)
+            pytest.fail(
+                _missing(
+                    f"{piece.path}{inspect.signature(found)} no longer takes {piece.params} in this order",
+                    piece.users,
+                    piece.why,
+                ),
+                pytrace=False,
+            )
 
 
 def test_a_missing_piece_says_which_and_why(monkeypatch):
     monkeypatch.setitem(PIECES, "gone", flower_compat.Piece("flwr.app", "NoSuchThing", "the reason", ("x.py",)))
-    with pytest.raises(MissingFlowerPiece, match=r"has no flwr\.app\.NoSuchThing.*piece 'gone'.*used by x\.py\): the reason"):
+    with pytest.raises(
+        MissingFlowerPiece, match=r"has no flwr\.app\.NoSuchThing.*piece 'gone'.*used by x\.py\): the reason"
+    ):
         flower_compat.resolve("gone")
     with pytest.raises(ImportError, match="piece 'gone'"):
         from task.flower_compat import gone  # noqa: F401
@@ -112,8 +129,10 @@ def test_strategies_still_keep_their_carried_state_in_the_attributes_we_save(att
     assert averaged is not None
     unset = [name for name in attrs.names if vars(strategy).get(name) is None]
     if unset:
-        pytest.fail(_missing(f"{attrs.cls} no longer keeps {unset} after aggregate_train", attrs.users, attrs.why),
-                    pytrace=False)
+        pytest.fail(
+            _missing(f"{attrs.cls} no longer keeps {unset} after aggregate_train", attrs.users, attrs.why),
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize(
@@ -127,8 +146,10 @@ def test_the_dp_wrapper_still_keeps_the_strategy_it_wraps(wrapper_class):
     inner = FedAvgM(server_momentum=0.9)
     wrapper = getattr(flower_strategies, wrapper_class)(inner, 0.5, 1.0, 2)
     if getattr(wrapper, WRAPPED_STRATEGY, None) is not inner:
-        pytest.fail(_missing(f"the DP wrapper no longer keeps its strategy in .{WRAPPED_STRATEGY}", attrs.users,
-                             attrs.why), pytrace=False)
+        pytest.fail(
+            _missing(f"the DP wrapper no longer keeps its strategy in .{WRAPPED_STRATEGY}", attrs.users, attrs.why),
+            pytrace=False,
+        )
 
 
 def test_the_simulations_in_memory_state_still_has_what_the_one_pass_delivery_reads():
@@ -139,8 +160,9 @@ def test_the_simulations_in_memory_state_still_has_what_the_one_pass_delivery_re
     assert type(state).__name__ == attrs.cls
     absent = [name for name in attrs.names if not hasattr(state, name)]
     if absent:
-        pytest.fail(_missing(f"the simulation's in-memory state has no {absent}", attrs.users, attrs.why),
-                    pytrace=False)
+        pytest.fail(
+            _missing(f"the simulation's in-memory state has no {absent}", attrs.users, attrs.why), pytrace=False
+        )
     state._check_stored_messages(set())  # called with a set of message ids
     with state.lock:
         assert isinstance(state.message_ins_store, dict)

@@ -53,7 +53,9 @@ def fake_flower(monkeypatch) -> list[dict]:
         return "127.0.0.1:9"
 
     def fake_flwr_run(home, connection, run_config, federation_config=None, **kwargs):
-        calls.append({"run_config": run_config, "federation": federation_config, "superlink_env": superlinks[-1], **kwargs})
+        calls.append(
+            {"run_config": run_config, "federation": federation_config, "superlink_env": superlinks[-1], **kwargs}
+        )
         return 1
 
     monkeypatch.setattr(simulate, "start_superlink", fake_superlink)
@@ -95,8 +97,12 @@ def test_repeated_items_merge_and_later_ones_win():
 
 
 @pytest.mark.parametrize(
-    "item, message", [("num-server-rounds", "holds no 'key=value' pair"), ("model=mlp", "cannot be read"),
-                      ("a=1 a=2", "cannot be read")]
+    "item, message",
+    [
+        ("num-server-rounds", "holds no 'key=value' pair"),
+        ("model=mlp", "cannot be read"),
+        ("a=1 a=2", "cannot be read"),
+    ],
 )
 def test_a_bad_pair_is_a_config_error_naming_it(item, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -283,8 +289,17 @@ def test_the_staged_app_bundles_the_same_files_without_walking_the_ignored_ones(
     from task.flower_compat import build_fab_from_disk
 
     app = tmp_path / "app"
-    for rel in ["pyproject.toml", "task/model.py", "presets/a.toml", ".venv/lib/x.py", "outputs/run/config.json",
-                "deploy/wheelhouse/torch.whl", "deploy/wheelhouse/README.md", ".git/HEAD", "task/__pycache__/m.pyc"]:
+    for rel in [
+        "pyproject.toml",
+        "task/model.py",
+        "presets/a.toml",
+        ".venv/lib/x.py",
+        "outputs/run/config.json",
+        "deploy/wheelhouse/torch.whl",
+        "deploy/wheelhouse/README.md",
+        ".git/HEAD",
+        "task/__pycache__/m.pyc",
+    ]:
         (app / rel).parent.mkdir(parents=True, exist_ok=True)
         (app / rel).write_text("x = 1\n")
     (app / "pyproject.toml").write_text((PROJECT_ROOT / "pyproject.toml").read_text())
@@ -328,7 +343,10 @@ class FakeHome(FlowerHome):
 
 
 def _fake_flwr(
-    tmp_path: Path, log: str, status: str = "finished:completed", run: str = """echo '{"success": true, "run-id": "7"}'"""
+    tmp_path: Path,
+    log: str,
+    status: str = "finished:completed",
+    run: str = """echo '{"success": true, "run-id": "7"}'""",
 ) -> FakeHome:
     """``flwr run`` runs the shell snippet ``run`` (by default: JSON naming run 7), ``flwr log``
     the snippet ``log``; ``flwr list`` reports ``status``."""
@@ -338,7 +356,7 @@ def _fake_flwr(
         "#!/bin/sh\n"
         f'printf "%s\\n" "$@" > "{tmp_path}/args-$1"\n'
         'if [ "$1" = list ]; then\n'
-        f"  echo '{{\"runs\": [{{\"run-id\": 7, \"status\": \"{status}\", \"status-details\": \"why\"}}]}}'\n"
+        f'  echo \'{{"runs": [{{"run-id": 7, "status": "{status}", "status-details": "why"}}]}}\'\n'
         "  exit 0\n"
         "fi\n"
         f'if [ "$1" = run ]; then\n  {run}\n  exit $?\nfi\n'
@@ -366,12 +384,17 @@ def test_flwr_run_sends_the_config_and_returns_the_run_id(tmp_path, capsys):
 def test_a_superlink_that_stops_answering_ends_the_wait_with_flowers_reason(tmp_path):
     (tmp_path / "bin").mkdir()
     script = tmp_path / "bin" / "flwr"
-    unavailable = '{"success": false, "error-message": "Using SuperLink: sim\\n\\nConnection to the SuperLink is unavailable."}'
+    unavailable = (
+        '{"success": false, "error-message": "Using SuperLink: sim\\n\\nConnection to the SuperLink is unavailable."}'
+    )
     script.write_text(f"#!/bin/sh\nprintf '%s\\n' '{unavailable}'\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     start = time.monotonic()
-    with pytest.raises(FlowerError, match=r"Run 7: the SuperLink has not answered for 2 s \(last seen 'unknown'\): "
-                                          r"Connection to the SuperLink is unavailable.$"):
+    with pytest.raises(
+        FlowerError,
+        match=r"Run 7: the SuperLink has not answered for 2 s \(last seen 'unknown'\): "
+        r"Connection to the SuperLink is unavailable.$",
+    ):
         wait_for_run(FakeHome(tmp_path), "sim", 7, timeout=60, unreachable_s=2)
     assert time.monotonic() - start < 30
 
@@ -481,11 +504,17 @@ def test_status_in_reads_flwr_list_json(text, expected):
 
 def test_on_a_cpu_only_machine_clients_get_no_gpu_and_nothing_is_said(fake_flower, tmp_path, capsys):
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
-    assert fake_flower[0]["federation"] == {"num-supernodes": 2, "client-resources-num-cpus": 1, "client-resources-num-gpus": 0}
+    assert fake_flower[0]["federation"] == {
+        "num-supernodes": 2,
+        "client-resources-num-cpus": 1,
+        "client-resources-num-gpus": 0,
+    }
     assert "GPU" not in capsys.readouterr().out
 
 
-def test_on_a_gpu_machine_clients_share_it_by_default_and_the_launcher_says_so(fake_flower, tmp_path, capsys, monkeypatch):
+def test_on_a_gpu_machine_clients_share_it_by_default_and_the_launcher_says_so(
+    fake_flower, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(simulate, "visible_gpus", lambda: ["NVIDIA H100 80GB HBM3"])
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
     assert fake_flower[0]["federation"]["client-resources-num-gpus"] == simulate.DEFAULT_GPU_SHARE == 0.25
@@ -586,7 +615,7 @@ def test_stop_reaches_processes_that_left_the_group(tmp_path):
     """As the SuperLink's SuperExec does: a child in a session of its own, with a child of its own."""
     script = (
         "import subprocess, sys, time\n"
-        "inner = 'import subprocess, time; subprocess.Popen([\"sleep\", \"300\"]); time.sleep(300)'\n"
+        'inner = \'import subprocess, time; subprocess.Popen(["sleep", "300"]); time.sleep(300)\'\n'
         "subprocess.Popen([sys.executable, '-c', inner], start_new_session=True)\n"
         "time.sleep(300)\n"
     )
@@ -602,7 +631,6 @@ def test_stop_reaches_processes_that_left_the_group(tmp_path):
     assert [pid for pid in tree if running(pid)] == []
 
 
-
 # --- a run ends when its ServerApp ends ------------------------------------------
 
 
@@ -615,7 +643,11 @@ class Clock:
 
 
 def _history(status: str, failures: list[dict] | None = None) -> dict:
-    return {"status": status, "num-nodes": 3, "rounds": [{"round": 0, "failures": []}, {"round": 1, "failures": failures or []}]}
+    return {
+        "status": status,
+        "num-nodes": 3,
+        "rounds": [{"round": 0, "failures": []}, {"round": 1, "failures": failures or []}],
+    }
 
 
 def _no_reply(server_round: int, pid: int | None, node: int | None = None, reason: str = ending.NO_REPLY) -> dict:
@@ -637,7 +669,7 @@ def test_flower_is_given_the_grace_after_the_final_status_and_no_longer(final):
 def test_a_run_interrupted_or_still_running_never_ends_the_wait():
     clock = Clock()
     for status in ("running", "interrupted"):
-        end = ending.ServerAppEnd(lambda: _history(status), grace_s=0.0, clock=clock)
+        end = ending.ServerAppEnd(lambda status=status: _history(status), grace_s=0.0, clock=clock)
         clock.now += 1000
         assert end() is False and end() is False and end.final_at is None
 
@@ -662,7 +694,9 @@ def test_the_final_statuses_are_the_run_folders():
 
 
 def test_unanswered_clients_are_those_recorded_without_a_reply_each_once_with_the_last_round():
-    history = _history("completed", [_no_reply(2, 3, 30), _no_reply(2, 1, 10), _no_reply(2, 0, 5, reason="the node failed: x")])
+    history = _history(
+        "completed", [_no_reply(2, 3, 30), _no_reply(2, 1, 10), _no_reply(2, 0, 5, reason="the node failed: x")]
+    )
     history["rounds"].append({"round": 3, "failures": [_no_reply(3, 1, 10), _no_reply(3, None)]})
     found = [(f["partition-id"], f["node"], f["round"]) for f in ending.unanswered(history)]
     assert found == [(1, 10, 3), (3, 30, 2)]
@@ -673,9 +707,11 @@ def test_the_abandoned_line_names_the_clients_that_had_not_replied():
     end.history = _history("completed", [_no_reply(1, 2, 123456789)])
     line = ending.abandoned_line(end)
     assert "\n" not in line
-    assert line == ("The run completed (so says its ServerApp), but Flower's simulation had not finished 5 s later: "
-                    "stopping Flower's processes; abandoned client(s) that had not replied: partition 2 "
-                    "(node 123456789) since round 1.")
+    assert line == (
+        "The run completed (so says its ServerApp), but Flower's simulation had not finished 5 s later: "
+        "stopping Flower's processes; abandoned client(s) that had not replied: partition 2 "
+        "(node 123456789) since round 1."
+    )
     end.history = _history("failed")
     assert ending.abandoned_line(end).endswith("no client is recorded as unanswered in history.json.")
 
@@ -714,11 +750,23 @@ def _server_app_that_ends(status: str, error: str | None = None):
 
     def run(home, connection, run_config, federation_config=None, ended=None, **kwargs):
         folder = rf.RunFolder.create(run_config["output-dir"], run_config["run-name"], "mlp")
-        first = {"round": 0, "server": {"accuracy": 0.1, "loss": 2.3}, "failures": [], "wall-time-s": 0.0, "elapsed-s": 0.0}
+        first = {
+            "round": 0,
+            "server": {"accuracy": 0.1, "loss": 2.3},
+            "failures": [],
+            "wall-time-s": 0.0,
+            "elapsed-s": 0.0,
+        }
         folder.write_history(rf.RUNNING, [first], 3)
         assert ended() is False
-        last = {**first, "round": 1, "server": {"accuracy": 0.9, "loss": 0.3}, "failures": [_no_reply(1, 2, 77)],
-                "wall-time-s": 40.0, "elapsed-s": 40.0}
+        last = {
+            **first,
+            "round": 1,
+            "server": {"accuracy": 0.9, "loss": 0.3},
+            "failures": [_no_reply(1, 2, 77)],
+            "wall-time-s": 40.0,
+            "elapsed-s": 40.0,
+        }
         folder.write_history(status, [first, last], 3, error=error)
         deadline = time.monotonic() + 10
         while not ended():
@@ -729,7 +777,9 @@ def _server_app_that_ends(status: str, error: str | None = None):
     return run
 
 
-def test_a_completed_run_is_left_as_written_and_the_abandoned_clients_are_named(fake_flower, monkeypatch, tmp_path, capsys):
+def test_a_completed_run_is_left_as_written_and_the_abandoned_clients_are_named(
+    fake_flower, monkeypatch, tmp_path, capsys
+):
     import run_folder as rf
 
     monkeypatch.setattr(ending, "GRACE_S", 0.2)

@@ -50,7 +50,7 @@ def test_each_pretraining_stage_is_one_encoder_layer_and_its_mirror():
     shapes = []
     for k in range(model.num_stages):
         below, pair = model.stage(k)
-        width = 784 if k == 0 else (500, 250)[k - 1]
+        784 if k == 0 else (500, 250)[k - 1]
         x = torch.rand(3, 784)
         with torch.no_grad():
             h = below(x)

@@ -36,6 +36,8 @@ class FewNodes:
 
 
 def test_waiting_for_nodes_that_never_come_ends_with_what_to_do():
-    with pytest.raises(NodesUnavailable, match="only 1 of the 2 nodes .* connected within 0.5 s: start more SuperNodes"):
+    with pytest.raises(
+        NodesUnavailable, match="only 1 of the 2 nodes .* connected within 0.5 s: start more SuperNodes"
+    ):
         wait_for_nodes(FewNodes(), 2, timeout=0.5)
     assert wait_for_nodes(FewNodes(), 1, timeout=0.5) == [5]

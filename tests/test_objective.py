@@ -32,7 +32,9 @@ def test_reconstruction_sums_are_the_per_pixel_error_summed_over_images():
 
 def test_formats_and_comparisons_follow_the_direction_of_better():
     assert CLASSIFICATION.format(0.9731) == "97.31%" and RECONSTRUCTION.format(0.0078512) == "0.00785"
-    assert CLASSIFICATION.format_gap(0.95, 0.97) == "+2.00 points" and RECONSTRUCTION.format_gap(0.01, 0.008) == "-0.00200"
+    assert (
+        CLASSIFICATION.format_gap(0.95, 0.97) == "+2.00 points" and RECONSTRUCTION.format_gap(0.01, 0.008) == "-0.00200"
+    )
     assert CLASSIFICATION.better(0.9, 0.8) and RECONSTRUCTION.better(0.008, 0.009)
     assert CLASSIFICATION.best([0.1, 0.9, 0.5]) == 0.9 and RECONSTRUCTION.best([0.1, 0.01, 0.05]) == 0.01
     assert CLASSIFICATION.reached(0.97) and not CLASSIFICATION.reached(0.969) and not RECONSTRUCTION.reached(0.0)

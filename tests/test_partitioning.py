@@ -46,7 +46,16 @@ PINNED = [
     ("iid", "train", 100, 42, {}, "dac3a3687c820bcc", [74, 77, 137, 162], [59727, 59957]),
     ("iid", "test", 100, 43, {}, "225dd68fa6bc8d6f", [78, 192, 239, 241], [9698, 9910]),
     ("iid", "synthetic", 7, 0, {}, "671a295cc00010a9", [5, 12, 18, 26], [587, 598]),
-    ("iid-balanced", "train", 100, 42, {"samples_per_class": 45}, "e11f5e2b1cf27299", [103, 413, 587, 605], [59897, 59951]),
+    (
+        "iid-balanced",
+        "train",
+        100,
+        42,
+        {"samples_per_class": 45},
+        "e11f5e2b1cf27299",
+        [103, 413, 587, 605],
+        [59897, 59951],
+    ),
     ("iid-balanced", "train", 100, 42, {}, "8214c4d80230a513", [103, 413, 587, 605], [59901, 59994]),
     ("iid-balanced", "test", 100, 43, {}, "e9b185de09a5f155", [306, 396, 510, 564], [9811, 9838]),
     ("iid-balanced", "synthetic", 5, 9, {}, "ee11c8cc9355b7fe", [1, 4, 7, 12], [586, 598]),
@@ -171,13 +180,31 @@ def test_shards_left_over_are_not_used(mnist):
 @pytest.mark.parametrize(
     "n, options, message",
     [
-        (10, {"num_shards": 7}, r"num-shards=7 does not cut the 600 images into equal shards: use a divisor of 600, e\.g\. 5, 6, 8, 10\."),
+        (
+            10,
+            {"num_shards": 7},
+            r"num-shards=7 does not cut the 600 images into equal shards: use a divisor of 600, e\.g\. 5, 6, 8, 10\.",
+        ),
         (10, {"num_shards": 0}, r"num-shards=0 is not allowed: use a whole number >= 1\."),
         (10, {"num_shards": 20.0}, r"num-shards=20\.0 is not allowed: use a whole number >= 1\."),
         (10, {"num_shards": True}, r"num-shards=True is not allowed"),
-        (20, {"num_shards": 10}, r"num-shards=10 is fewer than the 20 partitions, which would leave nodes empty: use num-shards >= 20 \(a divisor of 600, e\.g\. 20, 24, 25, 30\) or at most 10 partitions\."),
-        (10, {"num_shards": 20, "shards_per_client": 3}, r"shards-per-client=3 with 10 partitions needs 30 shards, but num-shards=20: use 1 to 2 \(0 = 2\) or raise num-shards\."),
-        (10, {"num_shards": 20, "shards_per_client": -1}, r"shards-per-client=-1 is not allowed: use a whole number >= 0 \(0 = num-shards // num-partitions\)\."),
+        (
+            20,
+            {"num_shards": 10},
+            r"num-shards=10 is fewer than the 20 partitions, which would leave nodes empty: "
+            r"use num-shards >= 20 \(a divisor of 600, e\.g\. 20, 24, 25, 30\) or at most 10 partitions\.",
+        ),
+        (
+            10,
+            {"num_shards": 20, "shards_per_client": 3},
+            r"shards-per-client=3 with 10 partitions needs 30 shards, but num-shards=20: "
+            r"use 1 to 2 \(0 = 2\) or raise num-shards\.",
+        ),
+        (
+            10,
+            {"num_shards": 20, "shards_per_client": -1},
+            r"shards-per-client=-1 is not allowed: use a whole number >= 0 \(0 = num-shards // num-partitions\)\.",
+        ),
     ],
 )
 def test_shards_refuses_bad_counts(n, options, message):
@@ -265,7 +292,10 @@ def test_number_of_partitions_is_checked(name, bad):
 
 
 def test_unknown_partitioner_names_the_choices():
-    with pytest.raises(ValueError, match=r"partitioning='noniid' is unknown; choose one of \['dirichlet', 'iid', 'iid-balanced', 'shards'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"partitioning='noniid' is unknown; choose one of \['dirichlet', 'iid', 'iid-balanced', 'shards'\]",
+    ):
         partition("noniid", _labels(), 2, seed=0)
 
 
@@ -282,10 +312,22 @@ def test_options_are_declared_by_each_partitioner():
     "name, options, message",
     [
         ("iid", {"alpha": 0.5}, r"alpha=0\.5 does not apply to partitioning='iid': it takes no options\."),
-        ("shards", {"alpha": 0.5}, r"alpha=0\.5 does not apply to partitioning='shards': it takes num-shards, shards-per-client\."),
-        ("dirichlet", {"num_shards": 20}, r"num-shards=20 does not apply to partitioning='dirichlet': it takes alpha\."),
+        (
+            "shards",
+            {"alpha": 0.5},
+            r"alpha=0\.5 does not apply to partitioning='shards': it takes num-shards, shards-per-client\.",
+        ),
+        (
+            "dirichlet",
+            {"num_shards": 20},
+            r"num-shards=20 does not apply to partitioning='dirichlet': it takes alpha\.",
+        ),
         ("dirichlet", {"alpa": 0.1}, r"alpa=0\.1 does not apply to partitioning='dirichlet': it takes alpha\."),
-        ("iid-balanced", {"shards_per_client": 2}, r"shards-per-client=2 does not apply to partitioning='iid-balanced': it takes samples-per-class\."),
+        (
+            "iid-balanced",
+            {"shards_per_client": 2},
+            r"shards-per-client=2 does not apply to partitioning='iid-balanced': it takes samples-per-class\.",
+        ),
     ],
 )
 def test_an_option_that_does_not_apply_is_refused(name, options, message):

@@ -60,7 +60,9 @@ def test_targets_say_met_or_by_how_much_they_were_missed():
         Row("overhead", "mlp: flwr run simulation, 100 clients", ratio=1.1),
         Row("coldstart", "command to end of round 1, 100 clients", first_round_s=18.0),
         Row("scale", "1,000 clients (60 images each, 100 per round)", peak_rss_gb=3.6),
-        Row("scale", "1,000 clients (60 images each, 100 per round, one worker (--cpus-per-client 2))", peak_rss_gb=2.0),
+        Row(
+            "scale", "1,000 clients (60 images each, 100 per round, one worker (--cpus-per-client 2))", peak_rss_gb=2.0
+        ),
         Row("scale", "10,000 clients (6 images each, 1,000 per round)", peak_rss_gb=3.9),
     ]
     text = targets(rows)

@@ -13,7 +13,7 @@ import task.training as training
 from task.config import Settings
 from task.models import build_model
 from task.shards import load_node_data
-from task.training import MomentumSGD, get_weights, train, train_round
+from task.training import MomentumSGD, get_weights, train_round
 
 
 def _with_torch_sgd(monkeypatch) -> None:
@@ -30,7 +30,14 @@ def _with_torch_sgd(monkeypatch) -> None:
         {"model": "mlp", "momentum": 0.9, "learning-rate": 0.01, "batch-size": 32},
         {"model": "autoencoder", "momentum": 0.9, "learning-rate": 0.05, "batch-size": 32},
         {"model": "mlp", "momentum": 0.5, "learning-rate": 0.05, "batch-size": 16, "max-grad-norm": 1.0},
-        {"model": "mlp", "momentum": 0.9, "learning-rate": 0.01, "batch-size": 32, "strategy": "fedprox", "proximal-mu": 0.1},
+        {
+            "model": "mlp",
+            "momentum": 0.9,
+            "learning-rate": 0.01,
+            "batch-size": 32,
+            "strategy": "fedprox",
+            "proximal-mu": 0.1,
+        },
     ],
 )
 def test_momentum_sgd_gives_torch_sgds_bits(knobs, monkeypatch):

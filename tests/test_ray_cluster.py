@@ -42,12 +42,25 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     port = free_port()
     worker_low = free_port()
     args = [
-        str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-        "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats",
-        f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--min-worker-port={worker_low}",
+        str(RAY),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        f"--temp-dir={temp}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--min-worker-port={worker_low}",
         f"--max-worker-port={worker_low + 200}",
     ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -76,8 +89,18 @@ def ray_head() -> Iterator[tuple[str, Path]]:
 
 def test_a_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path, capsys):
     address, temp = ray_head
-    argv = ["--num-supernodes", "4", "--output-dir", str(tmp_path), "--ray-address", address, "--timeout", "900",
-            "--run-config", "num-server-rounds=1 fraction-train=1.0 fraction-evaluate=0.5 local-epochs=1 run-name='on-ray'"]
+    argv = [
+        "--num-supernodes",
+        "4",
+        "--output-dir",
+        str(tmp_path),
+        "--ray-address",
+        address,
+        "--timeout",
+        "900",
+        "--run-config",
+        "num-server-rounds=1 fraction-train=1.0 fraction-evaluate=0.5 local-epochs=1 run-name='on-ray'",
+    ]
     assert main(argv) == 0
     assert f"Virtual clients run on the Ray cluster at {address}." in capsys.readouterr().out
     run = rf.read_completed_run(tmp_path / "on-ray")

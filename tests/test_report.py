@@ -28,7 +28,10 @@ from task.shards import load_node_data, local_test_shards, server_test_set
 from task.training import evaluate, train
 
 REPORT_FILE, CURVES_FILE, LOCAL_FILE, RECON_FILE = (
-    rf.REPORT, rf.REPORT_CURVES, rf.REPORT_LOCAL_VS_MERGED, rf.REPORT_RECONSTRUCTIONS
+    rf.REPORT,
+    rf.REPORT_CURVES,
+    rf.REPORT_LOCAL_VS_MERGED,
+    rf.REPORT_RECONSTRUCTIONS,
 )
 
 # 4 nodes x 20 images of each digit = 800 training images in all: seconds on a CPU.
@@ -49,13 +52,28 @@ def fake_run(root: Path, name: str = "run", status: str = "completed", **knobs) 
     objective = settings.objective
     model = build_model(settings)
     cpu = torch.device("cpu")
-    rounds = [{"round": 0, "server": evaluate(model, _test(settings), cpu, objective), "elapsed-s": 0.0, "wall-time-s": 0.0}]
+    rounds = [
+        {"round": 0, "server": evaluate(model, _test(settings), cpu, objective), "elapsed-s": 0.0, "wall-time-s": 0.0}
+    ]
     train(model, load_node_data(settings, 0, NODES).train, settings, cpu, seed=1)
-    rounds.append({"round": 1, "server": evaluate(model, _test(settings), cpu, objective), "elapsed-s": 1.5,
-                   "wall-time-s": 1.5, "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200}})
+    rounds.append(
+        {
+            "round": 1,
+            "server": evaluate(model, _test(settings), cpu, objective),
+            "elapsed-s": 1.5,
+            "wall-time-s": 1.5,
+            "clients-train": {"train-loss": 0.5, "nodes": 1, "num-examples": 200},
+        }
+    )
     folder = RunFolder.create(root, name, settings.model)
-    folder.write_config({**settings.to_run_config(), "num-server-rounds": knobs.get("num-server-rounds", 1), "run-id": 7,
-                         "num-partitions": NODES})
+    folder.write_config(
+        {
+            **settings.to_run_config(),
+            "num-server-rounds": knobs.get("num-server-rounds", 1),
+            "run-id": 7,
+            "num-partitions": NODES,
+        }
+    )
     folder.write_history(status, rounds, num_nodes=NODES)
     folder.write_model(model.state_dict())
     return folder.path
@@ -76,8 +94,13 @@ def test_report_has_every_section_with_the_runs_numbers(tmp_path):
     path = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None)
     assert path == run_dir / REPORT_FILE
     text = path.read_text()
-    for heading in ("## Headline", "## Per round and per epoch", "## Local against merged", "## Configuration",
-                    "## Where the numbers come from"):
+    for heading in (
+        "## Headline",
+        "## Per round and per epoch",
+        "## Local against merged",
+        "## Configuration",
+        "## Where the numbers come from",
+    ):
         assert heading in text
     history = json.loads((run_dir / "history.json").read_text())
     final = history["rounds"][-1]["server"]["accuracy"]
@@ -98,7 +121,9 @@ def test_central_baseline_is_cached_by_configuration(tmp_path):
     assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
     assert any("reusing" in line for line in lines)
     # another learning rate is another baseline
-    other = central_baseline(Settings.from_run_config({**TINY, "learning-rate": 0.05}), NODES, torch.device("cpu"), cache)
+    other = central_baseline(
+        Settings.from_run_config({**TINY, "learning-rate": 0.05}), NODES, torch.device("cpu"), cache
+    )
     assert not other.cached and other.folder != first.folder
 
 
@@ -112,8 +137,9 @@ def test_local_vs_merged_uses_each_nodes_held_out_images(tmp_path):
     settings = Settings.from_run_config(TINY)
     merged = build_model(settings)
     train(merged, load_node_data(settings, 1, NODES).train, settings, torch.device("cpu"), seed=3)
-    result = compare_local_and_merged(settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=3,
-                                      log=lambda _: None)
+    result = compare_local_and_merged(
+        settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=3, log=lambda _: None
+    )
     shards = local_test_shards(settings, NODES)
     assert [r.node for r in result.rows] == sample_nodes(NODES, 3, settings.seed)
     for row in result.rows:
@@ -184,8 +210,12 @@ def test_an_earlier_report_survives_a_failed_one(tmp_path, monkeypatch):
 
 
 def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
-    run_dir = fake_run(tmp_path, model="autoencoder", optimizer="adam", **{"learning-rate": 0.001, "ae-hidden": "64",
-                                                                          "ae-code-size": 8})
+    run_dir = fake_run(
+        tmp_path,
+        model="autoencoder",
+        optimizer="adam",
+        **{"learning-rate": 0.001, "ae-hidden": "64", "ae-code-size": 8},
+    )
     text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
     assert "| final test MSE per pixel |" in text and "PCA with 8 components" in text
     # every table says its unit
@@ -196,7 +226,13 @@ def test_autoencoder_report_shows_reconstructions_and_pca(tmp_path):
 
 
 def test_autoencoder_report_says_when_the_run_was_pretrained_and_the_baseline_was_not(tmp_path):
-    knobs = {"learning-rate": 0.001, "ae-hidden": "64", "ae-code-size": 8, "ae-pretrain-rounds": 2, "num-server-rounds": 5}
+    knobs = {
+        "learning-rate": 0.001,
+        "ae-hidden": "64",
+        "ae-code-size": 8,
+        "ae-pretrain-rounds": 2,
+        "num-server-rounds": 5,
+    }
     run_dir = fake_run(tmp_path, model="autoencoder", optimizer="adam", **knobs)
     text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
     assert "pretrained its autoencoder layer by layer (2 rounds per encoder/decoder pair, rounds 1-4)" in text
@@ -208,9 +244,12 @@ def test_report_at_the_end_of_a_real_simulation(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDMNIST_CACHE_DIR", str(tmp_path / "cache"))
     code = simulate_cli(
         [
-            "--num-supernodes", "3",
-            "--output-dir", str(tmp_path),
-            "--run-config", "num-server-rounds=1 fraction-train=1.0 local-epochs=1 central-epochs=1 run-name='tiny'",
+            "--num-supernodes",
+            "3",
+            "--output-dir",
+            str(tmp_path),
+            "--run-config",
+            "num-server-rounds=1 fraction-train=1.0 local-epochs=1 central-epochs=1 run-name='tiny'",
             "--report",
         ]
     )
@@ -242,15 +281,18 @@ def _tiny_central(monkeypatch, tmp_path):
     """The report's central baseline on the tiny IID shards (seconds), whatever the run's partitioning."""
     import report.build
 
-    tiny = central_baseline(Settings.from_run_config(TINY), NODES, torch.device("cpu"), tmp_path / "cache", lambda _: None)
+    tiny = central_baseline(
+        Settings.from_run_config(TINY), NODES, torch.device("cpu"), tmp_path / "cache", lambda _: None
+    )
     monkeypatch.setattr(report.build, "central_baseline", lambda *args, **kwargs: tiny)
 
 
 def test_local_vs_merged_on_non_iid_data_tests_each_node_on_its_own_digits(tmp_path):
     settings = Settings.from_run_config({**TINY, **NON_IID})
     merged = build_model(settings)
-    result = compare_local_and_merged(settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=2,
-                                      log=lambda _: None)
+    result = compare_local_and_merged(
+        settings, NODES, merged.state_dict(), 2, torch.device("cpu"), nodes=2, log=lambda _: None
+    )
     assert result.test_set == OWN_DISTRIBUTION
     test = server_test_set(settings)
     labels = test.y.numpy()
@@ -263,8 +305,11 @@ def test_local_vs_merged_on_non_iid_data_tests_each_node_on_its_own_digits(tmp_p
         # the test images of exactly the node's digits, weighted like its training images
         assert row.test_images == int(np.isin(labels, seen).sum())
         expected = sum(
-            row.digits[d] / sum(row.digits)
-            * evaluate(merged, type(test)(test.x[test.y == d], test.y[test.y == d]), cpu, settings.objective)["accuracy"]
+            row.digits[d]
+            / sum(row.digits)
+            * evaluate(merged, type(test)(test.x[test.y == d], test.y[test.y == d]), cpu, settings.objective)[
+                "accuracy"
+            ]
             for d in seen
         )
         assert row.merged["accuracy"] == pytest.approx(expected)
@@ -275,23 +320,32 @@ def test_local_vs_merged_on_non_iid_data_tests_each_node_on_its_own_digits(tmp_p
 
 def test_local_vs_merged_on_iid_data_keeps_each_nodes_held_out_shard(tmp_path):
     settings = Settings.from_run_config(TINY)
-    result = compare_local_and_merged(settings, NODES, build_model(settings).state_dict(), 1, torch.device("cpu"),
-                                      nodes=1, log=lambda _: None)
+    result = compare_local_and_merged(
+        settings, NODES, build_model(settings).state_dict(), 1, torch.device("cpu"), nodes=1, log=lambda _: None
+    )
     assert result.test_set == OWN_SHARD
     assert result.rows[0].test_images == len(local_test_shards(settings, NODES)[result.rows[0].node])
 
 
 def test_non_iid_report_shows_labels_strategy_and_privacy(tmp_path, monkeypatch):
     _tiny_central(monkeypatch, tmp_path)
-    knobs = {**NON_IID, "strategy": "fedavgm", "server-momentum": 0.9, "dp-clipping-norm": 1.0,
-             "dp-noise-multiplier": 0.5}
+    knobs = {
+        **NON_IID,
+        "strategy": "fedavgm",
+        "server-momentum": 0.9,
+        "dp-clipping-norm": 1.0,
+        "dp-noise-multiplier": 0.5,
+    }
     run_dir = fake_run(tmp_path, **knobs)
     folder = RunFolder(run_dir)
     rounds = folder.history()["rounds"]
     rounds[1]["clients-train"]["privacy"] = {"epsilon": 12.345, "delta": 1e-5}
     folder.write_history(rf.COMPLETED, rounds, num_nodes=NODES)
     text = make_report(run_dir, nodes=2, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
-    assert "trained with FedAvgM with differential privacy over 4 nodes (shards: 200 label-sorted shards, 1 per node)" in text
+    assert (
+        "trained with FedAvgM with differential privacy over 4 nodes (shards: 200 label-sorted shards, 1 per node)"
+        in text
+    )
     assert "## Strategy and privacy" in text
     assert "server learning rate 1 (Flower's default), server momentum 0.9" in text
     assert "clipped to L2 norm 1" in text and "noise multiplier 0.5" in text

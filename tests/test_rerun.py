@@ -8,8 +8,10 @@ from launcher.simulate import run_simulation
 
 
 def _rounds(*accuracies):
-    return [{"round": i, "server": {"accuracy": a, "loss": 1.0}, "wall-time-s": float(i), "failures": []}
-            for i, a in enumerate(accuracies)]
+    return [
+        {"round": i, "server": {"accuracy": a, "loss": 1.0}, "wall-time-s": float(i), "failures": []}
+        for i, a in enumerate(accuracies)
+    ]
 
 
 def test_identical_histories_match_whatever_the_wall_times():
@@ -19,14 +21,18 @@ def test_identical_histories_match_whatever_the_wall_times():
 
 
 def test_each_difference_is_named():
-    compared, differences = compare_histories(_rounds(0.1, 0.9), _rounds(0.1, 0.91, 0.95))
+    _compared, differences = compare_histories(_rounds(0.1, 0.9), _rounds(0.1, 0.91, 0.95))
     assert differences == ["2 rounds before, 3 now", "round 1 server accuracy: 0.9 before, 0.91 now"]
 
 
 @pytest.mark.slow
 def test_a_completed_cpu_run_reruns_to_a_match(tmp_path, capsys):
-    run_dir = run_simulation({"num-server-rounds": 2, "local-epochs": 1, "fraction-train": 0.5, "run-name": "orig"},
-                             num_supernodes=4, output_dir=tmp_path, echo=False)
+    run_dir = run_simulation(
+        {"num-server-rounds": 2, "local-epochs": 1, "fraction-train": 0.5, "run-name": "orig"},
+        num_supernodes=4,
+        output_dir=tmp_path,
+        echo=False,
+    )
     assert main([str(run_dir), "--output-dir", str(tmp_path / "again")]) == 0
     out = capsys.readouterr().out
     assert "Match: all" in out and "model.pt is byte-identical" in out

@@ -62,7 +62,9 @@ def test_model_is_saved_as_cpu_tensors_and_loads_back(tmp_path):
     state = torch.load(folder.file(rf.MODEL), weights_only=True)
     assert all(v.device.type == "cpu" for v in state.values())
     loaded = folder.load_model()
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), build_model(settings).state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), build_model(settings).state_dict().values())
+    )
 
 
 def test_load_model_checks_the_file_against_the_run_config(tmp_path):
@@ -131,8 +133,12 @@ def test_only_a_run_still_running_is_marked_interrupted(tmp_path):
     running = RunFolder.create(tmp_path, "a", "mlp")
     running.write_history(rf.RUNNING, [{"round": 0}], 3)
     assert running.mark_interrupted("Run 7 ended as 'finished:stopped'")
-    assert running.history() == {"status": rf.INTERRUPTED, "num-nodes": 3, "rounds": [{"round": 0}],
-                                 "error": "Run 7 ended as 'finished:stopped'"}
+    assert running.history() == {
+        "status": rf.INTERRUPTED,
+        "num-nodes": 3,
+        "rounds": [{"round": 0}],
+        "error": "Run 7 ended as 'finished:stopped'",
+    }
     done = RunFolder.create(tmp_path, "b", "mlp")
     done.write_history(rf.COMPLETED, [], 3)
     assert not done.mark_interrupted("late")

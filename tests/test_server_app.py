@@ -41,7 +41,7 @@ class InProcessGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = []
-        for i, message in enumerate(messages):
+        for _i, message in enumerate(messages):
             node = message.metadata.dst_node_id
             self.sent.append(message.metadata.message_type)
             context = Context(1, node, self.node_configs[node], RecordDict(), self.run_config)
@@ -115,13 +115,17 @@ def _files(folder):
 
 
 def _metrics(folder):
-    return [{k: v for k, v in r.items() if k not in ("wall-time-s", "elapsed-s")}
-            for r in rf.RunFolder(folder).history()["rounds"]]
+    return [
+        {k: v for k, v in r.items() if k not in ("wall-time-s", "elapsed-s")}
+        for r in rf.RunFolder(folder).history()["rounds"]
+    ]
 
 
 def test_the_same_seed_gives_the_same_run_byte_for_byte(tmp_path):
     _run(tmp_path, TWO, **{"run-name": "a", "fraction-train": 0.5})
-    _run(tmp_path, dict(reversed(TWO.items())), **{"run-name": "b", "fraction-train": 0.5})  # nodes listed the other way
+    _run(
+        tmp_path, dict(reversed(TWO.items())), **{"run-name": "b", "fraction-train": 0.5}
+    )  # nodes listed the other way
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
@@ -132,7 +136,6 @@ def test_a_stopped_run_resumes_to_the_same_model_and_history(tmp_path, monkeypat
     import server_app.app as server_module
 
     real = server_module.RoundRunner.train
-    calls = {"n": 0}
 
     def crash_in_round_3(self, grid, server_round, arrays):
         if server_round == 3:

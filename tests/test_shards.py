@@ -15,7 +15,7 @@ def test_a_node_holds_its_training_shard_and_its_share_of_the_test_images(mnist)
     idx = train_shards(settings, 100, mnist)[3]
     assert len(data.train) == 600 and len(data.test) == 100
     assert np.array_equal(data.train.y.numpy(), mnist.train_labels[idx])
-    assert data.train.x.shape == (600, 784) and 0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1
+    assert data.train.x.shape == (600, 784) and float(data.train.x.min()) >= 0 and float(data.train.x.max()) <= 1
 
 
 def test_local_test_shards_are_disjoint_and_cut_from_the_test_images(mnist):
@@ -28,7 +28,13 @@ def test_the_server_tests_on_all_10000_images():
     assert len(server_test_set(Settings())) == 10000
 
 
-@pytest.mark.parametrize("pid, n, message", [(2, 2, r"partition-id=2 is out of range for num-partitions=2 \(0 to 1\)"), (0, 0, "num-partitions=0 must be at least 1")])
+@pytest.mark.parametrize(
+    "pid, n, message",
+    [
+        (2, 2, r"partition-id=2 is out of range for num-partitions=2 \(0 to 1\)"),
+        (0, 0, "num-partitions=0 must be at least 1"),
+    ],
+)
 def test_partitions_out_of_range_are_refused(pid, n, message):
     with pytest.raises(ConfigError, match=message):
         check_partition(pid, n)
@@ -49,7 +55,9 @@ def test_under_a_non_iid_split_a_node_tests_on_its_own_digits(mnist, partitionin
     assert (test_mix[train_mix == 0] == 0).all()  # never a digit the node does not train on
     assert (test_mix.sum(axis=1) > 0).all()
     # the same proportions, within rounding: a node's test share of a digit is about a sixth of its training share
-    expected = train_mix * (np.bincount(mnist.test_labels, minlength=10) / np.bincount(mnist.train_labels, minlength=10))
+    expected = train_mix * (
+        np.bincount(mnist.test_labels, minlength=10) / np.bincount(mnist.train_labels, minlength=10)
+    )
     assert np.abs(test_mix - expected).max() <= 1.5
 
 

@@ -32,6 +32,7 @@ from task.flower_compat import (  # Flower's simulation internals, listed there
     vce_api,
 )
 
+
 def _federation(num_nodes: int, sends: list[int]):
     """Flower's own in-memory state and grid, as its simulation sets them up, with one
     message pushed to the n-th node for every n in ``sends`` (in that order)."""
@@ -87,7 +88,9 @@ def test_the_loop_feeds_the_queue_until_stopped():
     state, nodes = _federation(3, [0, 1, 2, 1])
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
-    thread = threading.Thread(target=add_messages_to_queue, args=(state, out, {n: i for i, n in enumerate(nodes)}, stop))
+    thread = threading.Thread(
+        target=add_messages_to_queue, args=(state, out, {n: i for i, n in enumerate(nodes)}, stop)
+    )
     thread.start()
     got = [out.get(timeout=10) for _ in range(4)]
     stop.set()

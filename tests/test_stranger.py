@@ -42,8 +42,11 @@ def test_only_a_403_or_no_connection_counts_as_refused(output, refused):
 def test_a_listener_that_answers_is_reported_and_fails_the_check(capsys, tmp_path, monkeypatch):
     ca = tmp_path / "ca.crt"
     ca.write_text("-")
-    monkeypatch.setattr(stranger, "attempts", lambda *a: [stranger.Attempt("list runs", False, "{}"),
-                                                          stranger.Attempt("GET /docs", True, "HTTP 403")])
+    monkeypatch.setattr(
+        stranger,
+        "attempts",
+        lambda *a: [stranger.Attempt("list runs", False, "{}"), stranger.Attempt("GET /docs", True, "HTTP 403")],
+    )
     assert stranger.main(["h:1", "--ca", str(ca), "--json"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["refused"] for line in lines] == [False, True]

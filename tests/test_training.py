@@ -29,8 +29,16 @@ def test_training_the_classifier_lowers_its_loss_and_raises_accuracy(shard):
 
 
 def test_training_the_autoencoder_lowers_its_mse(shard):
-    settings = Settings.from_run_config({"model": "autoencoder", "optimizer": "adam", "learning-rate": 0.001,
-                                         "local-epochs": 2, "ae-hidden": "64", "ae-code-size": 8})
+    settings = Settings.from_run_config(
+        {
+            "model": "autoencoder",
+            "optimizer": "adam",
+            "learning-rate": 0.001,
+            "local-epochs": 2,
+            "ae-hidden": "64",
+            "ae-code-size": 8,
+        }
+    )
     model = build_model(settings)
     before = evaluate(model, shard, CPU, RECONSTRUCTION)
     train(model, shard, settings, CPU, seed=0)
