@@ -36,16 +36,16 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from task.config import Settings
 from task.errors import ConfigError, UserError
 from task.files import atomic_write, write_files
-from task.models import build_model
+
+if TYPE_CHECKING:  # torch and numpy are imported where they are used: the launcher reads history.json without them
+    import numpy as np
+    import torch
+    from torch import nn
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -169,6 +169,8 @@ class RunFolder:
 
     def write_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Saved as CPU tensors, so that a model trained on a GPU loads anywhere."""
+        import torch
+
         cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
         atomic_write(self.path / MODEL, lambda fh: torch.save(cpu, fh))
 
@@ -188,6 +190,8 @@ class RunFolder:
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Atomically (temporary file, fsync, rename, folder fsync): a crash at any
         instant leaves the last complete round's checkpoint."""
+        import numpy as np
+
         data = {
             "version": CHECKPOINT_VERSION,
             "round": checkpoint.server_round,
@@ -280,6 +284,10 @@ class RunFolder:
 
     def load_model(self, settings: Settings | None = None) -> nn.Module:
         """The run's final global model, on the CPU, checked against its run config."""
+        import torch
+
+        from task.models import build_model
+
         settings = settings or self.settings()
         path = self.path / MODEL
         fix = f"put back the {MODEL} this run wrote, or {_REDO}"
