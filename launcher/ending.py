@@ -24,6 +24,11 @@ from typing import Any
 # stream about 3.8 s after it (Ray shutting down, the run's status, the log poll); a
 # margin on that, so that a run that was only slow to close is not cut short.
 GRACE_S = 10.0
+# A run that completed with every client accounted for (none recorded as unanswered) has left all
+# its results in the run folder: what Flower still does (Ray shutting down, the run's status, the
+# log poll; those 3.8 s) adds nothing to it. Flower gets this long, then it is stopped like a stuck
+# run, without the 'abandoned' line: there is nothing to abandon.
+DONE_GRACE_S = 1.0
 # How the ServerApp records a node that did not answer in time (server_app/strategy.py).
 NO_REPLY = "no reply within round-timeout"
 # run_folder.COMPLETED and run_folder.FAILED, spelt out: importing run_folder brings torch.
@@ -70,6 +75,7 @@ class ServerAppEnd:
     read: Callable[[], dict[str, Any] | None]
     grace_s: float = GRACE_S
     clock: Callable[[], float] = time.monotonic
+    done_grace_s: float = DONE_GRACE_S
     history: dict[str, Any] | None = None  # the final history, once seen
     final_at: float | None = None
     expired: bool = False  # the grace ran out with Flower still running
@@ -84,14 +90,21 @@ class ServerAppEnd:
         return self.history.get("status") if self.history is not None else None
 
     def __call__(self) -> bool:
-        """True once the ServerApp's final status is at least ``grace_s`` old."""
+        """True once the ServerApp's final status is at least ``grace_s`` old (``done_grace_s``
+        when the run completed with no client left unanswered: see :attr:`done`)."""
         if self.final_at is None:
             history = self.read()
             if history is None or history.get("status") not in FINAL:
                 return False
             self.history, self.final_at = history, self.clock()
-        self.expired = self.clock() - self.final_at >= self.grace_s
+        grace = min(self.grace_s, self.done_grace_s) if self.done else self.grace_s
+        self.expired = self.clock() - self.final_at >= grace
         return self.expired
+
+    @property
+    def done(self) -> bool:
+        """The run completed and no client is recorded as unanswered: nothing is left to wait for."""
+        return self.status == COMPLETED and not unanswered(self.history or {})
 
 
 def unanswered(history: dict[str, Any]) -> list[dict[str, Any]]:

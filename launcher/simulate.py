@@ -189,6 +189,8 @@ def run_simulation(
     output_dir = pick_output_dir(output_dir, run_config)
     mark("checks done")
     env, gpus_per_client, note = where_clients_run(ray_address, gpus_per_client, settings.device)
+    if verbose:  # the workers' output in flower.log needs Ray's log monitor (see client_app.ray_lean)
+        env = {**env, "FEDMNIST_RAY_FULL": "1"}
     if note and echo:
         print(note, flush=True)
     names: dict[str, str] = {}
@@ -226,7 +228,7 @@ def run_simulation(
                     ended=end,
                 )
             if end.expired:  # leaving flower_home stops the SuperLink, the simulation and the stuck clients
-                if echo:
+                if echo and not end.done:  # a completed run with every client answered: nothing abandoned
                     print(abandoned_line(end), flush=True)
                 if end.status != COMPLETED:
                     raise FlowerError(f"Run {run_id} failed: {end.history.get('error') or 'no error recorded'}")

@@ -656,7 +656,7 @@ def _no_reply(server_round: int, pid: int | None, node: int | None = None, reaso
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
 def test_flower_is_given_the_grace_after_the_final_status_and_no_longer(final):
-    clock, written = Clock(), [None, _history("running"), _history("running"), _history(final)]
+    clock, written = Clock(), [None, _history("running"), _history("running"), _history(final, [_no_reply(1, 2, 77)])]
     end = ending.ServerAppEnd(lambda: written.pop(0) if len(written) > 1 else written[0], grace_s=5.0, clock=clock)
     assert [end(), end(), end()] == [False, False, False]  # nothing yet, then a run still going
     assert end() is False and end.final_at == 100.0 and end.status == final  # final: the grace starts now
@@ -664,6 +664,18 @@ def test_flower_is_given_the_grace_after_the_final_status_and_no_longer(final):
     assert end() is False and not end.expired
     clock.now = 105.0
     assert end() is True and end.expired
+
+
+def test_a_run_completed_with_every_client_answered_waits_only_the_short_grace():
+    clock = Clock()
+    end = ending.ServerAppEnd(lambda: _history("completed"), grace_s=5.0, clock=clock, done_grace_s=1.0)
+    assert end() is False and end.done
+    clock.now += 1.0
+    assert end() is True and end.expired and end.done
+    failed = ending.ServerAppEnd(lambda: _history("failed"), grace_s=5.0, clock=clock, done_grace_s=1.0)
+    assert failed() is False and not failed.done
+    clock.now += 1.0
+    assert failed() is False  # a failed run gets the whole grace
 
 
 def test_a_run_interrupted_or_still_running_never_ends_the_wait():
