@@ -62,7 +62,8 @@ def main(grid: Grid, context: Context) -> None:
         resumed = _checkpoint_to_resume(settings)
         book = NodeBook()
         num_partitions = book.start(grid, wait_for_nodes(grid, settings.min_available_nodes, NODE_WAIT_S), NODE_WAIT_S)
-        train_shards(settings, num_partitions)  # a partitioning that cannot fit these nodes stops here
+        # a partitioning that cannot fit these nodes stops here; the shard sizes let replies be averaged as they come
+        shard_sizes = [len(shard) for shard in train_shards(settings, num_partitions)]
         TensorBoardLog.check_available(settings.tensorboard)
         folder = RunFolder.create(settings.output_dir, settings.run_name, settings.model, context.run_id)
     except UserError as exc:
@@ -70,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
         raise  # marks the run failed, with this message as its status details
 
     with ServerLog(folder):
-        _run(grid, context, settings, test_set, device, book, num_partitions, folder, resumed)
+        _run(grid, context, settings, test_set, device, book, num_partitions, folder, resumed, shard_sizes)
 
 
 def _run(
@@ -83,6 +84,7 @@ def _run(
     num_partitions: int,
     folder: RunFolder,
     resumed: tuple[RunFolder, Checkpoint] | None,
+    shard_sizes: list[int] | None = None,
 ) -> None:
     """The rounds, with the run folder made and the log going into it."""
     log(INFO, "Writing results to %s", folder.path)
@@ -98,7 +100,7 @@ def _run(
     folder.write_config(config)
 
     model = build_model(settings)
-    runner = RoundRunner(settings, book)
+    runner = RoundRunner(settings, book, expected_examples=shard_sizes)
     recorder = HistoryRecorder(folder, settings, TensorBoardLog(folder, settings.tensorboard))
     arrays = ArrayRecord(model.state_dict())
     first_round = 1

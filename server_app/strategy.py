@@ -15,6 +15,12 @@ configures the messages and does the averaging. On top of what the strategy does
 - nodes are sampled by partition id from a generator seeded by the run's seed, the
   round and the attempt, and replies are averaged in partition order, so the same
   seed gives the same run whatever order replies arrive in;
+- with plain FedAvg or FedProx on a real Flower grid, training replies are checked and
+  averaged as they arrive (:class:`RunningMean`), so a round holds a running sum, not
+  every reply: the same arithmetic in the same order as Flower's ``aggregate_train``, so
+  the same bytes, whenever every sampled node's reply is good and counts the examples
+  its shard holds (otherwise the mean is rescaled to the replies that count: the same
+  weighted mean up to float32 rounding);
 - a round short of ``min-train-replies`` good replies (a node died, hung past
   ``round-timeout``, or sent garbage) is retried with other nodes, at most
   ``round-retries`` times; then the run stops with what happened. An averaged
@@ -25,12 +31,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import GaussianPrivacyEvent, Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.serverapp import strategy as flower_strategies
@@ -38,6 +46,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
+    FedProx,
     Strategy,
 )
 
@@ -60,6 +69,9 @@ class RoundFailed(RuntimeError):
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
     name: getattr(flower_strategies, spec.flower_class) for name, spec in STRATEGIES.items()
 }
+# Strategies whose aggregate_train is exactly Flower's weighted mean of the replies (no server
+# state, no wrapper): only these are averaged as replies arrive (see RunningMean).
+STREAMED: tuple[type[Strategy], ...] = (FedAvg, FedProx)
 DP_DELTA = 1e-5  # the delta at which the privacy spent is reported
 # Flower's wrapper for each value of the dp-clipping knob: who clips each node's update.
 DP_WRAPPERS: dict[str, type[Strategy]] = {
@@ -215,6 +227,72 @@ def is_finite(arrays: ArrayRecord) -> bool:
     return all(np.isfinite(arr.numpy()).all() for arr in arrays.values())
 
 
+class RunningMean:
+    """Flower's ``aggregate_arrayrecords`` (FedAvg, FedProx) folded in as replies arrive.
+
+    Flower averages the good replies in the order given (here: partition order), each array
+    times ``num-examples / total`` in float32, summed in place. The total is known only once
+    every reply is in; here it is taken in advance from ``expected`` (partition id ->
+    examples in its shard, which the server cuts as the nodes do), so each reply is folded
+    in as soon as the partitions before it are, and then let go: the round holds the sum and
+    the replies that arrived ahead of their turn, not every reply. When every expected
+    partition's reply is good and counts what was expected, the result is Flower's, bit for
+    bit. Otherwise (a dropped reply, an unexpected count) it is rescaled by expected over
+    actual total: the same weighted mean, up to float32 rounding."""
+
+    def __init__(self, expected: dict[int, int]) -> None:
+        self.order = sorted(expected)
+        self.expected = expected
+        self.total = sum(expected[p] for p in self.order)
+        self.arrived: dict[int, tuple[ArrayRecord, int]] = {}  # out of turn: waiting for the partitions before
+        self.skipped: set[int] = set()
+        self.sum: dict[str, np.ndarray] = {}
+        self.counted = 0  # examples of the replies folded in so far
+        self.exact = True
+        self._next = 0
+
+    def add(self, pid: int, arrays: ArrayRecord, count: int | float) -> None:
+        if count != self.expected[pid]:
+            self.exact = False
+        self.arrived[pid] = (arrays, count)
+        self._fold()
+
+    def skip(self, pid: int) -> None:
+        """This partition's reply will not count (dropped, or none came)."""
+        self.skipped.add(pid)
+        self.exact = False
+        self._fold()
+
+    def _fold(self) -> None:
+        while self._next < len(self.order):
+            pid = self.order[self._next]
+            if pid not in self.skipped:
+                if pid not in self.arrived:
+                    return
+                arrays, count = self.arrived.pop(pid)
+                weight = count / self.total
+                for key, value in arrays.items():  # as flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords
+                    if key not in self.sum:
+                        self.sum[key] = value.numpy() * weight
+                    else:
+                        self.sum[key] += value.numpy() * weight
+                self.counted += count
+            self._next += 1
+
+    def result(self) -> ArrayRecord | None:
+        """The mean of what was added (every partition not added counts as skipped)."""
+        for pid in self.order[self._next :]:
+            if pid not in self.arrived:
+                self.skipped.add(pid)
+        self._fold()
+        if not self.sum or self.counted <= 0:
+            return None
+        if not self.exact and self.counted != self.total:
+            scale = self.total / self.counted
+            return ArrayRecord({k: Array(np.asarray(v * np.float32(scale))) for k, v in self.sum.items()})
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in self.sum.items()})
+
+
 @dataclass
 class PhaseResult:
     """One phase of a round: the averaged arrays (training only), the metrics and what went wrong."""
@@ -227,9 +305,18 @@ class PhaseResult:
 class RoundRunner:
     """Runs the training and evaluation phases of each round through a Flower strategy."""
 
-    def __init__(self, settings: Settings, book: NodeBook, strategy: Strategy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        book: NodeBook,
+        strategy: Strategy | None = None,
+        expected_examples: list[int] | None = None,
+    ) -> None:
         self.settings = settings
         self.book = book
+        # examples in each partition's training shard (index: partition id), as the server cuts them:
+        # what lets replies be averaged as they arrive (see RunningMean); None: averaged at the end
+        self.expected_examples = expected_examples
         num_sampled = max(int(len(book.available()) * settings.fraction_train), settings.min_train_replies)
         self.num_sampled = num_sampled  # the DP wrapper sizes its noise for this many nodes
         self.strategy = strategy or build_strategy(settings, num_sampled)
@@ -252,19 +339,26 @@ class RoundRunner:
             chosen = sample_partitions(
                 available, s.fraction_train, s.min_train_replies, s.seed, server_round, attempt, "train"
             )
-            replies = self._ask(grid, MessageType.TRAIN, chosen, server_round, arrays)
-            good = []
-            for pid, reply in replies.items():
-                reason = "no reply within round-timeout" if reply is None else check_train_reply(reply, expected)
-                if reason is None and s.clips_on_nodes:
-                    reason = check_clipped(reply, arrays, s.dp_clipping_norm)
-                if reason is None:
-                    good.append((pid, reply))
-                else:
-                    excluded.add(self.book.node_of(pid))
-                    result.failures.append(self._failure(server_round, attempt, "train", pid, reason))
+            streamed = self._streams(grid, chosen)
+            if streamed:
+                good, averaged, metrics, dropped = self._train_streamed(grid, chosen, server_round, arrays, expected)
+            else:
+                good, dropped = [], []
+                for pid, reply in self._ask(grid, MessageType.TRAIN, chosen, server_round, arrays).items():
+                    reason = "no reply within round-timeout" if reply is None else check_train_reply(reply, expected)
+                    if reason is None and s.clips_on_nodes:
+                        reason = check_clipped(reply, arrays, s.dp_clipping_norm)
+                    if reason is None:
+                        good.append((pid, reply))
+                    else:
+                        dropped.append((pid, reason))
+                averaged = metrics = None
+            for pid, reason in dropped:
+                excluded.add(self.book.node_of(pid))
+                result.failures.append(self._failure(server_round, attempt, "train", pid, reason))
             if len(good) >= s.min_train_replies:
-                averaged, metrics = self.strategy.aggregate_train(server_round, [m for _, m in good])
+                if not streamed:  # not averaged on the way in
+                    averaged, metrics = self.strategy.aggregate_train(server_round, [m for _, m in good])
                 if averaged is not None and is_finite(averaged):
                     result.arrays = averaged
                     result.metrics = {**self._with_counts(metrics, [m for _, m in good]), "asked": len(chosen)}
@@ -293,6 +387,50 @@ class RoundRunner:
             f"Round {server_round}: {len(good)} good training replies, fewer than min-train-replies="
             f"{s.min_train_replies}, after {s.round_retries + 1} attempt(s). Last failures: {reasons}"
         )
+
+    def _streams(self, grid: Grid, chosen: list[int]) -> bool:
+        """Whether this round's training replies are averaged as they arrive: plain FedAvg or
+        FedProx (Flower's weighted mean and nothing else), the shard sizes known, and a grid
+        that can be pulled from before every reply is in (Flower's own grids can)."""
+        sizes = self.expected_examples
+        return (
+            type(self.strategy) in STREAMED
+            and sizes is not None
+            and all(0 <= p < len(sizes) for p in chosen)
+            and callable(getattr(grid, "push_messages", None))
+            and callable(getattr(grid, "pull_messages", None))
+        )
+
+    def _train_streamed(
+        self, grid: Grid, chosen: list[int], server_round: int, arrays: ArrayRecord, expected: ArraySpec
+    ) -> tuple[list[tuple[int, Message]], ArrayRecord | None, MetricRecord | None, list[tuple[int, str]]]:
+        """The training phase with replies checked and averaged as they arrive: what the loop in
+        :meth:`train` and Flower's ``aggregate_train`` give, holding the running sum instead of
+        the replies. The good replies come back stripped to their metrics."""
+        sizes = self.expected_examples
+        assert sizes is not None
+        mean = RunningMean({p: sizes[p] for p in chosen})
+        good: dict[int, Message] = {}
+        dropped: dict[int, str] = {}
+        for pid, reply in self._stream(grid, MessageType.TRAIN, chosen, server_round, arrays):
+            reason = "no reply within round-timeout" if reply is None else check_train_reply(reply, expected)
+            if reason is None:
+                (record,) = reply.content.array_records.values()
+                (metrics,) = reply.content.metric_records.values()
+                mean.add(pid, record, metrics[WEIGHTED_BY])
+                good[pid] = _MetricsOnly(reply)
+            else:
+                mean.skip(pid)
+                dropped[pid] = reason
+        in_order = [(p, good[p]) for p in chosen if p in good]
+        if len(in_order) < self.settings.min_train_replies or not in_order:
+            return in_order, None, None, sorted(dropped.items())
+        log(INFO, "aggregate_train: Received %s results and %s failures", len(in_order), 0)
+        averaged = mean.result()
+        metrics = self.strategy.train_metrics_aggr_fn([m.content for _, m in in_order], WEIGHTED_BY)
+        if not mean.exact:
+            log(INFO, "Round %d: mean of %d replies rescaled to the examples they hold", server_round, len(in_order))
+        return in_order, averaged, metrics, sorted(dropped.items())
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> PhaseResult:
         """The global model on the sampled nodes' local test images; failures are recorded, not retried."""
@@ -346,6 +484,53 @@ class RoundRunner:
                 node = sent.get(reply.metadata.reply_to_message_id, node)
             by_node[node] = reply
         return {p: by_node.get(self.book.node_of(p)) for p in partitions}
+
+    def _stream(
+        self, grid: Grid, kind: str, partitions: list[int], server_round: int, arrays: ArrayRecord
+    ) -> Iterator[tuple[int, Message | None]]:
+        """What :meth:`_ask` gives, one ``(partition id, reply)`` at a time as the replies come
+        in (then ``(partition id, None)`` for each node that did not reply within
+        ``round-timeout``); a second reply for the same node is ignored. Messages are sent
+        in partition order, so that replies tend to come in the order they are averaged in."""
+        chosen = _ChosenNodes([self.book.node_of(p) for p in partitions])
+        configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
+        order = {node: i for i, node in enumerate(chosen.node_ids)}
+        messages = sorted(
+            configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: order[m.metadata.dst_node_id]
+        )
+        log(
+            INFO,
+            "Round %d: %s on %d of %d available node(s)",
+            server_round,
+            kind,
+            len(messages),
+            len(self.book.available()),
+        )
+        pid_of = {self.book.node_of(p): p for p in partitions}
+        ids = list(grid.push_messages(messages))
+        sent = {mid: m.metadata.dst_node_id for m, mid in zip(messages, ids) if mid}
+        asked = set(sent.values()) | {m.metadata.dst_node_id for m in messages}
+        del messages
+        waiting = set(sent)
+        answered: set[int] = set()
+        interval = float(getattr(grid, "pull_interval", 3.0))  # Flower's: 0.1 s in simulation, 3 s over HTTP
+        deadline = time.time() + self.settings.round_timeout
+        while waiting and time.time() < deadline:
+            replies = list(grid.pull_messages(waiting))
+            for reply in replies:
+                waiting.discard(reply.metadata.reply_to_message_id)
+                node = reply.metadata.src_node_id
+                if node not in asked:
+                    node = sent.get(reply.metadata.reply_to_message_id, node)
+                if node in pid_of and node not in answered:
+                    answered.add(node)
+                    yield pid_of[node], reply
+            del replies
+            if waiting:
+                time.sleep(interval)
+        for p in partitions:
+            if self.book.node_of(p) not in answered:
+                yield p, None
 
     def _failure(self, server_round: int, attempt: int, phase: str, pid: int | None, reason: str) -> dict[str, Any]:
         node = self.book.node_of(pid) if pid is not None else None
@@ -408,6 +593,15 @@ class _HideFlowersSampledLine(logging.Filter):
 
 
 logging.getLogger("flwr").addFilter(_HideFlowersSampledLine())
+
+
+class _MetricsOnly:
+    """What is kept of a good training reply once its arrays are in the running sum: its metrics."""
+
+    def __init__(self, reply: Message) -> None:
+        (metrics,) = reply.content.metric_records.values()
+        self.content = RecordDict({"metrics": metrics})
+        self.metadata = reply.metadata
 
 
 class _ChosenNodes:
