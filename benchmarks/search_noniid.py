@@ -1,11 +1,12 @@
 """Searches behind the non-IID and strategy presets (issue 13): in-process FedAvg with
 the server-side updates of Flower's FedAvgM and FedAdam written out in a plain loop.
 
-    .venv/bin/python -m benchmarks.search_noniid GRID [ROW ...]
+    .venv/bin/python -m benchmarks.search_noniid [--rounds=N] [--no-stop] GRID [ROW ...]
 
-GRID is one of the names in ``GRIDS``; rows are 0-based (all rows by default). Prints one
-Markdown row per configuration: the knobs, the first round at >= 97%, the accuracy at a few
-rounds and the wall time. For the search only: every figure in RESULTS.md comes from a
+GRID is one of the names in ``GRIDS``; rows are 0-based (all rows by default); N rounds
+(default 100; beyond 50 a row stops at the first round at 97% unless ``--no-stop``). Prints
+one Markdown row per configuration: the knobs, the first round at >= 97%, the accuracy at a
+few rounds, the last round's and the wall time. For the search only: every figure in RESULTS.md comes from a
 Flower run (launcher.simulate) of the chosen setting.
 
 The server updates follow flwr/serverapp/strategy (Flower 1.41):
@@ -58,6 +59,44 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
         ("fedavgm 0.5 C=0.3 E=10", "fedavgm", 1.0, 0.5, dict(fraction_train=0.3, local_epochs=10, learning_rate=0.02, momentum=0.9)),
         ("fedavgm slr1.5 C=0.2 E=10", "fedavgm", 1.5, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
     ],
+    # Issue 20: IID, 97% within 11 rounds (stretch 8). `fast` costs 20 clients x 10 epochs x 600
+    # images = 120,000 sample-steps a round; the "x" in a label is a row's cost against that.
+    "iid-11": [
+        ("fedavgm 0.7 C=0.2 E=10 (1x)", "fedavgm", 1.0, 0.7, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.9 slr0.3 C=0.2 E=10 (1x)", "fedavgm", 0.3, 0.9, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=0.5 E=4 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=1.0 E=2 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9)),
+        ("fedavg C=1.0 E=2 (1x)", "fedavg", 1.0, 0.0, dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=0.5 E=10 (2.5x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedadam 0.003 C=0.2 E=10 (1x)", "fedadam", 0.003, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.7 C=0.5 E=4 (1x)", "fedavgm", 1.0, 0.7, dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9)),
+    ],
+    # Issue 20, second IID grid: `iid-11` plateaus near 96.8-97.0% (local SGD noise), so less
+    # noise per client step: a smaller client learning rate, larger batches, more epochs.
+    "iid-11b": [
+        ("fedavgm 0.5 C=0.2 E=10 lr0.01 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.01, momentum=0.9)),
+        ("fedavgm 0.5 C=0.2 E=10 B=20 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, batch_size=20, learning_rate=0.02, momentum=0.9)),
+        ("fedavgm 0.5 C=0.5 E=10 lr0.01 (2.5x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=10, learning_rate=0.01, momentum=0.9)),
+        ("fedavgm 0.5 C=0.2 E=20 lr0.01 (2x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=20, learning_rate=0.01, momentum=0.9)),
+    ],
+    # Issue 20, third IID grid: FedAdam with a server rate that moves the weights (0.003 moves each
+    # by about 0.002 a round: `iid-11` row 6).
+    "iid-11c": [
+        ("fedadam 0.01 C=0.2 E=10 (1x)", "fedadam", 0.01, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        ("fedadam 0.03 C=0.2 E=10 (1x)", "fedadam", 0.03, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+    ],
+    # Issue 20: non-IID shards, 97% within 120 rounds (stretch 80). `noniid-fast` (FedAvgM 0.5,
+    # C=0.1, E=1) costs 10 clients x 1 epoch x 600 images = 6,000 sample-steps a round.
+    "noniid-120": [
+        ("fedavgm 0.5 C=0.1 E=1 lr0.1 (noniid-fast, 1x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.7 C=0.2 E=1 lr0.1 (2x)", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.9 slr0.5 C=0.2 E=1 lr0.1 (2x)", "fedavgm", 0.5, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.7 C=0.3 E=1 lr0.1 (3x)", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.1)),
+        ("fedavgm 0.5 C=0.2 E=2 lr0.1 (4x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1)),
+        ("fedprox mu0.1 C=0.2 E=2 lr0.1 (4x)", "fedprox", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1, proximal_mu=0.1)),
+        ("fedadam 0.01 C=0.1 E=1 lr0.05 (1x)", "fedadam", 0.01, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
+        ("fedavgm 0.5 C=0.2 E=1 lr0.02 mom0.9 (2x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.02, momentum=0.9)),
+    ],
 }
 
 
@@ -96,7 +135,7 @@ class FedAdam:
 
 def server_update(strategy: str, server_lr: float, server_momentum: float) -> ServerUpdate | None:
     """The server update of ``strategy`` (None: FedAvg's plain average)."""
-    if strategy == "fedavg":
+    if strategy in ("fedavg", "fedprox"):  # FedProx: FedAvg's average; proximal-mu acts on the nodes
         return None
     if strategy == "fedavgm":
         return FedAvgM(server_lr, server_momentum)
@@ -105,32 +144,42 @@ def server_update(strategy: str, server_lr: float, server_momentum: float) -> Se
     raise ValueError(strategy)
 
 
-def run(strategy: str, server_lr: float, server_momentum: float, settings: Settings, num_nodes: int = 100) -> dict:
-    """In-process FedAvg with ``strategy``'s server update; long searches stop at the target."""
+def run(
+    strategy: str, server_lr: float, server_momentum: float, settings: Settings, num_nodes: int = 100, stop: bool = True
+) -> dict:
+    """In-process FedAvg with ``strategy``'s server update; long searches stop at the target
+    unless ``stop`` is False (``--no-stop``: every round, for the final accuracy)."""
     return fedavg(
         settings, num_nodes, server_update(strategy, server_lr, server_momentum),
-        stop_at_target=settings.num_server_rounds > 50,
+        stop_at_target=stop and settings.num_server_rounds > 50,
     )
 
 
-def main(grid: str, rows: list[int], rounds: int) -> None:
+def main(grid: str, rows: list[int], rounds: int, stop: bool = True) -> None:
     table = GRIDS[grid]
-    checkpoints = [r for r in (10, 11, 50, 100, 200, 300) if r <= rounds]
-    print("| row | setting | rounds to 97% | " + " | ".join(f"acc @{r}" for r in checkpoints) + " | seconds |")
-    print("|---|---|---|" + "---|" * len(checkpoints) + "---|")
+    checkpoints = [r for r in (8, 10, 11, 50, 80, 100, 120, 200, 300) if r <= rounds]
+    print("| row | setting | rounds to 97% | " + " | ".join(f"acc @{r}" for r in checkpoints) + " | final | seconds |")
+    print("|---|---|---|" + "---|" * len(checkpoints) + "---|---|")
     for row in rows or range(len(table)):
         label, strategy, slr, smom, kwargs = table[row]
         settings = Settings(num_server_rounds=rounds, **kwargs)
-        r = run(strategy, slr, smom, settings)
+        r = run(strategy, slr, smom, settings, stop=stop)
         vals = r["by-round"]
         accs = " | ".join(f"{100 * vals[c - 1]:.2f}%" if c <= len(vals) else "-" for c in checkpoints)
         hit = r["rounds-to-target"] or "not reached"
-        print(f"| {row} | {label} | {hit} | {accs} | {r['seconds']:.0f} |", flush=True)
+        final = f"{100 * vals[-1]:.2f}% (round {len(vals)})"
+        print(f"| {row} | {label} | {hit} | {accs} | {final} | {r['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    rounds = 100
-    if args and args[0].startswith("--rounds="):
-        rounds = int(args.pop(0).split("=", 1)[1])
-    main(args[0], [int(a) for a in args[1:]], rounds)
+    rounds, stop = 100, True
+    while args and args[0].startswith("--"):
+        flag = args.pop(0)
+        if flag.startswith("--rounds="):
+            rounds = int(flag.split("=", 1)[1])
+        elif flag == "--no-stop":
+            stop = False
+        else:
+            raise SystemExit(f"unknown option {flag}")
+    main(args[0], [int(a) for a in args[1:]], rounds, stop)
