@@ -36,66 +36,312 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
     ],
     # The fastest non-IID setting (goal: 97% in at most 332 rounds).
     "noniid-best": [
-        ("fedavg C=0.1 E=1 lr0.1", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
-        ("fedavg C=0.2 E=5 lr0.05", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=5, learning_rate=0.05)),
-        ("fedavgm 0.9 C=0.1 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
-        ("fedavgm 0.9 C=0.2 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.05)),
-        ("fedavgm 0.9 C=0.2 E=2 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.05)),
-        ("fedavgm 0.9 C=0.1 E=1 lr0.02", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.02)),
-        ("fedadam 0.01 C=0.1 E=1 lr0.05", "fedadam", 0.01, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
-        ("fedavgm 0.7 C=0.2 E=1 lr0.1", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.9 C=0.3 E=1 lr0.05", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.05)),
-        ("fedavgm 0.5 C=0.1 E=1 lr0.1", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
-        ("fedavg C=0.2 E=1 lr0.1", "fedavg", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.9 C=0.1 E=1 lr0.01", "fedavgm", 1.0, 0.9, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.01)),
+        (
+            "fedavg C=0.1 E=1 lr0.1",
+            "fedavg",
+            1.0,
+            0.0,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavg C=0.2 E=5 lr0.05",
+            "fedavg",
+            1.0,
+            0.0,
+            dict(NONIID, fraction_train=0.2, local_epochs=5, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.9 C=0.1 E=1 lr0.05",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.9 C=0.2 E=1 lr0.05",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.9 C=0.2 E=2 lr0.05",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.9 C=0.1 E=1 lr0.02",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.02),
+        ),
+        (
+            "fedadam 0.01 C=0.1 E=1 lr0.05",
+            "fedadam",
+            0.01,
+            0.0,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.7 C=0.2 E=1 lr0.1",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.9 C=0.3 E=1 lr0.05",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.5 C=0.1 E=1 lr0.1",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavg C=0.2 E=1 lr0.1",
+            "fedavg",
+            1.0,
+            0.0,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.9 C=0.1 E=1 lr0.01",
+            "fedavgm",
+            1.0,
+            0.9,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.01),
+        ),
     ],
     # The fastest IID setting (goal: 97% in at most 11 rounds; `fast` needs 16 with FedAvg).
     "iid-best": [
-        ("fedavg fast", "fedavg", 1.0, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 fast", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.7 C=0.2 E=5", "fedavgm", 1.0, 0.7, dict(fraction_train=0.2, local_epochs=5, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=0.2 E=5 lr0.05 no mom", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=5, learning_rate=0.05)),
-        ("fedadam 0.003 fast", "fedadam", 0.003, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=0.3 E=10", "fedavgm", 1.0, 0.5, dict(fraction_train=0.3, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm slr1.5 C=0.2 E=10", "fedavgm", 1.5, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        (
+            "fedavg fast",
+            "fedavg",
+            1.0,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 fast",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.7 C=0.2 E=5",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(fraction_train=0.2, local_epochs=5, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=5 lr0.05 no mom",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=5, learning_rate=0.05),
+        ),
+        (
+            "fedadam 0.003 fast",
+            "fedadam",
+            0.003,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.3 E=10",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.3, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm slr1.5 C=0.2 E=10",
+            "fedavgm",
+            1.5,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
     ],
     # Issue 20: IID, 97% within 11 rounds (stretch 8). `fast` costs 20 clients x 10 epochs x 600
     # images = 120,000 sample-steps a round; the "x" in a label is a row's cost against that.
     "iid-11": [
-        ("fedavgm 0.7 C=0.2 E=10 (1x)", "fedavgm", 1.0, 0.7, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.9 slr0.3 C=0.2 E=10 (1x)", "fedavgm", 0.3, 0.9, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=0.5 E=4 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=1.0 E=2 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9)),
-        ("fedavg C=1.0 E=2 (1x)", "fedavg", 1.0, 0.0, dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=0.5 E=10 (2.5x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedadam 0.003 C=0.2 E=10 (1x)", "fedadam", 0.003, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.7 C=0.5 E=4 (1x)", "fedavgm", 1.0, 0.7, dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9)),
+        (
+            "fedavgm 0.7 C=0.2 E=10 (1x)",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.9 slr0.3 C=0.2 E=10 (1x)",
+            "fedavgm",
+            0.3,
+            0.9,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.5 E=4 (1x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=1.0 E=2 (1x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavg C=1.0 E=2 (1x)",
+            "fedavg",
+            1.0,
+            0.0,
+            dict(fraction_train=1.0, local_epochs=2, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.5 E=10 (2.5x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.5, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedadam 0.003 C=0.2 E=10 (1x)",
+            "fedadam",
+            0.003,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.7 C=0.5 E=4 (1x)",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9),
+        ),
     ],
     # Issue 20, second IID grid: `iid-11` plateaus near 96.8-97.0% (local SGD noise), so less
     # noise per client step: a smaller client learning rate, larger batches, more epochs.
     "iid-11b": [
-        ("fedavgm 0.5 C=0.2 E=10 lr0.01 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.01, momentum=0.9)),
-        ("fedavgm 0.5 C=0.2 E=10 B=20 (1x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=10, batch_size=20, learning_rate=0.02, momentum=0.9)),
-        ("fedavgm 0.5 C=0.5 E=10 lr0.01 (2.5x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.5, local_epochs=10, learning_rate=0.01, momentum=0.9)),
-        ("fedavgm 0.5 C=0.2 E=20 lr0.01 (2x)", "fedavgm", 1.0, 0.5, dict(fraction_train=0.2, local_epochs=20, learning_rate=0.01, momentum=0.9)),
+        (
+            "fedavgm 0.5 C=0.2 E=10 lr0.01 (1x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.01, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=10 B=20 (1x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=10, batch_size=20, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.5 E=10 lr0.01 (2.5x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.5, local_epochs=10, learning_rate=0.01, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=20 lr0.01 (2x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=20, learning_rate=0.01, momentum=0.9),
+        ),
     ],
     # Issue 20, third IID grid: FedAdam with a server rate that moves the weights (0.003 moves each
     # by about 0.002 a round: `iid-11` row 6).
     "iid-11c": [
-        ("fedadam 0.01 C=0.2 E=10 (1x)", "fedadam", 0.01, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
-        ("fedadam 0.03 C=0.2 E=10 (1x)", "fedadam", 0.03, 0.0, dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9)),
+        (
+            "fedadam 0.01 C=0.2 E=10 (1x)",
+            "fedadam",
+            0.01,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedadam 0.03 C=0.2 E=10 (1x)",
+            "fedadam",
+            0.03,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
     ],
     # Issue 20: non-IID shards, 97% within 120 rounds (stretch 80). `noniid-fast` (FedAvgM 0.5,
     # C=0.1, E=1) costs 10 clients x 1 epoch x 600 images = 6,000 sample-steps a round.
     "noniid-120": [
-        ("fedavgm 0.5 C=0.1 E=1 lr0.1 (noniid-fast, 1x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.7 C=0.2 E=1 lr0.1 (2x)", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.9 slr0.5 C=0.2 E=1 lr0.1 (2x)", "fedavgm", 0.5, 0.9, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.7 C=0.3 E=1 lr0.1 (3x)", "fedavgm", 1.0, 0.7, dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.1)),
-        ("fedavgm 0.5 C=0.2 E=2 lr0.1 (4x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1)),
-        ("fedprox mu0.1 C=0.2 E=2 lr0.1 (4x)", "fedprox", 1.0, 0.0, dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1, proximal_mu=0.1)),
-        ("fedadam 0.01 C=0.1 E=1 lr0.05 (1x)", "fedadam", 0.01, 0.0, dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05)),
-        ("fedavgm 0.5 C=0.2 E=1 lr0.02 mom0.9 (2x)", "fedavgm", 1.0, 0.5, dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.02, momentum=0.9)),
+        (
+            "fedavgm 0.5 C=0.1 E=1 lr0.1 (noniid-fast, 1x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.7 C=0.2 E=1 lr0.1 (2x)",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.9 slr0.5 C=0.2 E=1 lr0.1 (2x)",
+            "fedavgm",
+            0.5,
+            0.9,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.7 C=0.3 E=1 lr0.1 (3x)",
+            "fedavgm",
+            1.0,
+            0.7,
+            dict(NONIID, fraction_train=0.3, local_epochs=1, learning_rate=0.1),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=2 lr0.1 (4x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1),
+        ),
+        (
+            "fedprox mu0.1 C=0.2 E=2 lr0.1 (4x)",
+            "fedprox",
+            1.0,
+            0.0,
+            dict(NONIID, fraction_train=0.2, local_epochs=2, learning_rate=0.1, proximal_mu=0.1),
+        ),
+        (
+            "fedadam 0.01 C=0.1 E=1 lr0.05 (1x)",
+            "fedadam",
+            0.01,
+            0.0,
+            dict(NONIID, fraction_train=0.1, local_epochs=1, learning_rate=0.05),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=1 lr0.02 mom0.9 (2x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.02, momentum=0.9),
+        ),
     ],
 }
 
@@ -110,7 +356,9 @@ class FedAvgM:
     def __call__(self, rnd: int, weights: list[np.ndarray], avg: list[np.ndarray]) -> list[np.ndarray]:
         g = [w - a for w, a in zip(weights, avg)]
         if self.server_momentum > 0:
-            self.momentum = g if self.momentum is None else [self.server_momentum * p + q for p, q in zip(self.momentum, g)]
+            self.momentum = (
+                g if self.momentum is None else [self.server_momentum * p + q for p, q in zip(self.momentum, g)]
+            )
             g = self.momentum
         return [w - self.server_lr * p for w, p in zip(weights, g)]
 
@@ -150,7 +398,9 @@ def run(
     """In-process FedAvg with ``strategy``'s server update; long searches stop at the target
     unless ``stop`` is False (``--no-stop``: every round, for the final accuracy)."""
     return fedavg(
-        settings, num_nodes, server_update(strategy, server_lr, server_momentum),
+        settings,
+        num_nodes,
+        server_update(strategy, server_lr, server_momentum),
         stop_at_target=stop and settings.num_server_rounds > 50,
     )
 
