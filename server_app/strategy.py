@@ -457,32 +457,11 @@ class RoundRunner:
     ) -> dict[int, Message | None]:
         """Send to the nodes holding ``partitions``; their replies by partition id, in
         partition order (None where no reply came within ``round-timeout``)."""
-        chosen = _ChosenNodes([self.book.node_of(p) for p in partitions])
-        configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
-        # The strategy writes the messages (its config: server-round, FedProx's proximal-mu, ...)
-        # and remembers the arrays it sent (FedOpt, FedAvgM, DP clipping need them to aggregate).
-        messages = sorted(
-            configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: m.metadata.dst_node_id
-        )
-        log(
-            INFO,
-            "Round %d: %s on %d of %d available node(s)",
-            server_round,
-            kind,
-            len(messages),
-            len(self.book.available()),
-        )
+        messages = self._configure(kind, partitions, server_round, arrays, by_partition=False)
         replies = list(grid.send_and_receive(messages, timeout=self.settings.round_timeout))
-        # A reply the SuperLink writes for a node it lost comes from the SuperLink, not the node:
-        # it is matched by the message it answers (whose id the grid set when it was sent).
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
-        asked = set(sent.values()) | {m.metadata.dst_node_id for m in messages}
-        by_node = {}
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if node not in asked:
-                node = sent.get(reply.metadata.reply_to_message_id, node)
-            by_node[node] = reply
+        asked = {m.metadata.dst_node_id for m in messages}
+        by_node = {_replier(reply, asked, sent): reply for reply in replies}
         return {p: by_node.get(self.book.node_of(p)) for p in partitions}
 
     def _stream(
@@ -492,24 +471,11 @@ class RoundRunner:
         in (then ``(partition id, None)`` for each node that did not reply within
         ``round-timeout``); a second reply for the same node is ignored. Messages are sent
         in partition order, so that replies tend to come in the order they are averaged in."""
-        chosen = _ChosenNodes([self.book.node_of(p) for p in partitions])
-        configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
-        order = {node: i for i, node in enumerate(chosen.node_ids)}
-        messages = sorted(
-            configure(server_round, arrays, ConfigRecord({}), chosen), key=lambda m: order[m.metadata.dst_node_id]
-        )
-        log(
-            INFO,
-            "Round %d: %s on %d of %d available node(s)",
-            server_round,
-            kind,
-            len(messages),
-            len(self.book.available()),
-        )
+        messages = self._configure(kind, partitions, server_round, arrays, by_partition=True)
         pid_of = {self.book.node_of(p): p for p in partitions}
         ids = list(grid.push_messages(messages))
         sent = {mid: m.metadata.dst_node_id for m, mid in zip(messages, ids) if mid}
-        asked = set(sent.values()) | {m.metadata.dst_node_id for m in messages}
+        asked = {m.metadata.dst_node_id for m in messages}
         del messages
         waiting = set(sent)
         answered: set[int] = set()
@@ -519,9 +485,7 @@ class RoundRunner:
             replies = list(grid.pull_messages(waiting))
             for reply in replies:
                 waiting.discard(reply.metadata.reply_to_message_id)
-                node = reply.metadata.src_node_id
-                if node not in asked:
-                    node = sent.get(reply.metadata.reply_to_message_id, node)
+                node = _replier(reply, asked, sent)
                 if node in pid_of and node not in answered:
                     answered.add(node)
                     yield pid_of[node], reply
@@ -531,6 +495,29 @@ class RoundRunner:
         for p in partitions:
             if self.book.node_of(p) not in answered:
                 yield p, None
+
+    def _configure(
+        self, kind: str, partitions: list[int], server_round: int, arrays: ArrayRecord, by_partition: bool
+    ) -> list[Message]:
+        """The strategy's messages to the nodes holding ``partitions`` (it writes their config:
+        server-round, FedProx's proximal-mu, ...; and remembers the arrays it sent: FedOpt, FedAvgM
+        and DP clipping need them to aggregate), in partition or node-id order; logs the round's line."""
+        chosen = _ChosenNodes([self.book.node_of(p) for p in partitions])
+        configure = self.strategy.configure_train if kind == MessageType.TRAIN else self.strategy.configure_evaluate
+        order = {node: i for i, node in enumerate(chosen.node_ids)}
+        messages = sorted(
+            configure(server_round, arrays, ConfigRecord({}), chosen),
+            key=lambda m: order[m.metadata.dst_node_id] if by_partition else m.metadata.dst_node_id,
+        )
+        log(
+            INFO,
+            "Round %d: %s on %d of %d available node(s)",
+            server_round,
+            kind,
+            len(messages),
+            len(self.book.available()),
+        )
+        return messages
 
     def _failure(self, server_round: int, attempt: int, phase: str, pid: int | None, reason: str) -> dict[str, Any]:
         node = self.book.node_of(pid) if pid is not None else None
@@ -581,6 +568,14 @@ class RoundRunner:
         if self.privacy is not None and "privacy" in state:
             self.privacy.accountant.load_state_dict(state["privacy"]["accountant"])
             self.privacy.accountable = state["privacy"]["accountable"]
+
+
+def _replier(reply: Message, asked: set[int], sent: dict[str, int]) -> int:
+    """The node a reply stands for. A reply the SuperLink writes for a node it lost comes from the
+    SuperLink, not the node: it is matched by the message it answers (whose id the grid set
+    when it was sent)."""
+    node = reply.metadata.src_node_id
+    return node if node in asked else sent.get(reply.metadata.reply_to_message_id, node)
 
 
 class _HideFlowersSampledLine(logging.Filter):
