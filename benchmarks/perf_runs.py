@@ -64,6 +64,14 @@ def _run_config_pairs(run_config: dict[str, Any]) -> str:
     return " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
 
 
+def _launcher_command(num_nodes: int, out: Path, run_config: dict[str, Any], *options: str) -> list[str]:
+    """``python -m launcher.simulate`` for ``num_nodes`` clients writing into ``out``."""
+    return [
+        sys.executable, "-m", "launcher.simulate", "--num-supernodes", str(num_nodes), "--output-dir", str(out),
+        *options, "--run-config", _run_config_pairs(run_config),
+    ]  # fmt: skip
+
+
 def launch(
     num_nodes: int,
     run_config: dict[str, Any],
@@ -76,23 +84,10 @@ def launch(
     round times, when each line of its output arrived, the peak memory of its processes and
     the CPU time each kind of process used."""
     name = str(run_config["run-name"])
-    cmd = [
-        sys.executable,
-        "-m",
-        "launcher.simulate",
-        "--num-supernodes",
-        str(num_nodes),
-        "--output-dir",
-        str(out),
-        "--gpus-per-client",
-        "0",
-        "--cpus-per-client",
-        str(cpus_per_client),
-        "--timeout",
-        str(timeout),
-        "--run-config",
-        _run_config_pairs(run_config),
-    ]
+    cmd = _launcher_command(
+        num_nodes, out, run_config, "--gpus-per-client", "0", "--cpus-per-client", str(cpus_per_client),
+        "--timeout", str(timeout),
+    )  # fmt: skip
     env = {**os.environ, TIMINGS_ENV: "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
@@ -125,17 +120,7 @@ def launch(
 
 def launch_gpu(num_nodes: int, run_config: dict[str, Any], out: Path) -> dict[str, Any]:
     """As :func:`launch`, with the launcher's default GPU share."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "launcher.simulate",
-        "--num-supernodes",
-        str(num_nodes),
-        "--output-dir",
-        str(out),
-        "--run-config",
-        _run_config_pairs(run_config),
-    ]
+    cmd = _launcher_command(num_nodes, out, run_config)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with TreeMemory(proc.pid, include_root=True) as mem:
