@@ -58,6 +58,7 @@ class Settings:
     local_epochs: int = 5
     batch_size: int = 10
     learning_rate: float = 0.1
+    learning_rate_decay: float = 1.0
     momentum: float = 0.0
     optimizer: str = "sgd"
     max_grad_norm: float = 0.0
@@ -75,6 +76,7 @@ class Settings:
     output_dir: str = "fedmnist-runs"
     run_name: str = ""
     central_epochs: int = 10
+    central_converged: bool = False
     min_train_replies: int = 1
     round_timeout: float = 600.0
     round_retries: int = 3
@@ -142,6 +144,12 @@ class Settings:
         """Rounds spent on greedy layer-wise pretraining, all stages together, before the whole stack trains."""
         return self.ae_rounds_per_stage * self.ae_num_stages if self.model == "autoencoder" else 0
 
+    def learning_rate_at(self, server_round: int) -> float:
+        """The nodes' learning rate in ``server_round``: ``learning-rate`` decayed by
+        ``learning-rate-decay`` per round since round 1. Each node starts its optimizer afresh
+        every round, so a schedule has to come from the round number."""
+        return self.learning_rate * self.learning_rate_decay ** max(0, server_round - 1)
+
     def pretrain_stage(self, server_round: int) -> int | None:
         """The pair that greedy layer-wise pretraining trains in this round
         (0 = the outermost), or None when the whole stack trains."""
@@ -163,6 +171,11 @@ class Settings:
                 raise ConfigError(f"{key}={value} is not allowed: use a whole number >= 1.")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning-rate={self.learning_rate} is not allowed: use a number > 0.")
+        if not 0 < self.learning_rate_decay <= 1:
+            raise ConfigError(
+                f"learning-rate-decay={self.learning_rate_decay} is not allowed: use 0 < learning-rate-decay <= 1 "
+                "(1: no decay; 0.99: the nodes' learning rate shrinks by 1% every round)."
+            )
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum={self.momentum} is not allowed: use 0 <= momentum < 1.")
         if self.max_grad_norm < 0:

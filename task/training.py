@@ -83,10 +83,14 @@ class MomentumSGD:
             p.add_(grad, alpha=-self.lr)
 
 
-def make_optimizer(model: nn.Module, settings: Settings) -> torch.optim.Optimizer | MomentumSGD:
+def make_optimizer(
+    model: nn.Module, settings: Settings, lr: float | None = None
+) -> torch.optim.Optimizer | MomentumSGD:
+    """The run's optimizer at ``lr`` (default ``learning-rate``)."""
+    lr = settings.learning_rate if lr is None else lr
     if settings.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    return MomentumSGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return MomentumSGD(model.parameters(), lr=lr, momentum=settings.momentum)
 
 
 def train(
@@ -97,13 +101,14 @@ def train(
     seed: int,
     epochs: int | None = None,
     proximal_mu: float = 0.0,
+    lr: float | None = None,
 ) -> float:
-    """Train in place for ``epochs`` (default ``local-epochs``); return the mean
-    training loss of the last epoch. ``proximal_mu`` > 0 adds FedProx's term
-    ``mu/2 ||w - w_start||^2``, which keeps the node near the model it was sent."""
+    """Train in place for ``epochs`` (default ``local-epochs``) at ``lr`` (default
+    ``learning-rate``); return the mean training loss of the last epoch. ``proximal_mu`` > 0
+    adds FedProx's term ``mu/2 ||w - w_start||^2``, which keeps the node near the model it was sent."""
     model.to(device)
     data = data.to(device)
-    optimizer = make_optimizer(model, settings)
+    optimizer = make_optimizer(model, settings, lr)
     gen = torch.Generator().manual_seed(seed)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     last = 0.0
@@ -157,12 +162,13 @@ def train_round(
     ``proximal-mu`` under FedProx), or, while greedy pretraining (``ae-pretrain-rounds``)
     lasts, only this round's encoder/decoder pair."""
     stage = settings.pretrain_stage(server_round)
+    lr = settings.learning_rate_at(server_round)
     if stage is None:
-        return train(model, data, settings, device, seed, proximal_mu=settings.proximal_mu)
+        return train(model, data, settings, device, seed, proximal_mu=settings.proximal_mu, lr=lr)
     below, pair = model.stage(stage)
     with torch.no_grad():
         inputs = below.to(device)(data.x.to(device))
-    return train(pair, Batchable(inputs, data.y), settings, device, seed)
+    return train(pair, Batchable(inputs, data.y), settings, device, seed, lr=lr)
 
 
 @torch.no_grad()

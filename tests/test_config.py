@@ -40,6 +40,8 @@ def test_the_defaults_here_are_the_defaults_in_pyproject():
         ("ae-code-size", 0, "ae-code-size=0 is not allowed"),
         ("batch-size", "ten", "batch-size='ten' is not allowed: expected a int"),
         ("data-dir", "mnist", "data-dir='mnist' is a relative path: give an absolute one"),
+        ("learning-rate-decay", 0.0, "learning-rate-decay=0.0 is not allowed: use 0 < learning-rate-decay <= 1"),
+        ("learning-rate-decay", 1.5, "learning-rate-decay=1.5 is not allowed"),
         ("seed", -1, "seed=-1 is not allowed: use a whole number from 0"),
         ("strategy", "scaffold", "strategy='scaffold' is unknown: choose one of fedavg, fedavgm"),
         ("server-momentum", 0.9, "server-momentum=0.9 applies to strategy='fedavgm' only"),

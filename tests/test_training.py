@@ -86,3 +86,20 @@ def test_the_proximal_term_keeps_a_node_near_the_model_it_was_sent(shard):
         train(model, shard, settings, CPU, seed=0, proximal_mu=mu)
         distances[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert distances[1.0] < 0.5 * distances[0.0]
+
+
+def test_the_nodes_learning_rate_decays_round_by_round(shard):
+    """One plain SGD step on the whole shard: the step in round 3 at decay 0.5 is a quarter of round 1's."""
+    from task.training import train_round
+
+    settings = Settings(learning_rate=0.1, learning_rate_decay=0.5, local_epochs=1, batch_size=600, device="cpu")
+    assert [settings.learning_rate_at(r) for r in (1, 2, 3)] == [0.1, 0.05, 0.025]
+    start = get_weights(build_model(settings))
+    steps = {}
+    for server_round in (1, 3):
+        model = build_model(settings)
+        set_weights(model, start)
+        train_round(model, shard, settings, CPU, seed=0, server_round=server_round)
+        steps[server_round] = [after - before for after, before in zip(get_weights(model), start)]
+    for first, third in zip(steps[1], steps[3]):
+        np.testing.assert_allclose(third, first / 4, rtol=1e-4, atol=1e-7)
