@@ -27,6 +27,8 @@ ARG TORCH=cuda
 # 1: install only from the wheelhouse (deploy/wheelhouse.sh fills it), never the network.
 ARG OFFLINE=0
 
+# FLWR_SUPEREXEC_TASK_POLL_INTERVAL: how often a SuperExec looks for work (Flower's default 1 s);
+# a SuperNode's SuperExec starts one ClientApp process per message, so it is paid per message.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -34,6 +36,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_NO_CACHE_DIR=1 \
     FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
+    FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1 \
     RAY_USAGE_STATS_ENABLED=0
 
 # The unprivileged user everything runs as. Compose starts the entrypoint as root only to

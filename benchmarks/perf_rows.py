@@ -4,13 +4,14 @@ overhead, coldstart, scale, deployment and gpu (what each measures: ``benchmarks
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from pathlib import Path
 
 import run_folder as rf
 from benchmarks.perf_results import Row, cpu_note, load1, steady
 from benchmarks.perf_runs import final_metric, launch, launch_gpu, plain_loop
-from benchmarks.sampling import TreeMemory
+from benchmarks.sampling import CLIENTAPP_PROCESS, TreeMemory
 from client_app.simulation_queue import DISABLE_ENV
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
@@ -195,6 +196,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
             echo=False,
             timeout=3600,
         )
+    lives, cpus = mem.lifetimes(CLIENTAPP_PROCESS), mem.cpu_of(CLIENTAPP_PROCESS)
     history = rf.RunFolder(work_dir / "deployment").history()
     deployed = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
     l1 = load1()
@@ -211,9 +213,8 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
             mem.peak_pss / 1e9,
             load=(l0, l1),
             notes=f"{mlp.key} {final_metric(history, mlp):.4f}; ratio against the simulation below; "
-            "one ClientApp process per "
-            f"message; {cpu_note(mem.cpu_by_role())}",
-            extra={"rounds": deployed, "cpu": mem.cpu_by_role()},
+            f"{message_note(lives, cpus)}; {cpu_note(mem.cpu_by_role())}",
+            extra={"rounds": deployed, "cpu": mem.cpu_by_role(), "message-s": lives, "message-cpu-s": cpus},
         ),
         Row(
             "deployment",
@@ -228,6 +229,16 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
             extra={"rounds": sim["times"], "cpu": sim["cpu"]},
         ),
     ]
+
+
+def message_note(lives: list[float], cpus: list[float]) -> str:
+    """What a deployed message costs on its node: Flower starts one ClientApp process per message."""
+    if not lives:
+        return "no ClientApp process seen"
+    return (
+        f"one ClientApp process per message: {len(lives)} processes, each alive {statistics.median(lives):.1f} s "
+        f"(median; {min(lives):.1f}-{max(lives):.1f} s) and using {statistics.median(cpus):.1f} CPU s"
+    )
 
 
 def gpu_reason() -> str | None:

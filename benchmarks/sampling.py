@@ -51,6 +51,7 @@ class TreeMemory(Poller):
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
         self.started = time.perf_counter()
         self.first_seen: dict[str, float] = {}  # role -> seconds after start when a process of it appeared
+        self.lived: dict[int, tuple[str, float, float]] = {}  # pid -> (role, started, last seen), epoch seconds
         super().__init__()
 
     def sample(self) -> None:
@@ -73,10 +74,22 @@ class TreeMemory(Poller):
                         role = self.cpu[pid][0]
                     self.cpu[pid] = (role, seconds)
                     self.first_seen.setdefault(role, time.perf_counter() - self.started)
+                    self.lived[pid] = (role, process.create_time(), time.time())
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(pids))
+
+    def lifetimes(self, role: str) -> list[float]:
+        """Seconds from start to the last sample that saw it, of each process of ``role``, in the
+        order they started (at most ``interval`` short): a deployed ClientApp process lives for
+        one message, so this is what a message costs on its node, start-up included."""
+        lived = sorted((started, seen) for r, started, seen in self.lived.values() if r == role)
+        return [seen - started for started, seen in lived]
+
+    def cpu_of(self, role: str) -> list[float]:
+        """CPU seconds of each process of ``role``."""
+        return [seconds for r, seconds in self.cpu.values() if r == role]
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used by the sampled processes, summed by role (as last sampled)."""
@@ -86,9 +99,10 @@ class TreeMemory(Poller):
         return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
 
 
+CLIENTAPP_PROCESS = "clients (ClientApp processes)"  # a deployed node's process for one message
 ROLES = (  # (role, a piece of the command line that tells it)
     ("clients (Ray actors)", "ClientAppActor"),
-    ("clients (ClientApp processes)", "flwr-clientapp"),
+    (CLIENTAPP_PROCESS, "flwr-clientapp"),
     ("simulation process (ServerApp + Flower runtime)", "flwr-simulation"),
     ("ServerApp process", "flwr-serverapp"),
     ("SuperNodes", "flower-supernode"),

@@ -23,6 +23,8 @@ import tomlkit
 
 from launcher.processes import stop
 
+SUPEREXEC_POLL_S = "0.1"
+
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
     """Environment for Flower processes: own home, this venv first on PATH, quiet, offline."""
@@ -34,6 +36,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
             "FLWR_HOME": str(flwr_home),
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # Every SuperExec looks for new work this often (Flower's default: every 1 s). A
+            # SuperNode's starts one ClientApp process per message, so the wait is paid per message.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S,
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
         }

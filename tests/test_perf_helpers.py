@@ -111,3 +111,23 @@ def test_an_unknown_section_is_refused(bad, capsys):
     with pytest.raises(SystemExit):
         perf.main(["--only", bad, "--no-write"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_the_sampler_times_each_short_lived_clientapp_process_from_its_start():
+    from benchmarks.perf_rows import message_note
+    from benchmarks.sampling import CLIENTAPP_PROCESS
+
+    with TreeMemory(os.getpid(), interval=0.05) as mem:
+        children = [
+            subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})", "flwr-clientapp"])
+            for s in (0.6, 1.5)
+        ]
+        for child in children:
+            child.wait()
+        time.sleep(0.2)
+    lives = mem.lifetimes(CLIENTAPP_PROCESS)
+    assert len(lives) == 2 and 0.6 <= lives[0] < 1.5 <= lives[1] < 3.0
+    assert len(mem.cpu_of(CLIENTAPP_PROCESS)) == 2
+    note = message_note(lives, [0.1, 0.3])
+    assert note.startswith("one ClientApp process per message: 2 processes, each alive") and "0.2 CPU s" in note
+    assert message_note([], []) == "no ClientApp process seen"

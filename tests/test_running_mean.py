@@ -170,3 +170,27 @@ def test_running_mean_holds_only_replies_ahead_of_their_turn():
     mean.add(1, rec, 1)
     assert mean.arrived == {} and mean.exact
     assert np.allclose(mean.result()["w"].numpy(), 1.0)
+
+
+class HttpLikeGrid(PulledGrid):
+    """A pulled grid that, like Flower's HTTP grid, names no pull interval of its own and
+    would wait 3 s between asks in ``send_and_receive``."""
+
+    def __getattribute__(self, name):
+        if name == "pull_interval":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise AssertionError("send_and_receive waits 3 s between asks over HTTP: the round must pull itself")
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])  # streamed, and asked as a whole
+def test_a_round_asks_for_replies_every_fifth_of_a_second_not_every_three(strategy, monkeypatch):
+    import server_app.strategy as module
+
+    sleeps = []
+    monkeypatch.setattr(module.time, "sleep", sleeps.append)
+    result = _runner(strategy).train(HttpLikeGrid(COUNTS, list(NODES.values()), per_pull=1), 1, SPEC)
+    assert result.metrics["nodes"] == 5
+    assert sleeps and set(sleeps) == {module.REPLY_POLL_S} and module.REPLY_POLL_S <= 0.2
