@@ -1,14 +1,16 @@
 """Autoencoder settings side by side: FedAvg (in process), central on the same
 budget, and PCA with the same code size. Test MSE per pixel on the 10,000 test images.
 
-    .venv/bin/python -m benchmarks.autoencoder [--federated-only] "num-server-rounds=20 batch-size=50" ...
+    .venv/bin/python -m benchmarks.autoencoder [--federated-only | --central-converged] "num-server-rounds=20" ...
 
 Each argument is a set of run-config overrides on top of presets/autoencoder.toml.
 The central model here gets ``rounds x fraction-train x local-epochs`` epochs: as
 many passes over each image, on average, as the federation made (the larger of
 the two budgets in RESULTS.md; the report's central baseline gets the preset's
 ``central-epochs``, the same number of sequential steps). ``--federated-only``
-skips it and prints the federated MSE after every round instead.
+skips it and prints the federated MSE after every round instead. ``--central-converged`` trains
+only the central model, until it converges (``report.central.converged``), through the report's
+cache: the report of a run with the same settings and ``central-converged = true`` reuses it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from benchmarks.fedavg_inprocess import fedavg
 from launcher.simulate import parse_run_config
-from report.central import train_central
+from report.central import central_baseline, train_central
 from task.config import Settings
 from task.data import load_mnist
 from task.errors import ConfigError
@@ -34,8 +36,12 @@ PRESET = Path(__file__).resolve().parent.parent / "presets" / "autoencoder.toml"
 
 def main(argv: list[str]) -> None:
     federated_only = "--federated-only" in argv
-    argv = [a for a in argv if a != "--federated-only"]
+    converged = "--central-converged" in argv
+    argv = [a for a in argv if a not in ("--federated-only", "--central-converged")]
     base = tomllib.loads(PRESET.read_text()) if PRESET.is_file() else {"model": "autoencoder"}
+    if converged:
+        central_until_converged(base, argv)
+        return
     if federated_only:
         print("| overrides | federated test MSE per pixel, round by round | fed s |")
         print("|---|---|---|")
@@ -70,6 +76,20 @@ def main(argv: list[str]) -> None:
             f"| `{item}` | {settings.num_server_rounds} | {settings.central_epochs} | {f:.5f} | {c:.5f} | {f / c:.2f} "
             f"| {pca:.5f} | {f / pca:.2f} | {fed['seconds']:.0f} | {central_s:.0f} |",
             flush=True,
+        )
+
+
+def central_until_converged(base: dict, overrides: list[str]) -> None:
+    """The central model of each setting trained until it converges, 100 nodes' shards."""
+    print("| overrides | epochs to convergence | central MSE per pixel (last) | best | seconds |")
+    print("|---|---|---|---|---|")
+    for item in overrides or [""]:
+        settings = Settings.from_run_config({**base, **parse_run_config([item] if item else [])})
+        torch.set_num_threads(1)
+        result = central_baseline(settings, 100, torch.device("cpu"), until_converged=True)
+        mse = [e["mse"] for e in result.epochs]
+        print(
+            f"| `{item}` | {len(mse) - 1} | {mse[-1]:.5f} | {min(mse):.5f} | {result.train_seconds:.0f} |", flush=True
         )
 
 

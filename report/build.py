@@ -17,7 +17,15 @@ import torch
 
 import run_folder as rf
 from partitioning import label_counts
-from report.central import CentralResult, Log, central_baseline, log_stderr
+from report.central import (
+    CONVERGED_GAIN,
+    CONVERGED_MAX_EPOCHS,
+    CONVERGED_PATIENCE,
+    CentralResult,
+    Log,
+    central_baseline,
+    log_stderr,
+)
 from report.device import report_device
 from report.figures import curves_png, grid_png, label_heatmap_png, local_vs_merged_png
 from report.local_vs_merged import OWN_SHARD, LocalVsMerged, compare_local_and_merged
@@ -58,6 +66,11 @@ def make_report(
     objective = settings.objective
     dev = report_device(settings, device)
     central = central_baseline(settings, run.num_partitions, dev, cache_dir, log)
+    converged = (
+        central_baseline(settings, run.num_partitions, dev, cache_dir, log, until_converged=True)
+        if settings.central_converged
+        else None
+    )
     epochs = local_epochs or settings.local_epochs
     local = compare_local_and_merged(settings, run.num_partitions, run.model.state_dict(), epochs, dev, nodes, log)
     counts = label_counts(load_mnist(settings.data_dir).train_labels, train_shards(settings, run.num_partitions), 10)
@@ -81,7 +94,7 @@ def make_report(
     extra: list[str] = []
     if not objective.classifier:
         files[rf.REPORT_RECONSTRUCTIONS], extra = reconstructions(run, central, settings)
-    files[rf.REPORT] = render(run, settings, central, local, extra, counts).encode()
+    files[rf.REPORT] = render(run, settings, central, local, extra, counts, converged).encode()
     run.folder.write_files(files)
     return run.folder.file(rf.REPORT)
 
@@ -130,6 +143,7 @@ def render(
     local: LocalVsMerged,
     extra: list[str],
     counts: np.ndarray | None = None,
+    converged: CentralResult | None = None,
 ) -> str:
     objective = settings.objective
     metric, fmt, column = objective.key, objective.format, objective.column
@@ -174,6 +188,7 @@ def render(
         f"Gap (central minus federated): **{objective.format_gap(fed_final, cen_final)}**; "
         f"the {winner} model ends ahead.",
         "",
+        *converged_lines(objective, fed_final, converged),
         f"![federated vs central]({rf.REPORT_CURVES})",
         "",
         "## Per round and per epoch",
@@ -242,6 +257,22 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def converged_lines(objective, fed_final: float, converged: CentralResult | None) -> list[str]:
+    """The central model trained until it stopped learning (``central-converged``): how far the
+    federated model is from what this model can do with all the data in one place."""
+    if converged is None:
+        return []
+    final = converged.epochs[-1][objective.key]
+    return [
+        f"Central, trained until it stopped learning (its training loss improved by less than "
+        f"{100 * CONVERGED_GAIN:g}% over {CONVERGED_PATIENCE} epochs; at most {CONVERGED_MAX_EPOCHS}): "
+        f"**{objective.format(final)}** after {len(converged.epochs) - 1} epochs "
+        f"({converged.train_seconds:.0f} s on {converged.device}, cached in `{converged.folder}`). "
+        f"Gap to it (converged central minus federated): **{objective.format_gap(fed_final, final)}**.",
+        "",
+    ]
 
 
 def strategy_lines(run: CompletedRun, settings) -> list[str]:

@@ -8,6 +8,12 @@ model is the price of federating.
 
 Results are cached by the settings they depend on (``cache_fields``), so the
 reports of runs that share them train the baseline once.
+
+Besides the baseline of ``central-epochs`` epochs, ``central-converged`` asks for the same
+model trained until it stops learning: until the best training loss of the last
+``CONVERGED_PATIENCE`` epochs is less than ``CONVERGED_GAIN`` below the best before them
+(at most ``CONVERGED_MAX_EPOCHS``). The training loss decides, not the test error, so the
+test images stay out of every choice.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from task.shards import server_test_set, train_shards
 from task.training import evaluate, make_optimizer, train_epoch
 
 CACHE_VERSION = 2
+CONVERGED_PATIENCE = 5
+CONVERGED_GAIN = 0.01
+CONVERGED_MAX_EPOCHS = 150
 # An entry of the cache: its metadata (written last, so it marks the entry complete) and its weights.
 ENTRY_META = "central.json"
 ENTRY_WEIGHTS = "central-weights.pt"
@@ -71,7 +80,16 @@ def default_cache_dir() -> Path:
     return root / "central"
 
 
-def cache_fields(settings: Settings, num_nodes: int) -> dict[str, Any]:
+def converged(train_losses: list[float]) -> bool:
+    """Whether training has stopped paying: the best of the last ``CONVERGED_PATIENCE`` epochs'
+    training losses is less than ``CONVERGED_GAIN`` (relative) below the best of those before."""
+    if len(train_losses) <= CONVERGED_PATIENCE:
+        return False
+    before, recent = min(train_losses[:-CONVERGED_PATIENCE]), min(train_losses[-CONVERGED_PATIENCE:])
+    return recent > (1 - CONVERGED_GAIN) * before
+
+
+def cache_fields(settings: Settings, num_nodes: int, until_converged: bool = False) -> dict[str, Any]:
     """The settings the baseline depends on; knobs that cannot change it are left out
     (autoencoder widths of an MLP run, momentum under Adam, samples-per-class of an iid split)."""
     fields: dict[str, Any] = {
@@ -81,7 +99,9 @@ def cache_fields(settings: Settings, num_nodes: int) -> dict[str, Any]:
         "learning-rate": settings.learning_rate,
         "batch-size": settings.batch_size,
         "max-grad-norm": settings.max_grad_norm,
-        "central-epochs": settings.central_epochs,
+        "central-epochs": f"converged ({CONVERGED_PATIENCE}, {CONVERGED_GAIN}, {CONVERGED_MAX_EPOCHS})"
+        if until_converged
+        else settings.central_epochs,
         "partitioning": settings.partitioning,
         "seed": settings.seed,
         "num-nodes": num_nodes,
@@ -96,8 +116,8 @@ def cache_fields(settings: Settings, num_nodes: int) -> dict[str, Any]:
     return fields
 
 
-def cache_key(settings: Settings, num_nodes: int) -> str:
-    text = json.dumps(cache_fields(settings, num_nodes), sort_keys=True)
+def cache_key(settings: Settings, num_nodes: int, until_converged: bool = False) -> str:
+    text = json.dumps(cache_fields(settings, num_nodes, until_converged), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -107,23 +127,27 @@ def central_baseline(
     device: torch.device,
     cache_dir: Path | None = None,
     log: Log = log_stderr,
+    until_converged: bool = False,
 ) -> CentralResult:
     """The cached baseline for these settings, trained (and cached) on first use."""
-    folder = Path(cache_dir or default_cache_dir()) / cache_key(settings, num_nodes)
-    fields = cache_fields(settings, num_nodes)
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(settings, num_nodes, until_converged)
+    fields = cache_fields(settings, num_nodes, until_converged)
     cached = read_cache(folder, fields)
     if cached is not None:
         log(f"Central baseline: reusing {folder} ({len(cached.epochs) - 1} epochs, trained {cached.created})")
         return cached
-    result = train_central(settings, num_nodes, device, log)
+    result = train_central(settings, num_nodes, device, log, until_converged)
     result.folder = folder
     write_cache(result)
     log(f"Central baseline cached in {folder}")
     return result
 
 
-def train_central(settings: Settings, num_nodes: int, device: torch.device, log: Log = log_stderr) -> CentralResult:
-    """Train on the concatenated training shards of all ``num_nodes`` nodes."""
+def train_central(
+    settings: Settings, num_nodes: int, device: torch.device, log: Log = log_stderr, until_converged: bool = False
+) -> CentralResult:
+    """Train on the concatenated training shards of all ``num_nodes`` nodes, for ``central-epochs``
+    epochs or, ``until_converged``, until :func:`converged` says so."""
     mnist = load_mnist(settings.data_dir)
     indices = np.concatenate(train_shards(settings, num_nodes, mnist))
     train_set = Batchable.from_uint8(mnist.train_images[indices], mnist.train_labels[indices]).to(device)
@@ -132,15 +156,19 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
     model = build_model(settings).to(device)
     optimizer = make_optimizer(model, settings)
     gen = torch.Generator().manual_seed(settings.seed)
+    limit = CONVERGED_MAX_EPOCHS if until_converged else settings.central_epochs
+    planned = f"until converged (at most {limit} epochs)" if until_converged else f"{limit} epoch(s)"
     log(
-        f"Central baseline: {settings.central_epochs} epoch(s) on {len(train_set)} images "
+        f"Central baseline: {planned} on {len(train_set)} images "
         f"(the union of {num_nodes} nodes' shards), batch {settings.batch_size}, {settings.optimizer} "
         f"lr {settings.learning_rate}, on {device}"
     )
     epochs = [{"epoch": 0, **evaluate(model, test_set, device, objective), "wall-time-s": 0.0, "elapsed-s": 0.0}]
     elapsed = 0.0
     with small_batch_threads(device):
-        for epoch in range(1, settings.central_epochs + 1):
+        for epoch in range(1, limit + 1):
+            if until_converged and converged([e["train-loss"] for e in epochs[1:]]):
+                break
             start = time.monotonic()
             train_loss = train_epoch(model, train_set, optimizer, settings, gen)
             metrics = evaluate(model, test_set, device, objective)
@@ -156,7 +184,7 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
                 }
             )
             log(
-                f"Central epoch {epoch}/{settings.central_epochs}: {objective.label} "
+                f"Central epoch {epoch}/{limit}: {objective.label} "
                 f"{objective.format(metrics[objective.key])}, loss {metrics['loss']:.4f} ({seconds:.1f} s)"
             )
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -164,7 +192,7 @@ def train_central(settings: Settings, num_nodes: int, device: torch.device, log:
         epochs=epochs,
         state_dict=state,
         train_images=len(train_set),
-        fields=cache_fields(settings, num_nodes),
+        fields=cache_fields(settings, num_nodes, until_converged),
         folder=Path(),
         cached=False,
         created=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -401,3 +401,36 @@ def test_the_label_picture_fails_with_the_rest(tmp_path, monkeypatch):
 def test_label_heatmap_draws_every_node(nodes):
     counts = np.random.default_rng(0).integers(0, 50, size=(nodes, 10))
     assert label_heatmap_png(counts, "labels", marked=[0, nodes - 1])[:4] == b"\x89PNG"
+
+
+def test_convergence_is_judged_on_the_training_loss_over_the_last_epochs():
+    from report.central import CONVERGED_PATIENCE, converged
+
+    falling = [1.0 * 0.9**i for i in range(20)]  # 10% better every epoch: never converged
+    assert not converged(falling)
+    flat = [1.0, 0.5, 0.4] + [0.399] * CONVERGED_PATIENCE  # 0.25% better over the last epochs
+    assert converged(flat)
+    assert not converged([1.0] * CONVERGED_PATIENCE)  # too few epochs to judge
+
+
+def test_central_converged_trains_on_until_it_stops_learning_and_the_report_shows_it(tmp_path, monkeypatch):
+    import report.central as central
+
+    monkeypatch.setattr(central, "CONVERGED_MAX_EPOCHS", 12)
+    run_dir = fake_run(tmp_path, **{"central-converged": True})
+    lines = []
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lines.append).read_text()
+    settings = Settings.from_run_config({**TINY, "central-converged": True})
+    result = central_baseline(settings, NODES, torch.device("cpu"), tmp_path / "cache", until_converged=True)
+    assert result.cached  # the report trained it and left it in the cache
+    epochs = len(result.epochs) - 1
+    assert 2 < epochs <= 12  # beyond central-epochs, and it stopped either converged or at the cap
+    losses = [e["train-loss"] for e in result.epochs[1:]]
+    assert epochs == 12 or central.converged(losses)
+    assert not central.converged(losses[:-1])  # it did not train past the first converged epoch
+    final = result.epochs[-1]["accuracy"]
+    assert (
+        "Central, trained until it stopped learning" in text and f"**{100 * final:.2f}%** after {epochs} epochs" in text
+    )
+    same_budget = central_baseline(settings, NODES, torch.device("cpu"), tmp_path / "cache")
+    assert same_budget.cached and len(same_budget.epochs) == 3 and same_budget.folder != result.folder
