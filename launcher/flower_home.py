@@ -23,7 +23,7 @@ import tomlkit
 
 from launcher.processes import stop
 
-SUPEREXEC_POLL_S = "0.1"
+SUPEREXEC_POLL_S = "0.25"
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -37,7 +37,8 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             # Every SuperExec looks for new work this often (Flower's default: every 1 s). A
-            # SuperNode's starts one ClientApp process per message, so the wait is paid per message.
+            # SuperNode's starts one ClientApp process per message, so the wait is paid per message;
+            # each look is an HTTP request to its SuperNode, so idle nodes pay 4 a second.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S,
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",

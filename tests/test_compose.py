@@ -412,3 +412,13 @@ def test_the_proxy_serves_each_api_on_its_own_listener_only():
         assert f"proxy_pass https://superlink:8000/v1/{api}/;" in server
         assert re.search(r"location / \{\s*default_type text/plain;\s*return 403", server)
     assert "proxy_ssl_verify on;" in conf and "proxy_ssl_trusted_certificate /certs/ca.crt;" in conf
+
+
+def test_superexecs_look_for_work_as_often_in_the_image_as_under_the_launcher():
+    """Flower's SuperExec waits 1 s between looks by default, paid by every deployed message; the
+    image and the launcher set the same shorter interval, one Flower accepts."""
+    from launcher.flower_home import SUPEREXEC_POLL_S, flower_env
+
+    image = re.search(r"FLWR_SUPEREXEC_TASK_POLL_INTERVAL=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert image == SUPEREXEC_POLL_S == flower_env(Path("/tmp"))["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]
+    assert 0.01 <= float(image) < 1.0
