@@ -374,6 +374,20 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             0.5,
             dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9, learning_rate_decay=0.8),
         ),
+        (
+            "fedavgm 0.5 slr1.5 C=0.2 E=10 lr0.02 (1x)",
+            "fedavgm",
+            1.5,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 C=0.2 E=20 lr0.02 (2x)",
+            "fedavgm",
+            1.0,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=20, learning_rate=0.02, momentum=0.9),
+        ),
     ],
 }
 
