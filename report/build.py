@@ -76,7 +76,13 @@ def make_report(
     counts = label_counts(load_mnist(settings.data_dir).train_labels, train_shards(settings, run.num_partitions), 10)
 
     files: dict[str, bytes] = {
-        rf.REPORT_CURVES: curves_png(run.rounds, central.epochs, objective, f"{run.folder.name}: federated vs central"),
+        rf.REPORT_CURVES: curves_png(
+            run.rounds,
+            central.epochs,
+            objective,
+            f"{run.folder.name}: federated vs central",
+            converged.epochs if converged else None,
+        ),
         rf.REPORT_LABELS: label_heatmap_png(
             counts,
             f"Training images of each digit on each of the {run.num_partitions} nodes ({_partitioning(settings)}); "

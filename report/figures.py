@@ -27,8 +27,15 @@ def _png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def curves_png(rounds: list[dict[str, Any]], epochs: list[dict[str, Any]], objective: Objective, title: str) -> bytes:
-    """Federated (per round) and central (per epoch) test curves, by step and by wall time."""
+def curves_png(
+    rounds: list[dict[str, Any]],
+    epochs: list[dict[str, Any]],
+    objective: Objective,
+    title: str,
+    converged: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """Federated (per round) and central (per epoch) test curves, by step and by wall time; with
+    ``converged``, also the central model trained until it stopped learning."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -44,6 +51,10 @@ def curves_png(rounds: list[dict[str, Any]], epochs: list[dict[str, Any]], objec
     by_step.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.plot([r["elapsed-s"] for r in rounds], fed_y, "o-", ms=3, label="federated")
     by_time.plot([e["elapsed-s"] for e in epochs], cen_y, "s--", ms=3, label="central")
+    if converged:
+        conv_y = [objective.scale(e[key]) for e in converged]
+        by_step.plot([e["epoch"] for e in converged], conv_y, ":", label="central until converged, per epoch")
+        by_time.plot([e["elapsed-s"] for e in converged], conv_y, ":", label="central until converged")
     by_time.set_xlabel("wall time (s)")
     for ax in (by_step, by_time):
         ax.set_ylabel(objective.axis_label)
