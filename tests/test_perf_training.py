@@ -17,8 +17,9 @@ from task.training import MomentumSGD, get_weights, train_round
 
 
 def _with_torch_sgd(monkeypatch) -> None:
-    def torch_sgd(model, settings):
-        return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
+    def torch_sgd(model, settings, lr=None):
+        lr = settings.learning_rate if lr is None else lr
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum)
 
     monkeypatch.setattr(training, "make_optimizer", torch_sgd)
 
