@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
     for item in argv or [""]:
-        config = {**base, **parse_run_config([item] if item else [])}
+        config = _with_overrides(base, item)
         settings = Settings.from_run_config(config)
         budget = settings.num_server_rounds * settings.fraction_train * settings.local_epochs
         settings = Settings.from_run_config({**config, "central-epochs": max(1, round(budget))})
@@ -79,13 +79,18 @@ def main(argv: list[str]) -> None:
         )
 
 
+def _with_overrides(base: dict, item: str) -> dict:
+    """The preset's run config with one argument's ``key=value`` overrides on top."""
+    return {**base, **parse_run_config([item] if item else [])}
+
+
 def central_until_converged(base: dict, overrides: list[str]) -> None:
     """The central model of each setting trained until it converges, 100 nodes' shards."""
     print("| overrides | epochs to convergence | central MSE per pixel (last) | best | seconds |")
     print("|---|---|---|---|---|")
+    torch.set_num_threads(1)
     for item in overrides or [""]:
-        settings = Settings.from_run_config({**base, **parse_run_config([item] if item else [])})
-        torch.set_num_threads(1)
+        settings = Settings.from_run_config(_with_overrides(base, item))
         result = central_baseline(settings, 100, torch.device("cpu"), until_converged=True)
         mse = [e["mse"] for e in result.epochs]
         print(

@@ -51,7 +51,7 @@ class TreeMemory(Poller):
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
         self.started = time.perf_counter()
         self.first_seen: dict[str, float] = {}  # role -> seconds after start when a process of it appeared
-        self.lived: dict[int, tuple[str, float, float]] = {}  # pid -> (role, started, last seen), epoch seconds
+        self.lived: dict[int, tuple[float, float]] = {}  # pid -> (started, last seen), epoch seconds
         super().__init__()
 
     def sample(self) -> None:
@@ -74,7 +74,8 @@ class TreeMemory(Poller):
                         role = self.cpu[pid][0]
                     self.cpu[pid] = (role, seconds)
                     self.first_seen.setdefault(role, time.perf_counter() - self.started)
-                    self.lived[pid] = (role, process.create_time(), time.time())
+                    started = self.lived[pid][0] if pid in self.lived else process.create_time()
+                    self.lived[pid] = (started, time.time())
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
         self.peak_pss = max(self.peak_pss, pss)
@@ -84,7 +85,7 @@ class TreeMemory(Poller):
         """Seconds from start to the last sample that saw it, of each process of ``role``, in the
         order they started (at most ``interval`` short): a deployed ClientApp process lives for
         one message, so this is what a message costs on its node, start-up included."""
-        lived = sorted((started, seen) for r, started, seen in self.lived.values() if r == role)
+        lived = sorted(times for pid, times in self.lived.items() if self.cpu[pid][0] == role)
         return [seen - started for started, seen in lived]
 
     def cpu_of(self, role: str) -> list[float]:
