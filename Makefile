@@ -11,6 +11,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # A system-wide pip config may list package folders that do not exist; pip then warns about each. Drop those lines only.
 PIP_NOISE := is ignored: it is neither a file nor a directory
+# The wheels deploy/prepare.sh keeps for the image (PyTorch with CUDA: about 3 GB) serve the venv too,
+# instead of a second download and a second copy in pip's cache.
+WHEELHOUSE := $(if $(wildcard deploy/wheelhouse/*.whl),--find-links deploy/wheelhouse --no-cache-dir)
 
 .PHONY: setup run test test-fast lint clean
 
@@ -19,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=python3.11)"'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(PY) -m pip install -q --disable-pip-version-check $(WHEELHOUSE) -e ".[test]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	touch $(STAMP)
 
 run: $(STAMP)

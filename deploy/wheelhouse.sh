@@ -40,9 +40,9 @@ else
     cp deploy/requirements.txt "$requirements"
 fi
 quiet() { grep -v "is ignored: it is neither" >&2 || true; }
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps "${target[@]}" "${extra[@]}" \
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps "${target[@]}" "${extra[@]}" \
     -r "$requirements" -d "$DEST" 2> >(quiet)
 # The build backend goes in its own call: its pins may differ from the runtime's.
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps "${target[@]}" \
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps "${target[@]}" \
     -r deploy/requirements-build.txt -d "$DEST" 2> >(quiet)
 echo "$DEST: $(find "$DEST" -name '*.whl' | wc -l) wheels, $(du -sh "$DEST" | cut -f1) ($variant)"
