@@ -389,6 +389,31 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.2, local_epochs=20, learning_rate=0.02, momentum=0.9),
         ),
     ],
+    # Issue 20, the server's step larger than the average update (server learning rate above 1):
+    # 11 rounds of 600 local steps are about one central epoch, so the server extrapolates.
+    "iid-slr": [
+        (
+            "fedavgm 0.5 slr1.5 C=0.2 E=10 lr0.02 decay0.9 (1x)",
+            "fedavgm",
+            1.5,
+            0.5,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9, learning_rate_decay=0.9),
+        ),
+        (
+            "fedavgm 0.0 slr2.0 C=0.2 E=10 lr0.02 (1x)",
+            "fedavgm",
+            2.0,
+            0.0,
+            dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
+        ),
+        (
+            "fedavgm 0.5 slr1.5 C=0.5 E=10 lr0.02 decay0.9 (2.5x)",
+            "fedavgm",
+            1.5,
+            0.5,
+            dict(fraction_train=0.5, local_epochs=10, learning_rate=0.02, momentum=0.9, learning_rate_decay=0.9),
+        ),
+    ],
 }
 
 
