@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh clone (Python 3.11, Linux):
 #   make run    set up .venv, run a 100-client federated simulation on real MNIST, write its report
 #   make test   set up .venv, run every test (unit, simulation and deployment end to end)
-# Also: make test-fast (unit tests only), make lint (ruff: style and formatting), make clean.
+# Also: make test-fast (unit tests only), make lint (ruff: style and formatting; import-linter: which package
+# may import which, the contracts in pyproject.toml), make clean.
 
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -37,6 +38,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
