@@ -25,8 +25,6 @@ from task.errors import run_cli
 
 # Keys of a run config that say where a run goes or where it came from, not what it computes.
 NOT_COMPARED = ("run-name", "output-dir", "resume-from")
-# Per-round fields that are not results.
-TIMES = ("wall-time-s", "elapsed-s")
 
 
 def compare_histories(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[int, list[str]]:
