@@ -10,7 +10,7 @@ run: date, command, machine, versions) and every row, with all of those, to
 before and after it: on a shared machine a row measured under load is slow for
 reasons of its own, so compare rows measured side by side in one run.
 
-Rows (the work is the issue's: the MLP, 600 images per client, every client every
+Rows (the same work in each: the MLP, 600 images per client, every client every
 round, 1 local epoch, batch 32, SGD 0.01 with momentum 0.9, no client evaluation):
 
 - overhead: the same FedAvg rounds (a) as a plain in-process PyTorch loop, no

@@ -1,6 +1,6 @@
 """What a row of the speed benchmark is, and where the rows go: the table printed and appended
 to ``benchmarks/RESULTS-perf.md``, every row as JSON in ``benchmarks/perf-results.jsonl``, and
-the verdict on each of the issue's targets."""
+the verdict on each of the project's speed and memory targets (docs/speed.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from task.host import machine, versions
 
 RESULTS_MD = PROJECT_ROOT / "benchmarks" / "RESULTS-perf.md"
 RESULTS_JSONL = PROJECT_ROOT / "benchmarks" / "perf-results.jsonl"
+# The project's speed and memory targets, as in docs/speed.md's table: (what, limit, unit).
 TARGETS = {
     "overhead-mlp": ("simulation / plain loop, MLP, steady state", 1.3, "x"),
     "coldstart": ("command to end of round 1, 100 clients", 15.0, "s"),
@@ -71,7 +72,7 @@ def table(rows: list[Row]) -> str:
 
 
 def targets(rows: list[Row]) -> str:
-    """Each target of the issue that this run measured: met, or missed and by how much."""
+    """Each target in TARGETS that this run measured: met, or missed and by how much."""
     found: dict[str, float] = {}
     for r in rows:
         if r.section == "overhead" and r.name.startswith("mlp: flwr run") and r.ratio is not None:

@@ -19,7 +19,7 @@ from launcher.gpus import visible_gpus
 from launcher.runtime import start_superlink, start_supernode
 from task.objective import objective_for
 
-# The work: every client every round, 1 local epoch, batch 32, SGD 0.01 momentum 0.9.
+# The work every row measures: every client every round, 1 local epoch, batch 32, SGD 0.01 momentum 0.9.
 WORK = {
     "fraction-train": 1.0,
     "fraction-evaluate": 0.0,

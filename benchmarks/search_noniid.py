@@ -1,4 +1,4 @@
-"""Searches behind the non-IID and strategy presets (issue 13): in-process FedAvg with
+"""Searches behind the non-IID, IID and strategy presets of RESULTS.md: in-process FedAvg with
 the server-side updates of Flower's FedAvgM and FedAdam written out in a plain loop.
 
     .venv/bin/python -m benchmarks.search_noniid [--rounds=N] [--no-stop] GRID [ROW ...]
@@ -9,7 +9,8 @@ one Markdown row per configuration: the knobs, the first round at >= 97%, the ac
 few rounds, the last round's and the wall time. For the search only: every figure in RESULTS.md comes from a
 Flower run (launcher.simulate) of the chosen setting.
 
-The server updates follow flwr/serverapp/strategy (Flower 1.41):
+The server updates follow flwr/serverapp/strategy (Flower 1.41); tests/test_search_noniid.py
+checks them against Flower's own classes on the same replies:
 
 - fedavgm: g = w - avg; v = mu * v + g (v = g in round 1); w -= server_lr * v
 - fedadam: d = avg - w; m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
@@ -173,7 +174,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
         ),
     ],
-    # Issue 20: IID, 97% within 11 rounds (stretch 8). `fast` costs 20 clients x 10 epochs x 600
+    # The IID goal: 97% within 11 rounds (8 at best). `fast` costs 20 clients x 10 epochs x 600
     # images = 120,000 sample-steps a round; the "x" in a label is a row's cost against that.
     "iid-11": [
         (
@@ -233,7 +234,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.5, local_epochs=4, learning_rate=0.02, momentum=0.9),
         ),
     ],
-    # Issue 20, second IID grid: `iid-11` plateaus near 96.8-97.0% (local SGD noise), so less
+    # Second IID grid: `iid-11` plateaus near 96.8-97.0% (local SGD noise), so less
     # noise per client step: a smaller client learning rate, larger batches, more epochs.
     "iid-11b": [
         (
@@ -265,7 +266,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.2, local_epochs=20, learning_rate=0.01, momentum=0.9),
         ),
     ],
-    # Issue 20, third IID grid: FedAdam with a server rate that moves the weights (0.003 moves each
+    # Third IID grid: FedAdam with a server rate that moves the weights (0.003 moves each
     # by about 0.002 a round: `iid-11` row 6).
     "iid-11c": [
         (
@@ -283,7 +284,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.2, local_epochs=10, learning_rate=0.02, momentum=0.9),
         ),
     ],
-    # Issue 20: non-IID shards, 97% within 120 rounds (stretch 80). `noniid-fast` (FedAvgM 0.5,
+    # The non-IID goal: shards, 97% within 120 rounds (80 at best). `noniid-fast` (FedAvgM 0.5,
     # C=0.1, E=1) costs 10 clients x 1 epoch x 600 images = 6,000 sample-steps a round.
     "noniid-120": [
         (
@@ -343,7 +344,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(NONIID, fraction_train=0.2, local_epochs=1, learning_rate=0.02, momentum=0.9),
         ),
     ],
-    # Issue 20, the client learning rate decayed every round (`learning-rate-decay`): the IID
+    # IID, the client learning rate decayed every round (`learning-rate-decay`): the IID
     # plateau near 96.8-97.0% is local SGD noise, so later rounds take smaller steps.
     "iid-decay": [
         (
@@ -389,7 +390,7 @@ GRIDS: dict[str, list[tuple[str, str, float, float, dict]]] = {
             dict(fraction_train=0.2, local_epochs=20, learning_rate=0.02, momentum=0.9),
         ),
     ],
-    # Issue 20, the server's step larger than the average update (server learning rate above 1):
+    # IID, the server's step larger than the average update (server learning rate above 1):
     # 11 rounds of 600 local steps are about one central epoch, so the server extrapolates.
     "iid-slr": [
         (

@@ -65,6 +65,7 @@ _TEST_MESSAGES = (
     "tests/test_client_app.py",
     "tests/test_server_app.py",
     "tests/test_strategy.py",
+    "tests/test_search_noniid.py",
     "tests/test_simulation_queue.py",
     "tests/test_flower_compat.py",
 )

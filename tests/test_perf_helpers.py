@@ -1,5 +1,5 @@
 """The benchmark's own helpers, without running a benchmark: steady-state rounds, the
-process-tree memory sampler, the verdicts on the issue's targets, and the GPU rows,
+process-tree memory sampler, the verdicts on the speed and memory targets, and the GPU rows,
 which on a machine without a GPU must say why they were not measured."""
 
 from __future__ import annotations
