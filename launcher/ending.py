@@ -29,7 +29,7 @@ GRACE_S = 10.0
 # log poll; those 3.8 s) adds nothing to it. Flower gets this long, then it is stopped like a stuck
 # run, without the 'abandoned' line: there is nothing to abandon.
 DONE_GRACE_S = 1.0
-# How the ServerApp records a node that did not answer in time (server_app/strategy.py).
+# How the ServerApp records a node that did not answer in time (server_app/rounds.py).
 NO_REPLY = "no reply within round-timeout"
 # run_folder.COMPLETED and run_folder.FAILED, spelt out: importing run_folder brings torch.
 COMPLETED, FAILED = "completed", "failed"

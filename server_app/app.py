@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunFolder
 from server_app.nodes import NodeBook, wait_for_nodes
 from server_app.records import ServerLog, TensorBoardLog, build_manifest
-from server_app.strategy import RoundRunner
+from server_app.rounds import RoundRunner
 from task.config import Settings
 from task.data import Batchable, release_mnist
 from task.errors import ConfigError, UserError

@@ -180,7 +180,7 @@ def _norm(update: list[np.ndarray]) -> float:
 
 
 def test_under_client_side_clipping_a_nodes_reply_is_clipped_to_the_clipping_norm():
-    from server_app.strategy import check_clipped
+    from server_app.checks import check_clipped
 
     knobs = {"local-epochs": 1, "device": "cpu", "dp-clipping-norm": CLIP, "dp-noise-multiplier": 1.0}
     # Server-side clipping: the node sends its whole update; the server clips it.

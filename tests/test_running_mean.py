@@ -1,12 +1,16 @@
-"""Training replies averaged as they arrive (server_app.strategy.RunningMean): the bytes of
+"""Training replies averaged as they arrive (server_app.running_mean.RunningMean): the bytes of
 Flower's own aggregate_train whatever order the replies come in, the checks unchanged, and
 only plain FedAvg/FedProx on a grid that can be pulled from take this path."""
+
+import logging
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from server_app.strategy import RoundRunner, RunningMean, build_strategy
+from server_app.rounds import RoundFailed, RoundRunner
+from server_app.running_mean import RunningMean
+from server_app.strategy import build_strategy
 from task.config import Settings
 from task.flower_compat import TaskIdentity
 from tests.test_strategy import FakeBook, ScriptedGrid
@@ -187,10 +191,50 @@ class HttpLikeGrid(PulledGrid):
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])  # streamed, and asked as a whole
 def test_a_round_asks_for_replies_every_fifth_of_a_second_not_every_three(strategy, monkeypatch):
-    import server_app.strategy as module
+    import server_app.transport as module
 
     sleeps = []
     monkeypatch.setattr(module.time, "sleep", sleeps.append)
     result = _runner(strategy).train(HttpLikeGrid(COUNTS, list(NODES.values()), per_pull=1), 1, SPEC)
     assert result.metrics["nodes"] == 5
     assert sleeps and set(sleeps) == {module.REPLY_POLL_S} and module.REPLY_POLL_S <= 0.2
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize("pulled", [True, False])  # averaged as they arrive, and at the end
+def test_the_rounds_log_line_counts_the_replies_really_dropped(pulled):
+    lines = _Lines()
+    logging.getLogger("flwr").addHandler(lines)
+    bad = {11: True, 13: "silent"}
+    grid = PulledGrid(COUNTS, [14, 13, 12, 11, 10], bad=bad)
+    if not pulled:
+        whole = grid
+
+        class Whole(ScriptedGrid):
+            def send_and_receive(self, messages, *, timeout=None):
+                return whole.send_and_receive(messages, timeout=timeout)
+
+        grid = Whole(None)
+    try:
+        _runner().train(grid, 1, SPEC)
+    finally:
+        logging.getLogger("flwr").removeHandler(lines)
+    assert "Round 1: averaging 3 training replies, 2 dropped" in lines.lines
+    assert not [line for line in lines.lines if "0 failures" in line], lines.lines
+
+
+def test_replies_averaged_as_they_arrive_pass_the_same_checks_as_the_others():
+    """One check path: a clipping norm the nodes must honour is enforced on streamed replies too."""
+    runner = _runner(**{"round-retries": 0})
+    runner.clipping_norm = 0.5  # every reply's update (standard normal weights minus zeros) is longer
+    assert runner._streams(PulledGrid(COUNTS, []), [0, 1, 2, 3, 4])
+    with pytest.raises(RoundFailed, match="more than dp-clipping-norm=0.5"):
+        runner.train(PulledGrid(COUNTS, [10, 11, 12, 13, 14]), 1, SPEC)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from server_app.strategy import RoundFailed, RoundRunner, array_spec, check_train_reply, sample_partitions
+from server_app.checks import array_spec, check_train_reply
+from server_app.rounds import RoundFailed, RoundRunner, sample_partitions
 from task.config import Settings
 from task.flower_compat import TaskIdentity
 from task.strategies import STRATEGIES
@@ -260,16 +261,17 @@ def test_differential_privacy_wraps_the_strategy(where, cls):
 def test_client_side_clipping_tells_every_node_the_clipping_norm():
     from flwr.app import ConfigRecord
 
-    from server_app.strategy import _ChosenNodes, build_strategy
+    from server_app.strategy import build_strategy
+    from server_app.transport import ChosenNodes
 
     strategy = build_strategy(Settings.from_run_config({"dp-clipping-norm": 0.7, "dp-clipping": "client"}), 2)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    messages = list(strategy.configure_train(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11, 12])))
+    messages = list(strategy.configure_train(3, SPEC_ARRAYS, ConfigRecord({}), ChosenNodes([11, 12])))
     assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12]  # Flower samples in random order
     assert all(
         m.content["config"]["clipping_norm"] == 0.7 and m.content["config"]["server-round"] == 3 for m in messages
     )
-    evaluate = list(strategy.configure_evaluate(3, SPEC_ARRAYS, ConfigRecord({}), _ChosenNodes([11])))
+    evaluate = list(strategy.configure_evaluate(3, SPEC_ARRAYS, ConfigRecord({}), ChosenNodes([11])))
     assert "clipping_norm" not in evaluate[0].content["config"]  # the nodes clip training replies only
 
 
@@ -300,7 +302,7 @@ def test_with_client_side_clipping_a_reply_longer_than_the_norm_is_dropped_and_t
 
 
 def test_the_clipping_check_allows_float32_rounding_only():
-    from server_app.strategy import check_clipped
+    from server_app.checks import check_clipped
 
     sent = ArrayRecord({"w": Array(np.full((2, 2), 3.0, np.float32)), "b": Array(np.zeros(2, np.float32))})
     exact = np.float32(3.0) + np.float32(0.5)  # an update of norm 1.0, added to the weights in float32
