@@ -83,11 +83,13 @@ class NodeBook:
     """Which connected node holds which partition, kept up to date round by round.
 
     Before round 1 (:meth:`start`) the nodes must agree: duplicates and mismatched
-    ``num-partitions`` stop the run. Nodes that join later (a SuperNode restarted
-    after a crash comes back with a new node id) are asked when they appear; one
-    that cannot say is left out with an error in the log, and the run goes on
-    with the others; one that claims a shard a connected node still holds waits
-    until that node is gone.
+    ``num-partitions`` stop the run. Nodes that join later are asked when they appear,
+    and so is a node that left and came back: a SuperNode restarted after a crash
+    returns with a new node id, or with the same one where the id follows its
+    registered key (SuperNode authentication), and may have been restarted with
+    another ``--node-config``. One that cannot say is left out with an error in the
+    log, and the run goes on with the others; one that claims a shard a connected node
+    still holds waits until that node is gone.
     """
 
     def __init__(self) -> None:
@@ -105,8 +107,14 @@ class NodeBook:
         return self.num_partitions
 
     def refresh(self, grid: Grid, timeout: float) -> None:
-        """Forget nodes that left; ask and admit the ones that joined."""
+        """Forget nodes that left (what they said too); ask and admit the ones that joined or came back."""
         online = set(grid.get_node_ids())
+        for node in sorted(set(self.partition_of) - online):
+            if node in self.connected.values():
+                log(WARNING, "Node %d (partition %d) left the federation", node, self.partition_of[node][0])
+            del self.partition_of[node]
+        for node in sorted(set(self.refused) - online):
+            del self.refused[node]
         self.connected = {pid: node for pid, node in self.connected.items() if node in online}
         new = sorted(online - set(self.partition_of) - set(self.refused))
         if not new:
