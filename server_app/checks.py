@@ -10,6 +10,7 @@ metrics with a positive example count; with client-side clipping, an update no l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from logging import WARNING
 from typing import Any
 
@@ -29,18 +30,44 @@ def array_spec(arrays: ArrayRecord) -> ArraySpec:
     return {name: (tuple(arr.shape), str(arr.dtype)) for name, arr in arrays.items()}
 
 
+@dataclass(frozen=True)
+class ReplyRules:
+    """What a round's training replies must match besides the model's arrays: the examples each
+    partition's shard holds where the server cut the shards (``shard_sizes``, by partition id),
+    a cap on the count a node may claim otherwise (``max_examples``, 0: none), and, under
+    client-side differential privacy, the norm every node must have clipped its update to."""
+
+    shard_sizes: list[int] | None = None
+    max_examples: int = 0
+    clipping_norm: float | None = None
+
+
 def training_reply_problem(
-    reply: Message | None, sent: ArrayRecord, expected: ArraySpec, clipping_norm: float | None
+    reply: Message | None, pid: int, sent: ArrayRecord, expected: ArraySpec, rules: ReplyRules
 ) -> str | None:
-    """Why a training reply cannot be averaged, or None when it can. ``reply`` is None when the
-    node did not answer in time; ``clipping_norm`` is set when the nodes must clip their own
-    update (client-side differential privacy)."""
+    """Why partition ``pid``'s training reply cannot be averaged, or None when it can. ``reply``
+    is None when the node did not answer in time."""
     if reply is None:
         return "no reply within round-timeout"
-    reason = check_train_reply(reply, expected)
-    if reason is None and clipping_norm is not None:
-        reason = check_clipped(reply, sent, clipping_norm)
+    reason = check_train_reply(reply, expected) or count_problem(example_count(reply), pid, rules)
+    if reason is None and rules.clipping_norm is not None:
+        reason = check_clipped(reply, sent, rules.clipping_norm)
     return reason
+
+
+def count_problem(count: int, pid: int, rules: ReplyRules) -> str | None:
+    """Why a reply's example count cannot be its weight in the mean, or None. FedAvg weighs each
+    update by the count its node claims: one node claiming 10^9 would outweigh every other node
+    together. The server cut the shards, so it knows what each holds; a count that differs is
+    dropped rather than corrected, since a node that lies about its count cannot be trusted
+    with its weights either."""
+    sizes = rules.shard_sizes
+    if sizes is not None and 0 <= pid < len(sizes):
+        if count != sizes[pid]:
+            return f"{WEIGHTED_BY}={count}, but partition {pid}'s shard holds {sizes[pid]} images"
+    elif rules.max_examples and count > rules.max_examples:
+        return f"{WEIGHTED_BY}={count} is more than max-examples-per-node={rules.max_examples}"
+    return None
 
 
 def check_train_reply(reply: Message, expected: ArraySpec) -> str | None:

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 
 from server_app.checks import (
     WEIGHTED_BY,
+    ReplyRules,
     array_spec,
     check_metrics,
     example_count,
@@ -98,8 +99,12 @@ class RoundRunner:
         self.strategy = strategy or build_strategy(settings, num_sampled)
         self.privacy = PrivacyLedger(settings, max(len(book.available()), 1)) if settings.differential_privacy else None
         self.transport = Transport(self.strategy, book, settings.round_timeout)
-        # with client-side clipping the server checks that every node clipped its own update
-        self.clipping_norm = settings.dp_clipping_norm if settings.clips_on_nodes else None
+        self.rules = ReplyRules(
+            shard_sizes=expected_examples,
+            max_examples=settings.max_examples_per_node,
+            # with client-side clipping the server checks that every node clipped its own update
+            clipping_norm=settings.dp_clipping_norm if settings.clips_on_nodes else None,
+        )
 
     def train(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> PhaseResult:
         s = self.settings
@@ -168,7 +173,7 @@ class RoundRunner:
         good: dict[int, Message] = {}
         dropped: dict[int, str] = {}
         for pid, reply in replies:
-            reason = training_reply_problem(reply, arrays, expected, self.clipping_norm)
+            reason = training_reply_problem(reply, pid, arrays, expected, self.rules)
             if reason is not None:
                 dropped[pid] = reason
                 if mean is not None:

@@ -80,6 +80,7 @@ class Settings:
     min_train_replies: int = 1
     round_timeout: float = 600.0
     round_retries: int = 3
+    max_examples_per_node: int = 0
     resume_from: str = ""
     fault_injection: str = ""
     strategy: str = "fedavg"
@@ -218,6 +219,11 @@ class Settings:
             raise ConfigError(f"round-timeout={self.round_timeout} is not allowed: use a number of seconds > 0.")
         if self.round_retries < 0:
             raise ConfigError(f"round-retries={self.round_retries} is not allowed: use 0 (no retry) or more.")
+        if self.max_examples_per_node < 0:
+            raise ConfigError(
+                f"max-examples-per-node={self.max_examples_per_node} is not allowed: use 0 (no cap) or a whole "
+                "number of examples."
+            )
         if self.resume_from and not Path(self.resume_from).expanduser().is_absolute():
             raise ConfigError(
                 f"resume-from='{self.resume_from}' is a relative path: give the absolute path of the run folder "

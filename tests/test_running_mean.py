@@ -2,6 +2,7 @@
 Flower's own aggregate_train whatever order the replies come in, the checks unchanged, and
 only plain FedAvg/FedProx on a grid that can be pulled from take this path."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -141,12 +142,27 @@ def test_a_dropped_or_missing_reply_is_recorded_and_the_mean_is_over_the_good_on
     assert result.metrics["nodes"] == 2 and result.metrics["num-examples"] == 1200
 
 
-def test_an_unexpected_count_still_gives_the_weighted_mean():
-    sizes = list(SIZES)
-    sizes[2] = 5  # the server expected fewer examples than partition 2 reports
-    result = _runner(sizes=sizes).train(PulledGrid(COUNTS, [10, 11, 12, 13, 14]), 1, SPEC)
-    mean = sum(_arrays(n)["w"].astype(np.float64) * c for n, c in COUNTS.items()) / sum(COUNTS.values())
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])  # averaged as they arrive, and at the end
+def test_a_count_other_than_the_shards_is_dropped_and_the_mean_is_over_the_honest_ones(strategy):
+    counts = {**COUNTS, 12: 10**9}  # partition 2 claims a billion examples: it would own the mean
+    result = _runner(strategy, **{"server-momentum": 0.0}).train(PulledGrid(counts, [10, 11, 12, 13, 14]), 1, SPEC)
+    assert [(f["partition-id"], f["reason"]) for f in result.failures] == [
+        (2, "num-examples=1000000000, but partition 2's shard holds 600 images")
+    ]
+    honest = [10, 11, 13, 14]
+    mean = sum(_arrays(n)["w"].astype(np.float64) * COUNTS[n] for n in honest) / sum(COUNTS[n] for n in honest)
     assert np.allclose(result.arrays["w"].numpy(), mean, rtol=1e-6, atol=1e-6)
+    assert result.metrics["nodes"] == 4
+
+
+def test_without_known_shards_a_cap_bounds_the_count_a_node_may_claim():
+    counts = {**COUNTS, 12: 10**9}
+    capped = _runner(sizes=None, **{"max-examples-per-node": 5000}).train(
+        PulledGrid(counts, list(NODES.values())), 1, SPEC
+    )
+    assert [f["reason"] for f in capped.failures] == ["num-examples=1000000000 is more than max-examples-per-node=5000"]
+    trusting = _runner(sizes=None).train(PulledGrid(counts, list(NODES.values())), 1, SPEC)
+    assert trusting.failures == [] and trusting.metrics["num-examples"] > 10**9  # no cap, no shard: taken at its word
 
 
 @pytest.mark.parametrize("strategy", ["fedavgm", "fedadam"])
@@ -234,7 +250,9 @@ def test_the_rounds_log_line_counts_the_replies_really_dropped(pulled):
 def test_replies_averaged_as_they_arrive_pass_the_same_checks_as_the_others():
     """One check path: a clipping norm the nodes must honour is enforced on streamed replies too."""
     runner = _runner(**{"round-retries": 0})
-    runner.clipping_norm = 0.5  # every reply's update (standard normal weights minus zeros) is longer
+    runner.rules = dataclasses.replace(
+        runner.rules, clipping_norm=0.5
+    )  # every reply's update (standard normal weights minus zeros) is longer
     assert runner._streams(PulledGrid(COUNTS, []), [0, 1, 2, 3, 4])
     with pytest.raises(RoundFailed, match="more than dp-clipping-norm=0.5"):
         runner.train(PulledGrid(COUNTS, [10, 11, 12, 13, 14]), 1, SPEC)
