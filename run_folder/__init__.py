@@ -11,7 +11,9 @@ Layout of ``<output-dir>/<run-name>/``:
   ``running``, ``completed``, ``failed`` or ``interrupted``. Round 0 is the
   initial model; each round lists the replies that were dropped (``failures``).
 - ``checkpoint.pt``: after every round, everything needed to continue the run
-  (global weights, round, history, the strategy's state); ``resume-from`` reads it.
+  (global weights, round, history, the strategy's state) as tensors and plain
+  values, which cannot run code when read (see :mod:`run_folder.checkpoint`);
+  ``resume-from`` reads it.
 - ``model.pt``: the final global ``state_dict`` (CPU tensors), written when the
   run completes.
 - ``manifest.json``: what it takes to rerun the run: versions, Python, machine,
@@ -32,18 +34,18 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from run_folder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from run_folder.errors import REDO, RunFolderError
 from task.config import Settings
-from task.errors import ConfigError, UserError
+from task.errors import ConfigError
 from task.files import atomic_write, write_files
 
-if TYPE_CHECKING:  # torch and numpy are imported where they are used: the launcher reads history.json without them
-    import numpy as np
+if TYPE_CHECKING:  # torch is imported where it is used: the launcher reads history.json without it
     import torch
     from torch import nn
 
@@ -66,12 +68,6 @@ RECONSTRUCTIONS = "reconstructions.png"
 ANOMALY = "anomaly.json"
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
-CHECKPOINT_VERSION = 1
-_REDO = "run the simulation again"
-
-
-class RunFolderError(UserError):
-    """A folder is not a (completed, intact) run folder; the message says what to do."""
 
 
 def resolve_output_dir(output_dir: str | Path) -> Path:
@@ -184,43 +180,16 @@ class RunFolder:
 
     def manifest(self) -> dict[str, Any]:
         if not (self.path / MANIFEST).is_file():
-            raise RunFolderError(f"{self.path} has no {MANIFEST}: it was made by an older version; {_REDO}.")
+            raise RunFolderError(f"{self.path} has no {MANIFEST}: it was made by an older version; {REDO}.")
         return self._read_json(MANIFEST)
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Atomically (temporary file, fsync, rename, folder fsync): a crash at any
-        instant leaves the last complete round's checkpoint."""
-        import numpy as np
-
-        data = {
-            "version": CHECKPOINT_VERSION,
-            "round": checkpoint.server_round,
-            "arrays": {k: np.ascontiguousarray(v) for k, v in checkpoint.arrays.items()},
-            "rounds": checkpoint.rounds,
-            "num-nodes": checkpoint.num_nodes,
-            "strategy": checkpoint.strategy_state,
-        }
-        atomic_write(self.path / CHECKPOINT, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        """Atomically: a crash at any instant leaves the last complete round's checkpoint."""
+        save_checkpoint(self.path / CHECKPOINT, checkpoint)
 
     def read_checkpoint(self) -> Checkpoint:
-        """The last checkpoint of this run (the folder is the user's own: it is unpickled)."""
-        path = self.path / CHECKPOINT
-        if not path.is_file():
-            raise RunFolderError(
-                f"{path} is missing: this run has no completed round to resume from; start it again instead."
-            )
-        try:
-            with path.open("rb") as fh:
-                data = pickle.load(fh)
-            return Checkpoint(
-                server_round=int(data["round"]),
-                arrays=dict(data["arrays"]),
-                rounds=list(data["rounds"]),
-                num_nodes=int(data["num-nodes"]),
-                strategy_state=dict(data["strategy"]),
-            )
-        except Exception as exc:  # truncated by hand, or not a checkpoint at all
-            raise RunFolderError(f"{path} cannot be read ({type(exc).__name__}): {_REDO}.") from None
+        """The last checkpoint of this run, read without running anything in it."""
+        return load_checkpoint(self.path / CHECKPOINT)
 
     def write_files(self, contents: dict[str, bytes]) -> None:
         """Several files by name, all or none (a report and its figures)."""
@@ -240,14 +209,14 @@ class RunFolder:
 
     def history(self) -> dict[str, Any]:
         if not (self.path / HISTORY).is_file():
-            raise RunFolderError(f"{self.path} has no {HISTORY}: the run never started; {_REDO}.")
+            raise RunFolderError(f"{self.path} has no {HISTORY}: the run never started; {REDO}.")
         return self._read_json(HISTORY)
 
     def settings(self) -> Settings:
         try:
             return Settings.from_run_config(self.config())
         except ConfigError as exc:
-            raise RunFolderError(f"{self.path / CONFIG} is not a valid run config ({exc}); {_REDO}.") from None
+            raise RunFolderError(f"{self.path / CONFIG} is not a valid run config ({exc}); {REDO}.") from None
 
     def completed_history(self) -> dict[str, Any]:
         """history.json of a run that completed; anything else is refused with what to do."""
@@ -264,12 +233,12 @@ class RunFolder:
         if status == FAILED:
             raise RunFolderError(
                 f"run {self.path} failed ({history.get('error', 'no error recorded')}): fix the cause and "
-                f"{_REDO}; this needs a completed run."
+                f"{REDO}; this needs a completed run."
             )
         if status != COMPLETED:
-            raise RunFolderError(f"run {self.path} has status {status!r} in history.json, not 'completed': {_REDO}.")
+            raise RunFolderError(f"run {self.path} has status {status!r} in history.json, not 'completed': {REDO}.")
         if not isinstance(rounds, list) or not rounds or not all(isinstance(r, dict) and "server" in r for r in rounds):
-            raise RunFolderError(f"{self.path / HISTORY} lists no evaluated rounds: {_REDO}.")
+            raise RunFolderError(f"{self.path / HISTORY} lists no evaluated rounds: {REDO}.")
         return history
 
     def num_partitions(self) -> int:
@@ -278,7 +247,7 @@ class RunFolder:
         if not isinstance(value, int) or value < 1:
             raise RunFolderError(
                 f"{self.path / CONFIG} does not record how the nodes split MNIST ('num-partitions'): "
-                f"{_REDO} with this version of the app."
+                f"{REDO} with this version of the app."
             )
         return value
 
@@ -290,7 +259,7 @@ class RunFolder:
 
         settings = settings or self.settings()
         path = self.path / MODEL
-        fix = f"put back the {MODEL} this run wrote, or {_REDO}"
+        fix = f"put back the {MODEL} this run wrote, or {REDO}"
         if not path.is_file():
             raise RunFolderError(f"{path} is missing: the run did not complete, or the file was removed; {fix}.")
         try:
@@ -320,21 +289,10 @@ class RunFolder:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunFolderError(f"{path} is unreadable ({exc}): the run folder is damaged; {_REDO}.") from None
+            raise RunFolderError(f"{path} is unreadable ({exc}): the run folder is damaged; {REDO}.") from None
         if not isinstance(data, dict):
-            raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged; {_REDO}.")
+            raise RunFolderError(f"{path} does not hold a JSON object: the run folder is damaged; {REDO}.")
         return data
-
-
-@dataclass
-class Checkpoint:
-    """Everything a run needs to continue after ``server_round``."""
-
-    server_round: int
-    arrays: dict[str, np.ndarray]  # the global model after that round, by array name
-    rounds: list[dict[str, Any]]  # history.json's rounds so far
-    num_nodes: int
-    strategy_state: dict[str, Any]
 
 
 @dataclass
