@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from run_folder.errors import REDO, RunFolderError
 from task.files import atomic_write
-from task.numpy_pickle import NUMPY_GLOBALS, pickle_imports
+from task.numpy_pickle import ALLOWED_GLOBALS, pickle_imports
 
 if TYPE_CHECKING:  # torch and numpy are imported where they are used: the launcher reads history.json without them
     import numpy as np
@@ -120,7 +120,7 @@ def _torch_load(path: Path) -> Any:
 
 def _refuse_pickle(path: Path) -> str:
     """Why a plain pickle is not read: an older checkpoint names only numpy's array rebuilders."""
-    unsafe = [name for name in pickle_imports(path.read_bytes()) if name not in NUMPY_GLOBALS]
+    unsafe = [name for name in pickle_imports(path.read_bytes()) if name not in ALLOWED_GLOBALS]
     if unsafe:
         return _crafted(path, unsafe)
     return (

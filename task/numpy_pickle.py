@@ -3,7 +3,7 @@
 A pickle names the functions that rebuild its objects, and ``pickle.load`` imports
 and calls whatever it names: a crafted file runs its author's code. The unpickler
 here lets a file name only the numpy functions that rebuild arrays, dtypes and
-scalars, and refuses anything else before it is imported. :func:`pickle_imports`
+scalars (and the one that rebuilds bytes), and refuses anything else before it is imported. :func:`pickle_imports`
 lists what a pickle names without unpickling it, so a refusal can say what it asked for.
 """
 
@@ -13,9 +13,10 @@ import pickle
 import pickletools
 from typing import IO, Any
 
-# What numpy pickles of arrays, dtypes and scalars name (numpy 2 moved numpy.core to numpy._core).
-NUMPY_GLOBALS = frozenset(
-    {"numpy.ndarray", "numpy.dtype"}
+# What numpy pickles of arrays, dtypes and scalars name (numpy 2 moved numpy.core to numpy._core),
+# and how protocol 2 writes bytes (_codecs.encode of a str; torch's weights_only reader allows it too).
+ALLOWED_GLOBALS = frozenset(
+    {"numpy.ndarray", "numpy.dtype", "_codecs.encode"}
     | {f"{core}.multiarray.{fn}" for core in ("numpy.core", "numpy._core") for fn in ("_reconstruct", "scalar")}
     | {f"{core}.numeric._frombuffer" for core in ("numpy.core", "numpy._core")}
 )
@@ -23,7 +24,7 @@ _STRING_OPS = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRI
 
 
 class UnsafePickle(pickle.UnpicklingError):
-    """The pickle names something other than numpy's array rebuilders; nothing of it was run."""
+    """The pickle names something outside :data:`ALLOWED_GLOBALS`; nothing of it was run."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"it would import {name}")
@@ -32,7 +33,7 @@ class UnsafePickle(pickle.UnpicklingError):
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if f"{module}.{name}" not in NUMPY_GLOBALS:
+        if f"{module}.{name}" not in ALLOWED_GLOBALS:
             raise UnsafePickle(f"{module}.{name}")
         return super().find_class(module, name)
 
