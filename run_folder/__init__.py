@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from run_folder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from run_folder.checkpoint import Checkpoint, load_checkpoint, read_torch_file, save_checkpoint
 from run_folder.errors import REDO, RunFolderError
 from task.config import Settings
 from task.errors import ConfigError
@@ -262,10 +262,7 @@ class RunFolder:
         fix = f"put back the {MODEL} this run wrote, or {REDO}"
         if not path.is_file():
             raise RunFolderError(f"{path} is missing: the run did not complete, or the file was removed; {fix}.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated file, not a torch file at all
-            raise RunFolderError(f"{path} cannot be loaded ({type(exc).__name__}); {fix}.") from None
+        state = read_torch_file(path, fix)
         model = build_model(settings)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         found = (

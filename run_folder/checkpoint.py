@@ -77,7 +77,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if head.startswith(_PICKLE):
             raise RunFolderError(_refuse_pickle(path))
         raise RunFolderError(f"{path} is not a checkpoint (not a file torch.save wrote): {REDO}.")
-    data = _torch_load(path)
+    data = read_torch_file(path, REDO)
     try:
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise ValueError("no format and version of this app's checkpoints")
@@ -101,7 +101,9 @@ def is_pickle(path: Path) -> bool:
         return fh.read(1) == _PICKLE
 
 
-def _torch_load(path: Path) -> Any:
+def read_torch_file(path: Path, fix: str) -> Any:
+    """What ``torch.save`` wrote to ``path``, if it is only tensors and plain values; a file that
+    would import anything else is refused before it runs (the message ends with ``fix``)."""
     import torch
 
     try:
@@ -112,10 +114,10 @@ def _torch_load(path: Path) -> Any:
         except Exception:  # too damaged to list
             unsafe = []
         if unsafe:
-            raise RunFolderError(_crafted(path, unsafe)) from None
-        raise RunFolderError(f"{path} cannot be read (not a checkpoint this app wrote): {REDO}.") from None
+            raise RunFolderError(_crafted(path, unsafe, fix)) from None
+        raise RunFolderError(f"{path} cannot be loaded (not a file this app wrote); {fix}.") from None
     except Exception as exc:  # truncated by hand, or a zip of something else
-        raise RunFolderError(f"{path} cannot be read ({type(exc).__name__}): {REDO}.") from None
+        raise RunFolderError(f"{path} cannot be loaded ({type(exc).__name__}); {fix}.") from None
 
 
 def _refuse_pickle(path: Path) -> str:
@@ -131,11 +133,11 @@ def _refuse_pickle(path: Path) -> str:
     )
 
 
-def _crafted(path: Path, names: list[str]) -> str:
+def _crafted(path: Path, names: list[str], fix: str = _AFRESH) -> str:
     shown = ", ".join(sorted(set(names)))
     return (
-        f"{path} would import {shown} when read, which no checkpoint of this app does: it was refused "
-        f"and nothing in it ran; {_AFRESH}."
+        f"{path} would import {shown} when read, which no file of this app does: it was refused "
+        f"and nothing in it ran; {fix}."
     )
 
 

@@ -191,7 +191,9 @@ def test_a_torch_file_made_to_run_code_is_refused_and_runs_nothing(tmp_path):
         folder.read_checkpoint()
     message = str(refused.value)
     assert "\n" not in message and str(folder.file(rf.CHECKPOINT)) in message
-    assert "would import io.open when read" in message and "nothing in it ran" in message
+    assert (
+        "would import io.open when read, which no file of this app does" in message and "nothing in it ran" in message
+    )
     assert not marker.exists()
     torch.load(folder.file(rf.CHECKPOINT), weights_only=False)  # what an unguarded reader would do
     assert marker.exists()
@@ -248,7 +250,7 @@ def test_an_old_pickled_checkpoint_is_refused_with_the_command_that_converts_it(
     "content, message",
     [
         (b"", "is not a checkpoint .not a file torch.save wrote"),
-        (b"PK\x03\x04 truncated", "cannot be read"),
+        (b"PK\x03\x04 truncated", "cannot be loaded"),
         (None, "is not a checkpoint this app wrote .no format and version"),
     ],
 )

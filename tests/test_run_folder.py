@@ -81,6 +81,24 @@ def test_load_model_checks_the_file_against_the_run_config(tmp_path):
         folder.load_model()
 
 
+class _WritesAMarker:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_model_made_to_run_code_is_refused_and_runs_nothing(tmp_path):
+    folder, marker = completed(tmp_path), tmp_path / "pwned"
+    torch.save({"layer.weight": _WritesAMarker(marker)}, folder.file(rf.MODEL))
+    with pytest.raises(RunFolderError, match=r"model.pt would import io.open when read.*nothing in it ran; put back"):
+        folder.load_model()
+    assert not marker.exists()
+    torch.load(folder.file(rf.MODEL), weights_only=False)  # what an unguarded reader would do
+    assert marker.exists()
+
+
 def test_a_completed_run_reads_back_whole(tmp_path):
     run = read_completed_run(completed(tmp_path).path)
     assert run.num_partitions == 4 and run.settings == Settings() and run.rounds[0]["round"] == 0
