@@ -22,6 +22,7 @@ from run_folder import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint, RunF
 from server_app.nodes import NodeBook, wait_for_nodes
 from server_app.records import ServerLog, TensorBoardLog, build_manifest
 from server_app.rounds import RoundRunner
+from server_app.strategy import check_fits
 from task.config import Settings
 from task.data import Batchable, release_mnist
 from task.errors import ConfigError, UserError
@@ -62,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         resumed = _checkpoint_to_resume(settings)
         book = NodeBook()
         num_partitions = book.start(grid, wait_for_nodes(grid, settings.min_available_nodes, NODE_WAIT_S), NODE_WAIT_S)
+        check_fits(settings, len(book.available()))  # e.g. Bulyan with too few nodes for the malicious ones assumed
         # a partitioning that cannot fit these nodes stops here; the shard sizes let replies be averaged as they come
         shard_sizes = [len(shard) for shard in train_shards(settings, num_partitions)]
         TensorBoardLog.check_available(settings.tensorboard)

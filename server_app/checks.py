@@ -98,6 +98,32 @@ def check_clipped(reply: Message, sent: ArrayRecord, clipping_norm: float) -> st
     ``clipping_norm`` on the promise that no node's update is longer. Call it on a reply that
     passed :func:`check_train_reply`. The tolerance covers float32 rounding of the node's
     ``global + clipped update``, nothing more."""
+    norm, scale = _update_norm(reply, sent)
+    tolerance = 1e-4 * clipping_norm + 4 * float(np.finfo(np.float32).eps) * scale
+    if norm > clipping_norm + tolerance:
+        return (
+            f"its update has L2 norm {norm:.6g}, more than dp-clipping-norm={clipping_norm:g}: with "
+            "dp-clipping='client' every node must clip its own update (is it running this app's ClientApp?)"
+        )
+    return None
+
+
+def screen_updates(good: list[tuple[int, Message]], sent: ArrayRecord, factor: float) -> dict[int, str]:
+    """The partitions whose update (weights minus those ``sent``) is more than ``factor`` times as
+    long as the round's median update, with why. A scaled or boosted update stands out by its length
+    whatever the strategy; an update as long as an honest one (a flipped sign) does not: that is
+    for robust aggregation. Needs at least three replies to tell one out of line."""
+    norms = {pid: _update_norm(reply, sent)[0] for pid, reply in good}
+    median = float(np.median(list(norms.values()))) if norms else 0.0
+    return {
+        pid: f"its update's L2 norm {norm:.4g} is more than update-screen={factor:g} x the round's median {median:.4g}"
+        for pid, norm in norms.items()
+        if norm > factor * median
+    }
+
+
+def _update_norm(reply: Message, sent: ArrayRecord) -> tuple[float, float]:
+    """The L2 norm of a reply's update, and that of the two weight vectors together (a scale for rounding)."""
     (record,) = reply.content.array_records.values()
     squared = 0.0
     scale = 0.0
@@ -106,14 +132,7 @@ def check_clipped(reply: Message, sent: ArrayRecord, clipping_norm: float) -> st
         old = sent[name].numpy().astype(np.float64)
         squared += float(np.sum((new - old) ** 2))
         scale += float(np.sum(new**2) + np.sum(old**2))
-    norm = math.sqrt(squared)
-    tolerance = 1e-4 * clipping_norm + 4 * float(np.finfo(np.float32).eps) * math.sqrt(scale)
-    if norm > clipping_norm + tolerance:
-        return (
-            f"its update has L2 norm {norm:.6g}, more than dp-clipping-norm={clipping_norm:g}: with "
-            "dp-clipping='client' every node must clip its own update (is it running this app's ClientApp?)"
-        )
-    return None
+    return math.sqrt(squared), math.sqrt(scale)
 
 
 def check_metrics(reply: Message) -> str | None:

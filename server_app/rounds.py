@@ -33,12 +33,13 @@ from server_app.checks import (
     example_count,
     is_finite,
     record_drop,
+    screen_updates,
     training_reply_problem,
 )
 from server_app.nodes import NodeBook
 from server_app.privacy import PrivacyLedger
 from server_app.running_mean import MetricsOnly, RunningMean
-from server_app.strategy import STREAMED, build_strategy, carried_state, restore_carried
+from server_app.strategy import STREAMED, build_strategy, carried_state, min_replies, restore_carried
 from server_app.transport import Transport, pullable
 from task.config import Settings
 
@@ -94,7 +95,8 @@ class RoundRunner:
         # examples in each partition's training shard (index: partition id), as the server cuts them:
         # what lets replies be averaged as they arrive (see RunningMean); None: averaged at the end
         self.expected_examples = expected_examples
-        num_sampled = max(int(len(book.available()) * settings.fraction_train), settings.min_train_replies)
+        self.min_replies = min_replies(settings)
+        num_sampled = max(int(len(book.available()) * settings.fraction_train), self.min_replies)
         self.num_sampled = num_sampled  # the DP wrapper sizes its noise for this many nodes
         self.strategy = strategy or build_strategy(settings, num_sampled)
         self.privacy = PrivacyLedger(settings, max(len(book.available()), 1)) if settings.differential_privacy else None
@@ -121,29 +123,29 @@ class RoundRunner:
             for pid, reason in tried.dropped:
                 excluded.add(self.book.node_of(pid))
                 result.failures.append(self._failure(server_round, attempt, "train", pid, reason))
-            if good >= s.min_train_replies:
+            if good >= self.min_replies:
                 if tried.averaged is not None and is_finite(tried.averaged):
                     result.arrays = tried.averaged
                     result.metrics = self._train_metrics(tried, len(chosen))
                     return result
-                result.failures.append(
-                    self._failure(server_round, attempt, "train", None, "the averaged model is not finite: discarded")
-                )
+                why = "the averaged model is not finite" if tried.averaged else f"'{s.strategy}' could not aggregate"
+                result.failures.append(self._failure(server_round, attempt, "train", None, f"{why}: discarded"))
             if attempt < s.round_retries:
                 log(
                     WARNING,
                     "Round %d: %d good training replies of %d needed; retrying with other nodes",
                     server_round,
                     good,
-                    s.min_train_replies,
+                    self.min_replies,
                 )
         reasons = "; ".join(
             f"partition {f['partition-id']}: {f['reason']}" if f["partition-id"] is not None else f["reason"]
             for f in result.failures[-5:]
         )
         raise RoundFailed(
-            f"Round {server_round}: {good} good training replies, fewer than min-train-replies="
-            f"{s.min_train_replies}, after {s.round_retries + 1} attempt(s). Last failures: {reasons}"
+            f"Round {server_round}: {good} good training replies, fewer than the {self.min_replies} needed "
+            f"(min-train-replies={s.min_train_replies}, strategy='{s.strategy}'), after {s.round_retries + 1} "
+            f"attempt(s). Last failures: {reasons}"
         )
 
     def _choose(self, grid: Grid, server_round: int, attempt: int, excluded: set[int]) -> list[int]:
@@ -152,11 +154,11 @@ class RoundRunner:
         s = self.settings
         self.book.refresh(grid, s.round_timeout)
         available = [p for p in self.book.available() if self.book.node_of(p) not in excluded]
-        if len(available) < s.min_train_replies:  # too few fresh nodes: give the failed ones another chance
+        if len(available) < self.min_replies:  # too few fresh nodes: give the failed ones another chance
             available = self.book.available()
         if not available:
             return []
-        fraction, minimum = s.fraction_train, s.min_train_replies
+        fraction, minimum = s.fraction_train, self.min_replies
         return sample_partitions(available, fraction, minimum, s.seed, server_round, attempt, "train")
 
     def _train_once(self, grid: Grid, chosen: list[int], server_round: int, arrays: ArrayRecord) -> Attempt:
@@ -185,8 +187,13 @@ class RoundRunner:
                 good[pid] = MetricsOnly(reply)  # the arrays are in the running sum: let them go
             else:
                 good[pid] = reply
+        if mean is None and self.settings.update_screen:
+            kept = [(p, good[p]) for p in chosen if p in good]
+            for pid, reason in screen_updates(kept, arrays, self.settings.update_screen).items():
+                dropped[pid] = reason
+                del good[pid]
         tried = Attempt([(p, good[p]) for p in chosen if p in good], sorted(dropped.items()))
-        if len(tried.good) < self.settings.min_train_replies or not tried.good:
+        if len(tried.good) < self.min_replies or not tried.good:
             return tried
         log(INFO, "Round %d: averaging %d training replies, %d dropped", server_round, len(good), len(dropped))
         if mean is None:
@@ -205,6 +212,7 @@ class RoundRunner:
         sizes = self.expected_examples
         return (
             type(self.strategy) in STREAMED
+            and not self.settings.update_screen  # the screen needs the round's median: every reply at once
             and sizes is not None
             and all(0 <= p < len(sizes) for p in chosen)
             and pullable(grid)

@@ -22,8 +22,9 @@ from flwr.serverapp.strategy import (
 
 from server_app.checks import WEIGHTED_BY
 from task.config import Settings
+from task.errors import ConfigError
 from task.flower_compat import STRATEGY_STATE, WRAPPED_STRATEGY
-from task.strategies import STRATEGIES
+from task.strategies import STRATEGIES, replies_needed
 
 # Flower's class of each strategy in task/strategies.py (all FedAvg or built on it).
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
@@ -54,7 +55,10 @@ def build_strategy(settings: Settings, num_sampled: int) -> Strategy:
         weighted_by_key=WEIGHTED_BY,
     )
     spec = STRATEGIES[settings.strategy]
-    common.update({keyword: getattr(settings, field) for keyword, field in spec.knobs})
+    # a knob at 0 leaves Flower's default (trim-beta 0: Flower's 0.2)
+    common.update({keyword: value for keyword, field in spec.knobs if (value := getattr(settings, field))})
+    if spec.name == "multikrum" and not settings.krum_select:
+        common["num_nodes_to_select"] = max(num_sampled - settings.num_malicious_nodes, 1)
     if spec.server_lr_arg and settings.server_learning_rate:  # 0: Flower's own default
         common[spec.server_lr_arg] = settings.server_learning_rate
     if spec.client_lr_arg:
@@ -81,3 +85,24 @@ def restore_carried(strategy: Strategy, state: dict[str, Any]) -> None:
     for key, value in state.items():
         if key in STRATEGY_STATE:
             setattr(inner, key, value)
+
+
+def min_replies(settings: Settings) -> int:
+    """Good training replies a round needs: ``min-train-replies``, or more where the strategy
+    cannot aggregate fewer (Krum 2f + 3, Bulyan 4f + 3, f = ``num-malicious-nodes``)."""
+    needed = replies_needed(STRATEGIES[settings.strategy], settings.num_malicious_nodes)
+    return max(settings.min_train_replies, needed)
+
+
+def check_fits(settings: Settings, num_nodes: int) -> None:
+    """Refuses, before round 1, a strategy that these nodes can never give enough replies."""
+    spec = STRATEGIES[settings.strategy]
+    needed = replies_needed(spec, settings.num_malicious_nodes)
+    if needed > num_nodes:
+        a, b = spec.min_replies or (0, 1)
+        fits = max((num_nodes - b) // a, 0) if a else 0
+        raise ConfigError(
+            f"strategy='{spec.name}' with num-malicious-nodes={settings.num_malicious_nodes} needs {needed} good "
+            f"training replies a round ({a} x {settings.num_malicious_nodes} + {b}), but only {num_nodes} nodes take "
+            f"part: lower num-malicious-nodes to {fits} or fewer, or start more nodes."
+        )

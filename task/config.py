@@ -16,7 +16,7 @@ from partitioning import PARTITIONERS
 from task.errors import ConfigError
 from task.faults import parse_faults
 from task.objective import Objective, objective_for
-from task.strategies import STRATEGIES, STRATEGY_ONLY_FIELDS, strategy_owning
+from task.strategies import STRATEGIES, STRATEGY_ONLY_FIELDS, strategies_reading
 
 MODELS = ("mlp", "autoencoder")
 OPTIMIZERS = ("sgd", "adam")
@@ -87,6 +87,10 @@ class Settings:
     server_learning_rate: float = 0.0
     server_momentum: float = 0.0
     proximal_mu: float = 0.0
+    trim_beta: float = 0.0
+    num_malicious_nodes: int = 0
+    krum_select: int = 0
+    update_screen: float = 0.0
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 0.0
     dp_clipping: str = "server"
@@ -265,13 +269,29 @@ class Settings:
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} is not allowed: use 0 or a number > 0.")
         for name in STRATEGY_ONLY_FIELDS:
-            owner = strategy_owning(name)
+            owners = [s.name for s in strategies_reading(name)]
             value = getattr(self, name)
-            if value and owner is not None and self.strategy != owner.name:
+            if value and self.strategy not in owners:
+                named = " or ".join(f"'{o}'" for o in owners)
                 raise ConfigError(
-                    f"{knob_key(name)}={value} applies to strategy='{owner.name}' only: set it to 0 "
-                    f"for strategy='{self.strategy}', or choose strategy='{owner.name}'."
+                    f"{knob_key(name)}={value} applies to strategy={named} only: set it to 0 "
+                    f"for strategy='{self.strategy}', or choose strategy={named}."
                 )
+        if not 0 <= self.trim_beta < 0.5:
+            raise ConfigError(
+                f"trim-beta={self.trim_beta} is not allowed: use 0 <= trim-beta < 0.5 (the share of the "
+                "smallest and of the largest values cut from each weight's mean; 0 = Flower's default 0.2)."
+            )
+        if self.num_malicious_nodes < 0 or self.krum_select < 0:
+            raise ConfigError(
+                f"num-malicious-nodes={self.num_malicious_nodes}, krum-select={self.krum_select}: both must be "
+                "whole numbers >= 0."
+            )
+        if self.update_screen < 0 or 0 < self.update_screen <= 1:
+            raise ConfigError(
+                f"update-screen={self.update_screen} is not allowed: use 0 (off) or a factor > 1 (e.g. 3: drop "
+                "an update more than 3 times as long as the round's median update)."
+            )
         if self.dp_noise_multiplier < 0 or self.dp_clipping_norm < 0:
             raise ConfigError(
                 f"dp-noise-multiplier={self.dp_noise_multiplier}, dp-clipping-norm={self.dp_clipping_norm}: "

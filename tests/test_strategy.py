@@ -185,8 +185,8 @@ def test_a_round_that_stays_short_stops_the_run_saying_what_happened():
     grid = ScriptedGrid(lambda node: _error(node, "out of memory"))
     with pytest.raises(
         RoundFailed,
-        match=r"Round 2: 0 good training replies, fewer than min-train-replies=1, after 2 "
-        r"attempt\(s\). Last failures: partition \d: the node failed: out of memory",
+        match=r"Round 2: 0 good training replies, fewer than the 1 needed \(min-train-replies=1, strategy='fedavg'\), "
+        r"after 2 attempt\(s\). Last failures: partition \d: the node failed: out of memory",
     ):
         _runner({0: 11, 1: 12}, **{"round-retries": 1, "fraction-train": 0.5}).train(grid, 2, SPEC_ARRAYS)
 
