@@ -32,9 +32,9 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from client_app import ray_lean, simulation_queue
 from task.config import Settings
-from task.data import load_mnist
+from task.data import Batchable, load_mnist
 from task.errors import ConfigError
-from task.faults import fault_for, misbehave
+from task.faults import faults_for, misbehave, poisoned_labels
 from task.models import build_model
 from task.node_config import NUM_PARTITIONS, PARTITION_ID
 from task.shards import NODE_RECORD, NodeData, check_partition, local_test_shards, train_shards
@@ -73,12 +73,17 @@ class MnistClient(NumPyClient):
         # Seed per node and round: reruns reproduce, nodes do not shuffle alike.
         server_round = int(config.get("server-round", 0))
         seed = self.settings.seed * 1_000_003 + server_round * 10_007 + self.partition_id
-        loss = train_round(self.model, self.data.train, self.settings, self.device, seed, server_round)
-        weights = get_weights(self.model)
-        fault = fault_for(self.settings.fault_injection, self.partition_id, server_round)
-        if fault:  # tests only: see task/faults.py
-            weights = misbehave(fault, weights, self.settings.round_timeout)
-        return weights, len(self.data.train), {"train-loss": loss}
+        faults = faults_for(self.settings.fault_injection, self.partition_id, server_round)  # tests only
+        data = self.data.train
+        if faults:  # attacks on the labels act before training (see task/faults.py)
+            data = Batchable(data.x, torch.from_numpy(poisoned_labels(faults, data.y.numpy())))
+        loss = train_round(self.model, data, self.settings, self.device, seed, server_round)
+        weights, num_examples = get_weights(self.model), len(self.data.train)
+        if faults:  # the others on the reply
+            weights, num_examples = misbehave(
+                faults, parameters, weights, num_examples, seed, self.settings.round_timeout
+            )
+        return weights, num_examples, {"train-loss": loss}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         set_weights(self.model, parameters)

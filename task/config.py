@@ -14,7 +14,7 @@ from typing import Any
 
 from partitioning import PARTITIONERS
 from task.errors import ConfigError
-from task.faults import parse_faults
+from task.faults import check_faults
 from task.objective import Objective, objective_for
 from task.strategies import STRATEGIES, STRATEGY_ONLY_FIELDS, strategies_reading
 
@@ -234,7 +234,7 @@ class Settings:
                 "to continue (the ServerApp runs in a Flower-managed working folder)."
             )
         if self.fault_injection:
-            parse_faults(self.fault_injection)  # test-only: refused unless explicitly enabled
+            check_faults(self.fault_injection, self.model)  # test-only: refused unless explicitly enabled
         if self.samples_per_class < 0:
             raise ConfigError(
                 f"samples-per-class={self.samples_per_class} is not allowed: use 0 (as many as possible) or more."

@@ -226,3 +226,27 @@ def test_a_node_told_to_clip_refuses_a_training_message_without_its_clipping_nor
     msg, _ = _from_server({**knobs, "dp-clipping-norm": 5.0})  # a server clipping to another norm
     with pytest.raises(ConfigError, match="clip its update to L2 norm 5.0, but the run's dp-clipping-norm is 0.5"):
         app(msg, _context(knobs))
+
+
+# ---- attacks (task/faults.py): what an attacking node's handler really sends ----
+
+
+def test_a_scaling_node_sends_its_update_times_k_and_the_count_it_claims(monkeypatch):
+    monkeypatch.setenv("FEDMNIST_ALLOW_FAULTS", "1")
+    run_config = {"local-epochs": 1, "device": "cpu"}
+    weights = get_weights(build_model(Settings()))
+    honest = app(_message(MessageType.TRAIN, weights), _context(run_config))
+    attacked = app(
+        _message(MessageType.TRAIN, weights), _context({**run_config, "fault-injection": "scale=20@0 count=1e9@0"})
+    )
+    assert not attacked.has_error()
+    assert honest.content["metrics"]["num-examples"] == 1200
+    assert attacked.content["metrics"]["num-examples"] == 1_000_000_000
+    assert list(attacked.content["arrays"].keys()) == list(honest.content["arrays"].keys())
+    for g, t, sent in zip(
+        weights, honest.content["arrays"].to_numpy_ndarrays(), attacked.content["arrays"].to_numpy_ndarrays()
+    ):
+        assert sent.dtype == t.dtype == np.float32
+        assert np.array_equal(sent, g + np.float32(20) * (t - g))  # G + 20 (T - G), to the bit
+    update = np.concatenate([(t - g).ravel() for g, t in zip(weights, honest.content["arrays"].to_numpy_ndarrays())])
+    assert np.linalg.norm(update) > 0.1  # the honest update is no zero that any scaling would keep
