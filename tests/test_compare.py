@@ -6,6 +6,7 @@ training, no Flower), so every number the comparison shows is known here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,11 @@ def make_run(
     return folder.path
 
 
+def cells(line: str) -> list[str]:
+    """The cells of one Markdown table line; an escaped ``\\|`` stays inside its cell."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The cells of the first Markdown table's body."""
     lines = text.splitlines()
@@ -68,13 +74,12 @@ def table_rows(text: str) -> list[list[str]]:
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
+        rows.append(cells(line))
     return rows
 
 
 def header(text: str) -> list[str]:
-    line = next(line for line in text.splitlines() if line.startswith("| #"))
-    return [c.strip() for c in line.strip("|").split("|")]
+    return cells(next(line for line in text.splitlines() if line.startswith("| #")))
 
 
 @pytest.fixture
@@ -250,6 +255,24 @@ def test_the_markdown_links_each_runs_report_when_it_has_one(three_mlp_runs, tmp
     text = write_comparison([slow, fast], tmp_path / "cmp")[0].read_text()
     assert f"[{rf.REPORT}](../outputs/fast/{rf.REPORT})" in text
     assert f"- slow: `../outputs/slow/{rf.HISTORY}`, {NODES} nodes" in text
+
+
+def test_a_pipe_or_line_break_from_a_run_folder_cannot_break_a_table(tmp_path):
+    """A run's folder name and its config.json's values are written by whoever made the run."""
+    odd = make_run(tmp_path, "a|b", [0.1, 0.9], **{"learning-rate": 0.1})
+    plain = make_run(tmp_path, "plain", [0.1, 0.8], **{"learning-rate": 0.05})
+    folder = RunFolder.open(plain)
+    folder.write_config({**folder.config(), "note": "x | y\nz"})
+    text = write_comparison([odd, plain], tmp_path / "out")[0].read_text()
+    tables = [block for block in text.split("\n\n") if block.startswith("|")]
+    assert len(tables) == 3  # runs, settings, by round
+    for table in tables:
+        widths = [len(cells(line)) for line in table.splitlines()]
+        assert len(set(widths)) == 1, f"a row has more or fewer cells than its header:\n{table}"
+    rows = table_rows(text)
+    assert [r[1] for r in rows] == [r"a\|b", "plain"]
+    assert rows[1][3] == r"learning-rate=0.05, note=x \| y z"
+    assert r"| note | (unset) | x \| y z |" in text
 
 
 def test_different_objectives_are_refused_naming_the_runs(tmp_path):

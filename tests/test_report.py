@@ -21,6 +21,7 @@ from report.__main__ import main as report_cli
 from report.central import central_baseline
 from report.figures import label_heatmap_png
 from report.local_vs_merged import OWN_DISTRIBUTION, OWN_SHARD, compare_local_and_merged, sample_nodes
+from report.markdown import first_at_target
 from run_folder import RunFolder, RunFolderError
 from task.config import Settings
 from task.models import build_model
@@ -355,6 +356,22 @@ def test_non_iid_report_shows_labels_strategy_and_privacy(tmp_path, monkeypatch)
     assert (run_dir / "report-labels.png").read_bytes()[:4] == b"\x89PNG"
     assert "tested on the node's own distribution" in text and "What the gap means: on non-IID data" in text
     assert "| local accuracy, own distribution | merged accuracy, own distribution |" in text
+
+
+def test_a_pipe_or_line_break_in_the_config_stays_in_its_cell(tmp_path, monkeypatch):
+    """config.json comes from the run folder, which anyone may have edited."""
+    _tiny_central(monkeypatch, tmp_path)
+    folder = RunFolder(fake_run(tmp_path))
+    folder.write_config({**folder.config(), "note": "a | b\nc", "odd|key": ""})
+    text = make_report(folder.path, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "| note | `a \\| b c` |\n" in text and '| odd\\|key | `""` |\n' in text
+
+
+def test_first_at_target_is_the_first_step_that_meets_it():
+    mlp, ae = Settings().objective, Settings(model="autoencoder").objective
+    assert first_at_target(mlp, [0.5, 0.97, 0.99, 0.98]) == 1  # 97% is the target, and it counts
+    assert first_at_target(mlp, [0.5, 0.969]) is None
+    assert first_at_target(ae, [0.5, 0.0]) is None  # the autoencoder has no target
 
 
 def test_default_report_has_no_strategy_section_and_says_fedavg(tmp_path):
