@@ -20,8 +20,14 @@ QUICK = {"num-server-rounds": 2, "local-epochs": 1, "fraction-train": 1.0, "frac
         {"strategy": "fedyogi", "server-learning-rate": 0.01},
         {"strategy": "fedadagrad", "server-learning-rate": 0.01},
         {"strategy": "fedprox", "proximal-mu": 0.1},
+        {"strategy": "fedmedian"},
+        {"strategy": "fedtrimmedavg", "trim-beta": 0.1},
+        {"strategy": "krum"},  # 3 nodes: Krum's 2f + 3 with no malicious node assumed
+        {"strategy": "multikrum", "krum-select": 2},
+        {"strategy": "bulyan"},
+        {"strategy": "fedavg", "update-screen": 3.0},
     ],
-    ids=lambda k: k["strategy"],
+    ids=lambda k: "-".join(str(v) for v in k.values()),
 )
 def test_each_strategy_trains_through_flower(tmp_path, knobs):
     run_dir = run_simulation({**QUICK, **knobs, "run-name": "s"}, num_supernodes=3, output_dir=tmp_path, echo=False)
