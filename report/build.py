@@ -188,7 +188,7 @@ def render(
         labels=None if counts is None else _label_stats(counts),
         nodes=_node_summary(objective, local),
         own_shard=OWN_SHARD,
-        digit_counts=lambda digits: ", ".join(f"{d} ({n})" for d, n in enumerate(digits) if n),
+        digit_counts=_digit_counts,
         # the run's config.json, with the central epochs this report actually trained
         config={**run.config, "central-epochs": settings.central_epochs},
         files=rf,
@@ -238,6 +238,11 @@ def _node_summary(objective: Objective, local: LocalVsMerged) -> dict[str, Any]:
         "mean_local_all": float(np.mean(local_all)) if local_all else None,
         "merged_all": local.merged_all.get(key),
     }
+
+
+def _digit_counts(digits: list[int]) -> str:
+    """A node's training digits and their images, e.g. "3 (120), 7 (80)"."""
+    return ", ".join(f"{d} ({n})" for d, n in enumerate(digits) if n)
 
 
 def _partitioning(settings: Settings) -> str:
