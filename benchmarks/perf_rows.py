@@ -12,12 +12,12 @@ import run_folder as rf
 from benchmarks.perf_results import Row, cpu_note, load1, steady
 from benchmarks.perf_runs import final_metric, launch, launch_gpu, plain_loop
 from benchmarks.sampling import CLIENTAPP_PROCESS, TreeMemory
-from client_app.simulation_queue import DISABLE_ENV
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.gpus import visible_gpus
 from launcher.runtime import start_superlink, start_supernode
 from task.objective import objective_for
+from task.simulation_queue import DISABLE_ENV
 
 # The work every row measures: every client every round, 1 local epoch, batch 32, SGD 0.01 momentum 0.9.
 WORK = {

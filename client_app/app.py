@@ -30,7 +30,6 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from client_app import ray_lean, simulation_queue
 from task.config import Settings
 from task.data import Batchable, load_mnist
 from task.errors import ConfigError
@@ -39,12 +38,6 @@ from task.models import build_model
 from task.node_config import NUM_PARTITIONS, PARTITION_ID
 from task.shards import NODE_RECORD, NodeData, check_partition, local_test_shards, train_shards
 from task.training import evaluate, get_weights, pick_device, set_weights, train_round
-
-# Flower's simulation loads this module in its own process before its message loop starts:
-# the moment to give that loop its one-pass delivery, and the Ray it is about to start fewer
-# processes (both no-ops anywhere else).
-simulation_queue.install()
-ray_lean.install()
 
 
 class MnistClient(NumPyClient):

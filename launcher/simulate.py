@@ -189,7 +189,7 @@ def run_simulation(
     output_dir = pick_output_dir(output_dir, run_config)
     mark("checks done")
     env, gpus_per_client, note = where_clients_run(ray_address, gpus_per_client, settings.device)
-    if verbose:  # the workers' output in flower.log needs Ray's log monitor (see client_app.ray_lean)
+    if verbose:  # the workers' output in flower.log needs Ray's log monitor (see task/ray_lean.py)
         env = {**env, "FEDMNIST_RAY_FULL": "1"}
     if note and echo:
         print(note, flush=True)

@@ -23,6 +23,7 @@ from server_app.nodes import NodeBook, wait_for_nodes
 from server_app.records import ServerLog, TensorBoardLog, build_manifest
 from server_app.rounds import RoundRunner
 from server_app.strategy import check_fits
+from task import simulation_patches
 from task.config import Settings
 from task.data import Batchable, release_mnist
 from task.errors import ConfigError, UserError
@@ -56,6 +57,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    simulation_patches.install(grid)  # in Flower's simulation only, before it starts Ray: see the module
     try:
         settings = Settings.from_run_config(dict(context.run_config))
         test_set = server_test_set(settings)  # fails early if MNIST is missing or corrupt

@@ -1,4 +1,5 @@
-"""Every part of Flower this project uses that is not Flower's public API, in one place.
+"""Every part of Flower, and of the Ray its simulation runs on, that this project uses but that is
+not their public API, in one place.
 
 Public API here means what Flower documents and exports in ``__all__``: ``flwr.app``,
 ``flwr.serverapp`` (also the privacy accountants: ``RdpAccountant``, ``PrivacyConfig``, ...),
@@ -6,7 +7,8 @@ Public API here means what Flower documents and exports in ``__all__``: ``flwr.a
 (``NumPyClient``), ``flwr.common`` (``log``, ``now``; import them from ``flwr.common``, not
 from ``flwr.common.logger`` or ``flwr.supercore``), ``flwr.__version__``, and the ``flwr`` /
 ``flower-*`` command lines and their ``FLWR_*`` environment variables. The rest of the project
-imports only those, and this module.
+imports only those, and this module. Ray's public API is what ``ray`` documents; nothing under
+``ray._private``.
 
 Everything else is listed here: :data:`PIECES` (a module or an attribute of one, with why it is
 needed and who uses it) and :data:`ATTRIBUTES` (attributes read or written by name on Flower's
@@ -17,36 +19,49 @@ objects). Use a piece by its name::
 This module imports only the standard library: a piece's module is imported when the piece is
 first asked for (so the launcher and the deploy scripts import this cheaply, and the simulation
 runtime is never loaded by asking whether it is loaded, see :func:`loaded`). A piece the
-installed Flower no longer has fails with :class:`MissingFlowerPiece`, which names the piece and
-why it is needed. ``tests/test_flower_compat.py`` resolves every piece and checks every attribute
-on real Flower objects: run it first after changing the ``flwr`` pin.
+installed Flower or Ray no longer has, or no longer takes the parameters listed, fails with
+:class:`MissingFlowerPiece`, which names the piece and why it is needed.
+``tests/test_flower_compat.py`` resolves every piece and checks every attribute on real Flower
+and Ray objects: run it first after changing the ``flwr`` or ``ray`` pin.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-CHECKED_WITH = "1.41.0"  # the flwr release every piece below was checked against
+# The releases every piece below was checked against, by the distribution that holds the piece.
+CHECKED_WITH = {"flwr": "1.41.0", "ray": "2.55.1"}
+_NAMES = {"flwr": "Flower", "ray": "Ray"}
 
 
 @dataclass(frozen=True)
 class Piece:
-    """``module.attr`` of Flower (the module itself when ``attr`` is None)."""
+    """``module.attr`` of Flower or Ray (the module itself when ``attr`` is None; ``attr`` may be
+    ``Class.method``)."""
 
     module: str
     attr: str | None
     why: str
     users: tuple[str, ...]
-    # Parameters this project passes, in Flower's order (checked by the test; None: not a call).
+    # Parameters this project passes, in their order (checked on every resolve; None: not a call).
     params: tuple[str, ...] | None = None
+    # True when this project puts its own function in the piece's place, to be called as the
+    # original is: then ``params`` must be all of its parameters, not only some.
+    replaced: bool = False
 
     @property
     def path(self) -> str:
         return self.module if self.attr is None else f"{self.module}.{self.attr}"
+
+    @property
+    def distribution(self) -> str:
+        """``flwr`` or ``ray``: whose piece it is."""
+        return self.module.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,11 @@ _TEST_MESSAGES = (
     "tests/test_simulation_queue.py",
     "tests/test_flower_compat.py",
 )
-_TEST_LINKSTATE = ("tests/test_simulation_queue.py", "tests/test_flower_compat.py")
+_TEST_LINKSTATE = (
+    "tests/test_simulation_queue.py",
+    "tests/test_simulation_patches.py",
+    "tests/test_flower_compat.py",
+)
 _LINKSTATE_WHY = "the test builds Flower's own in-memory SuperLink state as the simulation does, to feed it messages"
 
 PIECES: dict[str, Piece] = {
@@ -125,10 +144,35 @@ PIECES: dict[str, Piece] = {
         _VCE_API,
         "add_messages_to_queue",
         "the simulation runtime's message-delivery loop (one scan of every stored message per node "
-        "per pass); client_app/simulation_queue.py replaces it with a one-pass loop that delivers "
+        "per pass); task/simulation_queue.py replaces it with a one-pass loop that delivers "
         "the same messages, only where the runtime is already loaded (see loaded())",
-        ("client_app/simulation_queue.py",),
+        ("task/simulation_queue.py",),
         ("state", "queue", "nodes_mapping", "f_stop"),
+        replaced=True,
+    ),
+    "InMemoryGrid": Piece(
+        "flwr.superlink.grid",
+        "InMemoryGrid",
+        "the grid Flower's simulation hands the ServerApp: the simulation's patches are installed only "
+        "where the ServerApp is given one (tests push messages through it, as the simulation's ServerApp does)",
+        ("task/simulation_patches.py", *_TEST_LINKSTATE),
+    ),
+    # ---- Ray's, patched in the simulation's own Ray (task/ray_lean.py) ----
+    "ray_params_init": Piece(
+        "ray._private.parameter",
+        "RayParams.__init__",
+        "the parameters of the Ray that ray.init() starts; ray.init() has no switch for its autoscaler "
+        "monitor and log monitor, so task/ray_lean.py sets no_monitor and include_log_monitor=False here",
+        ("task/ray_lean.py",),
+        ("include_log_monitor", "no_monitor"),
+    ),
+    "start_api_server": Piece(
+        "ray._private.node",
+        "Node.start_api_server",
+        "starts the dashboard's API server, even with include_dashboard=False (which Flower sets); "
+        "task/ray_lean.py skips it unless the dashboard is asked for",
+        ("task/ray_lean.py",),
+        ("include_dashboard",),
     ),
     # ---- used by tests only ----
     "TaskIdentity": Piece(
@@ -168,8 +212,8 @@ PIECES: dict[str, Piece] = {
     "vce_api": Piece(
         _VCE_API,
         None,
-        "the module whose add_messages_to_queue the test swaps, and whose node registration the test's state uses",
-        ("tests/test_simulation_queue.py",),
+        "the module whose add_messages_to_queue the tests swap, and whose node registration the test's state uses",
+        ("tests/test_simulation_queue.py", "tests/test_simulation_patches.py"),
     ),
     "register_nodes": Piece(
         _VCE_API,
@@ -198,12 +242,6 @@ PIECES: dict[str, Piece] = {
     ),
     "Run": Piece("flwr.supercore.run", "Run", _LINKSTATE_WHY, _TEST_LINKSTATE),
     "Task": Piece("flwr.proto.task_pb2", "Task", _LINKSTATE_WHY, _TEST_LINKSTATE),
-    "InMemoryGrid": Piece(
-        "flwr.superlink.grid",
-        "InMemoryGrid",
-        "pushes messages into that state as the simulation's ServerApp does",
-        _TEST_LINKSTATE,
-    ),
 }
 
 _CARRY_WHY = (
@@ -239,7 +277,7 @@ ATTRIBUTES: tuple[Attributes, ...] = (
         ("message_ins_store", "lock", "_check_stored_messages"),
         "the one-pass delivery loop scans the stored messages itself, under the state's lock, "
         "with Flower's own validity checks (without them it falls back to get_message_ins per node)",
-        ("client_app/simulation_queue.py",),
+        ("task/simulation_queue.py",),
     ),
 )
 
@@ -250,30 +288,79 @@ WRAPPED_STRATEGY = "strategy"
 
 
 class MissingFlowerPiece(ImportError):
-    """The installed Flower lacks a piece this project relies on."""
+    """The installed Flower or Ray lacks a piece this project relies on, or its parameters changed."""
 
 
-def _flower_version() -> str:
+def installed_version(distribution: str) -> str:
+    """The installed version of ``flwr`` or ``ray``, without importing it."""
     from importlib import metadata
 
     try:
-        return metadata.version("flwr")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "(not installed)"
 
 
+def version_mismatch(distribution: str, *pieces: str) -> str | None:
+    """Why ``pieces`` of ``flwr`` or ``ray`` are left alone on this install: its major.minor is not the
+    one they were checked with (None when it is)."""
+    checked = CHECKED_WITH[distribution]
+    installed = installed_version(distribution)
+    if installed.startswith(checked.rsplit(".", 1)[0] + "."):
+        return None
+    return (
+        f"{_NAMES[distribution]} {installed} is not the {checked} that piece(s) {', '.join(pieces)} of "
+        "task/flower_compat.py were checked with"
+    )
+
+
+def _missing(name: str, what: str) -> MissingFlowerPiece:
+    piece = PIECES[name]
+    dist = piece.distribution
+    return MissingFlowerPiece(
+        f"{_NAMES[dist]} {installed_version(dist)} {what}. This project needs it (piece '{name}' of "
+        f"task/flower_compat.py, checked with {dist} {CHECKED_WITH[dist]}; used by {', '.join(piece.users)}): "
+        f"{piece.why}"
+    )
+
+
+def _check_params(name: str, found: Any) -> None:
+    piece = PIECES[name]
+    if piece.params is None:
+        return
+    takes = list(inspect.signature(found).parameters)
+    gone = [p for p in piece.params if p not in takes]
+    if piece.replaced and takes != list(piece.params):
+        raise _missing(name, f"has {piece.path}({', '.join(takes)}), not ({', '.join(piece.params)}) as replaced here")
+    if gone:
+        raise _missing(name, f"has {piece.path} without the parameter(s) {', '.join(gone)}")
+    if [p for p in takes if p in piece.params] != list(piece.params):
+        raise _missing(name, f"has {piece.path} taking {', '.join(piece.params)} in another order")
+
+
 def resolve(name: str) -> Any:
-    """The piece ``name`` of :data:`PIECES`, imported from Flower now."""
+    """The piece ``name`` of :data:`PIECES`, imported now and its parameters checked."""
     piece = PIECES[name]
     try:
-        module = importlib.import_module(piece.module)
-        return module if piece.attr is None else getattr(module, piece.attr)
+        found = importlib.import_module(piece.module)
+        for attr in piece.attr.split(".") if piece.attr else ():
+            found = getattr(found, attr)
     except (ImportError, AttributeError) as exc:
-        raise MissingFlowerPiece(
-            f"Flower {_flower_version()} has no {piece.path}, which this project needs (piece '{name}' of "
-            f"task/flower_compat.py, checked with flwr {CHECKED_WITH}; used by {', '.join(piece.users)}): "
-            f"{piece.why}. ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _missing(name, f"has no {piece.path} ({type(exc).__name__}: {exc})") from exc
+    _check_params(name, found)
+    return found
+
+
+def owner(name: str) -> tuple[Any, str]:
+    """Where piece ``name`` is looked up, to put another function in its place: the module or
+    class that holds it and the attribute's name there (the piece itself is checked first)."""
+    resolve(name)
+    piece = PIECES[name]
+    *inside, attr = (piece.attr or "").split(".")
+    holder = importlib.import_module(piece.module)
+    for part in inside:
+        holder = getattr(holder, part)
+    return holder, attr
 
 
 def loaded(name: str) -> ModuleType | None:

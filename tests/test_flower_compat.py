@@ -1,14 +1,14 @@
-"""The parts of Flower that are not its public API, all listed in task/flower_compat.py, are
-still there in the installed Flower; and the rest of the project uses only the public API.
+"""The parts of Flower and Ray that are not their public API, all listed in task/flower_compat.py,
+are still there in the installed Flower and Ray, with the parameters this project relies on; and
+the rest of the project uses only their public API.
 
-After changing the ``flwr`` pin, run this first: each failure names the piece, who needs it
-and why, so the fix starts from one line of task/flower_compat.py."""
+After changing the ``flwr`` or ``ray`` pin, run this first: each failure names the piece, who
+needs it and why, so the fix starts from one line of task/flower_compat.py."""
 
 from __future__ import annotations
 
 import ast
 import importlib
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -32,36 +32,44 @@ PUBLIC = (
     "flwr.client",
     "flwr.common",
 )
-# Files of other workstreams that still import a piece from Flower directly instead of from
-# task.flower_compat (the piece is listed there): drop each entry once that file imports it from there.
-NOT_YET_ROUTED: dict[str, set[str]] = {}
 
 
 def _missing(what: str, users: tuple[str, ...], why: str) -> str:
     return (
-        f"Flower {flower_compat._flower_version()}: {what} (see task/flower_compat.py, checked with flwr "
-        f"{flower_compat.CHECKED_WITH}; needed by {', '.join(users)}: {why})"
+        f"Flower {flower_compat.installed_version('flwr')}: {what} (see task/flower_compat.py, checked with flwr "
+        f"{flower_compat.CHECKED_WITH['flwr']}; needed by {', '.join(users)}: {why})"
     )
 
 
 @pytest.mark.parametrize("name", sorted(PIECES))
-def test_every_piece_is_still_in_flower(name):
-    piece = PIECES[name]
+def test_every_piece_is_still_in_flower_or_ray_with_the_parameters_used(name):
+    """Resolved against the installed Flower or Ray, its parameters checked (see Piece.params)."""
     try:
-        found = flower_compat.resolve(name)
+        flower_compat.resolve(name)
     except MissingFlowerPiece as exc:
         pytest.fail(str(exc), pytrace=False)
-    if piece.params is not None:
-        params = [p for p in inspect.signature(found).parameters if p in piece.params]
-        if params != list(piece.params):
-            pytest.fail(
-                _missing(
-                    f"{piece.path}{inspect.signature(found)} no longer takes {piece.params} in this order",
-                    piece.users,
-                    piece.why,
-                ),
-                pytrace=False,
-            )
+
+
+def test_a_piece_whose_parameters_changed_says_which_and_why(monkeypatch):
+    monkeypatch.setitem(PIECES, "moved", flower_compat.Piece("flwr.common", "now", "the reason", ("x.py",), ("tz",)))
+    with pytest.raises(MissingFlowerPiece, match=r"flwr\.common\.now without the parameter\(s\) tz.*piece 'moved'"):
+        flower_compat.resolve("moved")
+    swapped = flower_compat.Piece("flwr.common", "log", "the reason", ("x.py",), ("msg", "level"))
+    monkeypatch.setitem(PIECES, "swapped", swapped)
+    with pytest.raises(MissingFlowerPiece, match=r"taking msg, level in another order.*piece 'swapped'"):
+        flower_compat.resolve("swapped")
+    replaced = flower_compat.Piece("flwr.common", "log", "the reason", ("x.py",), ("level",), replaced=True)
+    monkeypatch.setitem(PIECES, "replaced", replaced)
+    with pytest.raises(MissingFlowerPiece, match=r"log\(level, msg, args, kwargs\), not \(level\) as replaced here"):
+        flower_compat.resolve("replaced")
+
+
+def test_a_replaced_piece_is_found_where_flower_or_ray_looks_it_up():
+    for name in ("add_messages_to_queue", "ray_params_init", "start_api_server"):
+        holder, attr = flower_compat.owner(name)
+        assert getattr(holder, attr) is flower_compat.resolve(name)
+    assert flower_compat.owner("add_messages_to_queue")[0] is flower_compat.resolve("vce_api")
+    assert flower_compat.owner("start_api_server")[0].__name__ == "Node"
 
 
 def test_a_missing_piece_says_which_and_why(monkeypatch):
@@ -194,14 +202,42 @@ def _is_public(module: str, name: str | None) -> bool:
     return name is None or name in getattr(importlib.import_module(module), "__all__", ())
 
 
-def test_the_rest_of_the_project_uses_only_flowers_public_api_and_the_compat_module():
+def _underscored(dotted: str) -> bool:
+    """A private part in a dotted name (``ray._private``), dunders such as ``__version__`` aside."""
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def _ray_private_uses(tree: ast.AST) -> list[str]:
+    """Every import of a private part of Ray, and every ``ray._x`` read."""
+    uses: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            uses += [a.name for a in node.names if a.name.split(".")[0] == "ray" and _underscored(a.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "ray":
+            uses += [f"{node.module}.{a.name}" for a in node.names if _underscored(f"{node.module}.{a.name}")]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ray":
+            uses += [f"ray.{node.attr}"] if _underscored(node.attr) else []
+    return uses
+
+
+def test_the_rest_of_the_project_uses_only_the_public_api_of_flower_and_ray():
     private = []
     for path in _project_files():
         rel = path.relative_to(ROOT).as_posix()
-        for module, name in _flower_uses(ast.parse(path.read_text(encoding="utf-8"), rel)):
-            if not _is_public(module, name) and module not in NOT_YET_ROUTED.get(rel, ()):
-                private.append(f"{rel}: {module}{'.' + name if name else ''}")
+        tree = ast.parse(path.read_text(encoding="utf-8"), rel)
+        private += [f"{rel}: {m}{'.' + n if n else ''}" for m, n in _flower_uses(tree) if not _is_public(m, n)]
+        private += [f"{rel}: {use}" for use in _ray_private_uses(tree)]
     assert not private, (
-        "Flower internals used outside task/flower_compat.py (list the piece there, with why it is "
+        "Flower's or Ray's internals used outside task/flower_compat.py (list the piece there, with why it is "
         "needed, and import it from there):\n  " + "\n  ".join(private)
     )
+
+
+def test_the_scan_finds_private_imports_of_flower_and_ray():
+    code = (
+        "import flwr.server.superlink\nfrom flwr.app import Message\nfrom ray._private import node\n"
+        "import ray.util\nimport ray\nray._private.worker\nray.__version__\n"
+    )
+    tree = ast.parse(code)
+    assert [(m, n) for m, n in _flower_uses(tree) if not _is_public(m, n)] == [("flwr.server.superlink", None)]
+    assert sorted(_ray_private_uses(tree)) == ["ray._private", "ray._private.node"]

@@ -1,6 +1,7 @@
 """The one-pass delivery that replaces Flower 1.41's per-node scan in its simulation
 runtime: the same messages reach the same nodes, pass by pass, on Flower's own
-in-memory state, and it is put in place only where Flower's simulation runs."""
+in-memory state; it is put in place only where Flower's simulation runtime is loaded, and it
+says in the log what it did, or why it stayed out."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import threading
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from client_app import simulation_queue
-from client_app.simulation_queue import add_messages_to_queue, install, take_undelivered
+from task import flower_compat, simulation_queue
 from task.flower_compat import (  # Flower's simulation internals, listed there
     FLWR_IN_MEMORY_DB_NAME,
     NOOP_FEDERATION_ID,
@@ -31,6 +31,9 @@ from task.flower_compat import (  # Flower's simulation internals, listed there
     register_nodes,
     vce_api,
 )
+from task.simulation_queue import add_messages_to_queue, install, take_undelivered
+
+VCE_MODULE = flower_compat.PIECES[simulation_queue.PIECE].module
 
 
 def _federation(num_nodes: int, sends: list[int]):
@@ -99,30 +102,49 @@ def test_the_loop_feeds_the_queue_until_stopped():
     assert _seen(got) == sorted([(nodes[0], 0), (nodes[1], 1), (nodes[2], 2), (nodes[1], 3)])
 
 
-def test_install_replaces_flowers_loop_only_where_the_simulation_runtime_is_loaded(monkeypatch):
+@pytest.fixture
+def flowers_loop(monkeypatch):
+    """Flower's own loop in vce_api, put back after the test (install replaces it)."""
     original = vce_api.add_messages_to_queue
-    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)  # restored after the test
-    monkeypatch.delitem(sys.modules, simulation_queue.VCE_MODULE)
-    assert install() is False and vce_api.add_messages_to_queue is original
-    monkeypatch.setitem(sys.modules, simulation_queue.VCE_MODULE, vce_api)
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)
+    monkeypatch.delenv(simulation_queue.DISABLE_ENV, raising=False)
+    return original
+
+
+def test_install_replaces_flowers_loop_only_where_the_simulation_runtime_is_loaded(flowers_loop, monkeypatch, caplog):
+    monkeypatch.delitem(sys.modules, VCE_MODULE)
+    assert install() is False and vce_api.add_messages_to_queue is flowers_loop
+    assert caplog.text == ""  # not the simulation: nothing to say
+    monkeypatch.setitem(sys.modules, VCE_MODULE, vce_api)
     assert install() is True and vce_api.add_messages_to_queue is add_messages_to_queue
-    assert install() is True  # twice is harmless
+    assert install() is True  # twice is harmless, and said once
+    assert caplog.text.count("messages reach the virtual clients in one pass") == 1
 
 
-def test_install_can_be_turned_off_to_measure_flowers_own_loop(monkeypatch):
-    original = vce_api.add_messages_to_queue
-    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)
+def test_install_can_be_turned_off_to_measure_flowers_own_loop(flowers_loop, monkeypatch, caplog):
     monkeypatch.setenv(simulation_queue.DISABLE_ENV, "1")
-    assert install() is False and vce_api.add_messages_to_queue is original
+    assert install() is False and vce_api.add_messages_to_queue is flowers_loop
+    assert f"Flower's own message delivery kept ({simulation_queue.DISABLE_ENV}=1)" in caplog.text
 
 
-def test_install_leaves_other_flower_versions_alone(monkeypatch):
-    import flwr
+def test_install_leaves_other_flower_versions_alone_and_says_so(flowers_loop, monkeypatch, caplog):
+    monkeypatch.setitem(flower_compat.CHECKED_WITH, "flwr", "1.40.0")
+    assert install() is False and vce_api.add_messages_to_queue is flowers_loop
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "Flower 1.41.0 is not the 1.40.0 that piece(s) add_messages_to_queue" in record.getMessage()
 
-    original = vce_api.add_messages_to_queue
-    monkeypatch.setattr(vce_api, "add_messages_to_queue", original)
-    monkeypatch.setattr(flwr, "__version__", "1.42.0")
-    assert install() is False and vce_api.add_messages_to_queue is original
+
+def test_install_leaves_a_loop_with_other_parameters_alone_and_says_so(flowers_loop, monkeypatch, caplog):
+    def five_parameters(state, queue, nodes_mapping, f_stop, metrics):  # a later Flower's loop, say
+        pass
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", five_parameters)
+    assert install() is False and vce_api.add_messages_to_queue is five_parameters
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "piece 'add_messages_to_queue'" in record.getMessage()
+    assert "(state, queue, nodes_mapping, f_stop, metrics)" in record.getMessage()
 
 
 @pytest.mark.parametrize("num_nodes", [2000])

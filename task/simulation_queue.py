@@ -12,12 +12,11 @@ and with 10,000 nodes a pass would take longer than a round.
 :func:`add_messages_to_queue` below delivers exactly what Flower's does (at
 most one undelivered message per node per pass, the same validity checks, the
 same ``delivered_at`` stamp) in one scan of the stored messages: M checks per
-pass. :func:`install` puts it in place of Flower's, only in a process where
-Flower's simulation runtime is loaded and only for the Flower minor version it
-was written against (``SUPPORTED``); anywhere else it does nothing, and
-``FEDMNIST_FLOWER_DELIVERY=1`` in the environment keeps Flower's own. The client
-app imports this module, because the client app is the first of this project's
-code that Flower loads in its simulation process, before that thread starts.
+pass. :func:`install` puts it in place of Flower's, for the Flower minor version it
+was written against; on another it leaves Flower's loop and says so in the log.
+``FEDMNIST_FLOWER_DELIVERY=1`` in the environment keeps Flower's own (to measure the
+difference). :mod:`task.simulation_patches` calls :func:`install` in Flower's
+simulation process, before the loop starts.
 
 Flower's loop, and the attributes of its in-memory state read here, are not Flower's public
 API: both are listed in :mod:`task.flower_compat` (piece ``add_messages_to_queue``, and
@@ -26,20 +25,19 @@ API: both are listed in :mod:`task.flower_compat` (piece ``add_messages_to_queue
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 from queue import Queue
 from typing import Any
+
+from flwr.common import log
 
 from task import flower_compat
 
 PIECE = "add_messages_to_queue"  # the piece of task.flower_compat this replaces
-VCE_MODULE = flower_compat.PIECES[PIECE].module
 DISABLE_ENV = "FEDMNIST_FLOWER_DELIVERY"  # =1: keep Flower's own loop (to measure the difference)
-SUPPORTED = ("1.41.",)  # the Flower versions whose internals this was checked against
 POLL_S = 0.1  # as Flower's own loop
 
 
@@ -82,23 +80,25 @@ def take_undelivered(state: Any, nodes: Iterable[int]) -> list:
 
 
 def install() -> bool:
-    """Use :func:`add_messages_to_queue` in Flower's simulation runtime, if it is loaded
-    in this process and its version is one this was checked against. True if in place."""
+    """Put :func:`add_messages_to_queue` in place of Flower's loop, in a process where Flower's
+    simulation runtime is loaded; log once what was done. True if in place."""
     vce_api = flower_compat.loaded(PIECE)  # never imports it: only where Flower has loaded it
-    if vce_api is None or os.environ.get(DISABLE_ENV) == "1":
+    if vce_api is None:
         return False
-    attr = flower_compat.PIECES[PIECE].attr
-    current = getattr(vce_api, attr, None)
-    if current is add_messages_to_queue:
+    if getattr(vce_api, flower_compat.PIECES[PIECE].attr, None) is add_messages_to_queue:
         return True
-    import flwr
-
-    if current is None or not flwr.__version__.startswith(SUPPORTED):
+    if os.environ.get(DISABLE_ENV) == "1":
+        log(INFO, "Simulation: Flower's own message delivery kept (%s=1)", DISABLE_ENV)
         return False
-    if list(inspect.signature(current).parameters) != list(inspect.signature(add_messages_to_queue).parameters):
+    wrong = flower_compat.version_mismatch("flwr", PIECE)
+    if wrong:
+        log(WARNING, "Simulation: Flower's own message delivery kept: %s", wrong)
         return False
-    setattr(vce_api, attr, add_messages_to_queue)
-    from flwr.common import log
-
-    log(INFO, "Simulation: messages reach the virtual clients in one pass over the queue (client_app.simulation_queue)")
+    try:
+        holder, attr = flower_compat.owner(PIECE)
+    except flower_compat.MissingFlowerPiece as exc:
+        log(WARNING, "Simulation: Flower's own message delivery kept: %s", exc)
+        return False
+    setattr(holder, attr, add_messages_to_queue)
+    log(INFO, "Simulation: messages reach the virtual clients in one pass over the queue (task/simulation_queue.py)")
     return True

@@ -1,0 +1,90 @@
+"""The Ray that Flower 1.41's simulation starts for a run, without the processes it does not use.
+
+``ray.init()`` on a machine with no Ray cluster starts, next to the two it needs (``gcs_server``
+and ``raylet``, which starts the runtime-environment and dashboard agents the workers rely on),
+three Python processes that a simulation never talks to: the autoscaler's monitor (it scales
+clusters that have an autoscaler), the log monitor (it copies the workers' stdout and stderr
+into the driver's, that is into ``flower.log``; the ClientApp's errors reach the ServerApp in its
+replies either way, and the workers' output stays in Ray's session folder) and the dashboard's
+API server (``include_dashboard=False``, which Flower sets, only drops the web pages from it).
+Together they hold about 0.27 GB of memory, take about 3 CPU seconds to start on a 2-core
+machine, and wake up for as long as the run lasts. Flower's ``--federation-config`` passes only
+``num_cpus``, ``num_gpus``, ``logging_level`` and ``log_to_driver`` to ``ray.init``, and
+``ray.init`` itself has no switch for any of the three (``ray start`` has, for a cluster of its own).
+
+:func:`install` leaves them out of the Ray this process starts next, for the Ray minor version it was
+checked against: it sets ``no_monitor`` and ``include_log_monitor=False`` on the parameters of the Ray
+that ``ray.init`` starts, and skips the API server unless the dashboard is asked for. On another Ray,
+or once Ray has started, it changes nothing and says so in the log. Joining an existing cluster
+(``RAY_ADDRESS``, ``--ray-address``) starts none of them anyway. ``FEDMNIST_RAY_FULL=1`` in the
+environment keeps Ray's own set (``--verbose`` in the launcher sets it, so that the workers' output
+reaches ``flower.log`` again). :mod:`task.simulation_patches` calls :func:`install` in Flower's
+simulation process, before Flower starts Ray.
+
+The two functions wrapped here are not Ray's public API: they are listed in
+:mod:`task.flower_compat` (pieces ``ray_params_init`` and ``start_api_server``), where
+tests/test_flower_compat.py resolves them against the installed Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from logging import INFO, WARNING
+
+from flwr.common import log
+
+from task import flower_compat
+
+DISABLE_ENV = "FEDMNIST_RAY_FULL"  # =1: Ray's own set of processes
+PIECES = ("ray_params_init", "start_api_server")  # the pieces of task.flower_compat wrapped here
+_MARK = "_fedmnist_lean"
+_KEPT = "Simulation: Ray starts with its monitor, log monitor and API server"
+
+
+def install() -> bool:
+    """Leave Ray's monitor, log monitor and API server out of the Ray this process starts next;
+    log once what was done. True if in place."""
+    import ray
+
+    try:
+        (params_class, init), (node_class, start) = (flower_compat.owner(name) for name in PIECES)
+    except flower_compat.MissingFlowerPiece as exc:
+        log(WARNING, "%s: %s", _KEPT, exc)
+        return False
+    if getattr(getattr(params_class, init), _MARK, False):
+        return True
+    if os.environ.get(DISABLE_ENV) == "1":
+        log(INFO, "%s (%s=1)", _KEPT, DISABLE_ENV)
+        return False
+    wrong = flower_compat.version_mismatch("ray", *PIECES)
+    if wrong or ray.is_initialized():
+        log(WARNING, "%s: %s", _KEPT, wrong or "Ray was already running in this process")
+        return False
+    lean_params, api_server_if_dashboard = _lean(getattr(params_class, init), getattr(node_class, start))
+    setattr(params_class, init, lean_params)
+    setattr(node_class, start, api_server_if_dashboard)
+    log(INFO, "Simulation: Ray starts without its monitor, log monitor and API server (task/ray_lean.py)")
+    return True
+
+
+def _lean(params_init, start_api_server):  # type: ignore[no-untyped-def]
+    """The two wrappers: Ray's own functions, called with the same arguments, less what is left out."""
+
+    @functools.wraps(params_init)
+    def lean_params(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["no_monitor"] = True
+        kwargs["include_log_monitor"] = False
+        params_init(self, *args, **kwargs)
+
+    api_server_args = inspect.signature(start_api_server)
+
+    @functools.wraps(start_api_server)
+    def api_server_if_dashboard(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if api_server_args.bind(self, *args, **kwargs).arguments.get("include_dashboard"):
+            return start_api_server(self, *args, **kwargs)
+        return None
+
+    setattr(lean_params, _MARK, True)
+    return lean_params, api_server_if_dashboard

@@ -1,0 +1,89 @@
+"""task.simulation_patches: the ServerApp installs the simulation's two changes first thing in its
+main, only inside Flower's simulation, and each says so once in the log."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from task import flower_compat, ray_lean, simulation_patches, simulation_queue
+from task.flower_compat import (
+    FLWR_IN_MEMORY_DB_NAME,
+    InMemoryGrid,
+    LinkStateFactory,
+    NoOpFederationManager,
+    ObjectStoreFactory,
+    vce_api,
+)
+
+(RAY_PARAMS, _), (NODE, _) = (flower_compat.owner(name) for name in ray_lean.PIECES)
+LINES = (
+    "Simulation: Ray starts without its monitor, log monitor and API server",
+    "Simulation: messages reach the virtual clients in one pass over the queue",
+)
+
+
+@pytest.fixture
+def untouched(monkeypatch):
+    """Flower's loop and Ray's functions put back after the test; the simulation runtime loaded."""
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
+    monkeypatch.setattr(RAY_PARAMS, "__init__", RAY_PARAMS.__init__)
+    monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
+    monkeypatch.setitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module, vce_api)
+    for env in (ray_lean.DISABLE_ENV, simulation_queue.DISABLE_ENV):
+        monkeypatch.delenv(env, raising=False)
+    return monkeypatch
+
+
+def _simulation_grid():
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    return InMemoryGrid(state_factory=factory)
+
+
+def _installed() -> list[bool]:
+    return [
+        getattr(RAY_PARAMS.__init__, "__wrapped__", None) is not None,
+        vce_api.add_messages_to_queue is simulation_queue.add_messages_to_queue,
+    ]
+
+
+def test_in_the_simulation_both_are_installed_ray_first_and_each_says_so_once(untouched, caplog):
+    grid = _simulation_grid()
+    caplog.clear()
+    simulation_patches.install(grid)
+    simulation_patches.install(grid)
+    assert _installed() == [True, True]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and all(m.startswith(line) for m, line in zip(messages, LINES))
+
+
+def test_a_serverapp_given_another_grid_changes_nothing(untouched, caplog):
+    simulation_patches.install(object())  # a deployment's grid, or a test's
+    assert _installed() == [False, False] and caplog.text == ""
+
+
+def test_a_process_without_the_simulation_runtime_changes_nothing(untouched, caplog):
+    grid = _simulation_grid()
+    untouched.delitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module)
+    caplog.clear()
+    simulation_patches.install(grid)
+    assert _installed() == [False, False] and caplog.text == ""
+
+
+def test_the_serverapp_installs_them_before_anything_else(monkeypatch):
+    """Before it reads its config or loads MNIST: Flower starts Ray soon after main begins."""
+    from server_app import app as server_app
+
+    class Installed(Exception):
+        pass
+
+    def install(grid):
+        raise Installed(grid)
+
+    monkeypatch.setattr(simulation_patches, "install", install)
+    grid = object()
+    with pytest.raises(Installed) as caught:
+        server_app.main(grid, Context(1, 0, {}, RecordDict(), {"num-server-rounds": "not a number"}))
+    assert caught.value.args == (grid,)
