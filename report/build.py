@@ -183,6 +183,7 @@ def render(
         cen=_Summary(cen[-1], objective.best(cen), first_at_target(objective, cen)),
         until_converged={"gain": CONVERGED_GAIN, "patience": CONVERGED_PATIENCE, "max_epochs": CONVERGED_MAX_EPOCHS},
         steps=list(zip_longest(run.rounds, central.epochs)),
+        refused=[f for r in run.rounds for f in r.get("failures") or []],
         privacy=_last_privacy(run.rounds),
         pca_mse=pca_mse,
         labels=None if counts is None else _label_stats(counts),

@@ -451,3 +451,30 @@ def test_central_converged_trains_on_until_it_stops_learning_and_the_report_show
     )
     same_budget = central_baseline(settings, NODES, torch.device("cpu"), tmp_path / "cache")
     assert same_budget.cached and len(same_budget.epochs) == 3 and same_budget.folder != result.folder
+
+
+def test_the_report_lists_every_refused_reply_with_its_round_node_and_reason(tmp_path, monkeypatch):
+    _tiny_central(monkeypatch, tmp_path)
+    run_dir = fake_run(tmp_path, **{"strategy": "krum", "num-malicious-nodes": 1, "update-screen": 3.0})
+    folder = RunFolder(run_dir)
+    rounds = folder.history()["rounds"]
+    rounds[1]["failures"] = [
+        {
+            "round": 1,
+            "phase": "train",
+            "attempt": 1,
+            "partition-id": 3,
+            "node": 1003,
+            "reason": "num-examples=1000000000, but partition 3's shard holds 600 images",
+        },
+        {"round": 1, "phase": "train", "attempt": 1, "partition-id": None, "node": None, "reason": "a | b"},
+    ]
+    folder.write_history(rf.COMPLETED, rounds, num_nodes=NODES)
+    text = make_report(run_dir, nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None).read_text()
+    assert "## Refused replies" in text and "dropped 2 replies before averaging" in text
+    assert "| 1 | train | 1 | 3 | 1003 | num-examples=1000000000, but partition 3's shard holds 600 images |" in text
+    assert "| 1 | train | 1 |  |  | a \\| b |" in text
+    assert "robust aggregation assuming up to 1 malicious node(s)" in text
+    assert "more than 3 times as long as the round's median update is dropped" in text
+    clean = make_report(fake_run(tmp_path, name="clean"), nodes=1, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert "## Refused replies" not in clean.read_text()
