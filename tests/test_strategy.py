@@ -340,3 +340,88 @@ def test_a_round_with_a_dropped_reply_is_accounted_with_the_noise_it_really_had(
     assert "noise-multiplier" not in spent["all"]
     assert spent["dropped"]["noise-multiplier"] == pytest.approx(2 / 3)
     assert spent["dropped"]["epsilon"] > spent["all"]["epsilon"]
+
+
+@pytest.mark.parametrize(
+    "knobs, cls, attrs",
+    [
+        ({"strategy": "fedmedian"}, "FedMedian", {}),
+        ({"strategy": "fedtrimmedavg"}, "FedTrimmedAvg", {"beta": 0.2}),  # Flower's default when the knob is 0
+        ({"strategy": "fedtrimmedavg", "trim-beta": 0.1}, "FedTrimmedAvg", {"beta": 0.1}),
+        ({"strategy": "krum", "num-malicious-nodes": 2}, "Krum", {"num_malicious_nodes": 2}),
+        (
+            {"strategy": "multikrum", "num-malicious-nodes": 1},
+            "MultiKrum",
+            {"num_malicious_nodes": 1, "num_nodes_to_select": 9},  # 10 sampled - 1 assumed malicious
+        ),
+        ({"strategy": "multikrum", "krum-select": 4}, "MultiKrum", {"num_nodes_to_select": 4}),
+        ({"strategy": "bulyan", "num-malicious-nodes": 1}, "Bulyan", {"num_malicious_nodes": 1}),
+    ],
+)
+def test_the_robust_strategies_are_flowers_own_classes_with_the_runs_knobs(knobs, cls, attrs):
+    from server_app.strategy import build_strategy
+
+    strategy = build_strategy(Settings.from_run_config(knobs), num_sampled=10)
+    assert type(strategy).__name__ == cls
+    assert {k: getattr(strategy, k) for k in attrs} == attrs
+
+
+@pytest.mark.parametrize(
+    "knob, value, owners",
+    [("trim-beta", 0.1, "'fedtrimmedavg'"), ("num-malicious-nodes", 1, "'krum' or 'multikrum' or 'bulyan'")],
+)
+def test_a_robust_strategys_knob_is_refused_for_another_strategy(knob, value, owners):
+    from task.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{knob}={value} applies to strategy={owners} only"):
+        Settings.from_run_config({"strategy": "fedavg", knob: value})
+
+
+def test_a_federation_too_small_for_the_malicious_nodes_assumed_is_refused_saying_how_many_are_needed():
+    from server_app.strategy import check_fits
+    from task.errors import ConfigError
+
+    check_fits(Settings.from_run_config({"strategy": "krum", "num-malicious-nodes": 3}), num_nodes=9)  # 2 x 3 + 3
+    with pytest.raises(ConfigError, match=r"needs 9 good training replies a round \(2 x 3 \+ 3\), but only 8 nodes"):
+        check_fits(Settings.from_run_config({"strategy": "krum", "num-malicious-nodes": 3}), num_nodes=8)
+    with pytest.raises(ConfigError, match=r"needs 11 .* \(4 x 2 \+ 3\), .* lower num-malicious-nodes to 1 or fewer"):
+        check_fits(Settings.from_run_config({"strategy": "bulyan", "num-malicious-nodes": 2}), num_nodes=10)
+
+
+def test_krum_asks_enough_nodes_for_its_assumption_whatever_fraction_train_says():
+    nodes = {p: 20 + p for p in range(10)}
+    grid = ScriptedGrid(lambda node: _reply(node))
+    runner = _runner(nodes, **{"strategy": "krum", "num-malicious-nodes": 2, "fraction-train": 0.1})
+    result = runner.train(grid, 1, SPEC_ARRAYS)
+    assert len(grid.asked[0]) == 7 and result.metrics["nodes"] == 7  # 2 x 2 + 3, not 10% of 10
+
+
+def _scaled_round(strategy: str, **knobs):
+    """Nine honest nodes (updates near 1.0) and one that sends its update x20."""
+    honest = {20 + p: 1.0 + 0.01 * p for p in range(9)}
+    nodes = {p: 20 + p for p in range(10)}
+
+    def answer(node):
+        value = 20.0 if node == 29 else honest[node]
+        return _reply(node, np.full((2, 2), value, np.float32))
+
+    return _runner(nodes, strategy=strategy, **knobs).train(ScriptedGrid(answer), 1, SPEC_ARRAYS)
+
+
+def test_the_update_screen_drops_a_scaled_update_and_records_why():
+    result = _scaled_round("fedavg", **{"update-screen": 3.0})
+    assert [(f["partition-id"], f["node"]) for f in result.failures] == [(9, 29)]
+    assert re.search(
+        r"update's L2 norm 40 is more than update-screen=3 x the round's median 2\.0\d", result.failures[0]["reason"]
+    )
+    assert result.arrays["w"].numpy().max() < 1.1 and result.metrics["nodes"] == 9
+    unscreened = _scaled_round("fedavg")
+    assert unscreened.failures == [] and unscreened.arrays["w"].numpy().max() > 2.5  # what the screen prevents
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"])
+def test_each_robust_strategy_keeps_a_scaled_update_out_of_the_model(strategy):
+    knobs = {"num-malicious-nodes": 1} if strategy in ("krum", "multikrum", "bulyan") else {}
+    result = _scaled_round(strategy, **knobs)
+    assert result.failures == []  # nothing dropped: the strategy itself discounts the outlier
+    assert result.arrays["w"].numpy().min() >= 0.99 and result.arrays["w"].numpy().max() < 1.1
