@@ -64,6 +64,7 @@ ENV FEDMNIST_DATA_DIR=/opt/mnist
 RUN python -c "from task.data import load_mnist; load_mnist()" && chmod -R a+rX /opt/mnist
 
 COPY --chmod=0755 deploy/entrypoint.py /usr/local/bin/fedmnist-entrypoint
+COPY --chmod=0755 deploy/supervise.py /usr/local/bin/fedmnist-supervise
 
 ENV HOME=/home/fedmnist
 WORKDIR /home/fedmnist

@@ -18,7 +18,9 @@ file), else the image's ``fedmnist`` user. It hands that user the folders named 
 ``$FEDMNIST_WRITABLE`` (and an ``./outputs`` that docker created as root), copies the
 certificates and keys into a private folder that user can read (host key files are often
 mode 600 and owned by someone else), drops every privilege and runs the command. So run
-folders on the host belong to whoever owns the checkout, and nothing runs as root.
+folders on the host belong to whoever owns the checkout, and nothing runs as root. A SuperNode
+runs under ``fedmnist-supervise`` (deploy/supervise.py), which starts it again when Flower has
+given up its connection to the SuperLink.
 
 Standard library only, plus ``cryptography`` (a Flower dependency) for the TLS checks and,
 for a SuperNode only, this project's ``task.node_config`` (itself standard library only,
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_USER = "fedmnist"
+SUPERVISOR = "fedmnist-supervise"  # deploy/supervise.py, installed beside this file in the image
 SECRETS_DIR = Path("/run/fedmnist-secrets")
 # Flags whose value is a file that must exist before the Flower process starts.
 FILE_FLAGS = {
@@ -339,8 +342,11 @@ def main(argv: list[str]) -> int:
         hand_over([p for p in os.environ.get("FEDMNIST_WRITABLE", "").split(":") if p], uid, gid)
         copy_secrets(command, uid, gid)
         drop_privileges(uid, gid)
+    argv = command.argv
+    if command.program == "flower-supernode" and (supervisor := shutil.which(SUPERVISOR)):
+        argv = [supervisor, *argv]  # started again when it gives up on the SuperLink (deploy/supervise.py)
     try:
-        os.execvp(command.argv[0], command.argv)
+        os.execvp(argv[0], argv)
     except OSError as exc:
         print(f"{socket.gethostname()}: cannot run {command.argv[0]}: {exc.strerror}", file=sys.stderr)
         return 127

@@ -10,5 +10,9 @@ RUN (command -v nginx >/dev/null || (apt-get update -qq \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null)) \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* \
     && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
+# (its mode in git, 755, comes with it)
+COPY proxy-start.sh /usr/local/bin/fedmnist-proxy-start
+# SIGQUIT: nginx finishes the requests in progress (worker_shutdown_timeout caps the wait).
 STOPSIGNAL SIGQUIT
-ENTRYPOINT ["nginx", "-g", "daemon off;", "-c", "/etc/fedmnist/nginx.conf"]
+# Writes the operators' listener's allow list, then execs nginx -g 'daemon off;' (PID 1).
+ENTRYPOINT ["fedmnist-proxy-start"]
