@@ -21,7 +21,7 @@ import sys
 import time
 
 from benchmarks.loopback import run_rounds
-from server_app.rounds import sample_partitions
+from server_app.sampling import sample_partitions
 from server_app.strategy import min_replies
 from task.config import Settings
 

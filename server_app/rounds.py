@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -39,11 +38,10 @@ from server_app.checks import (
 from server_app.nodes import NodeBook
 from server_app.privacy import PrivacyLedger
 from server_app.running_mean import MetricsOnly, RunningMean
+from server_app.sampling import sample_partitions
 from server_app.strategy import STREAMED, build_strategy, carried_state, min_replies, restore_carried
 from server_app.transport import Transport, pullable
 from task.config import Settings
-
-_PHASES = {"train": 0, "evaluate": 1}
 
 
 class RoundFailed(RuntimeError):
@@ -67,17 +65,6 @@ class Attempt:
     dropped: list[tuple[int, str]]
     averaged: ArrayRecord | None = None
     metrics: MetricRecord | None = None
-
-
-def sample_partitions(
-    available: list[int], fraction: float, minimum: int, seed: int, server_round: int, attempt: int, phase: str
-) -> list[int]:
-    """``max(fraction x available, minimum)`` partition ids, the same for the same
-    seed, round, attempt and phase on every machine (Flower's own sampling uses
-    the unseeded global ``random`` over node ids that change from run to run)."""
-    size = min(len(available), max(int(len(available) * fraction), minimum))
-    rng = np.random.default_rng([seed, server_round, attempt, _PHASES[phase]])
-    return sorted(int(p) for p in rng.choice(sorted(available), size=size, replace=False))
 
 
 class RoundRunner:

@@ -9,7 +9,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from server_app.checks import array_spec, check_train_reply
-from server_app.rounds import RoundFailed, RoundRunner, sample_partitions
+from server_app.rounds import RoundFailed, RoundRunner
+from server_app.sampling import sample_partitions
 from task.config import Settings
 from task.flower_compat import TaskIdentity
 from task.strategies import STRATEGIES
