@@ -112,7 +112,30 @@ def markdown(row: dict) -> str:
     return f"| {row['partitioning']} | {row['attack']} | {row['attackers-per-round']} | {row['defense']} | {result} |"
 
 
+def pivot(rows: list[dict]) -> str:
+    """The cells as one Markdown table: a row per attack and share, a column per defense,
+    the final accuracy in each cell (n/a where the defense cannot take that share)."""
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    keys = list(dict.fromkeys((r["partitioning"], r["attack"], r["attackers-per-round"]) for r in rows))
+    found = {(r["partitioning"], r["attack"], r["attackers-per-round"], r["defense"]): r for r in rows}
+    lines = [
+        "| partitioning | attack | attackers of 10 | " + " | ".join(defenses) + " |",
+        "|---|---|---|" + "---|" * len(defenses),
+    ]
+    for key in keys:
+        cells = []
+        for defense in defenses:
+            row = found.get((*key, defense))
+            cells.append("" if row is None else "n/a" if row["final"] is None else f"{100 * row['final']:.2f}%")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--pivot"]:  # python -m benchmarks.attacks --pivot FILE.jsonl [FILE.jsonl ...]
+        rows = [json.loads(line) for path in argv[1:] for line in open(path, encoding="utf-8") if line.strip()]
+        print(pivot(rows))
+        return
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attacks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitioning", default="iid", choices=["iid", "shards"])
     parser.add_argument("--rounds", type=int, default=20)
