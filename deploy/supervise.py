@@ -7,15 +7,21 @@ given up its connection to the SuperLink.
 
 Flower 1.41's SuperNode gives up its connection for good on any error whose message mentions
 SSL or TLS (``_should_giveup`` in flwr/supercore/retry/http_retry.py), such as a connection
-that a restarting proxy or an overloaded one closed in the middle of the TLS handshake, and on
-any answer but 502/503/504. Its connection loop then ends, but the process does not: the
-thread that serves its own port (9094) keeps it alive, healthy to Docker and lost to the
-SuperLink. So the SuperNode runs here as a child process that exits with :data:`LOST` the
-moment ``flower-supernode`` returns (it only returns once its connection loop has ended), and
-this supervisor starts it again after :data:`RESTART_DELAY` seconds.
+that a restarting proxy or an overloaded one closed in the middle of a request, and on any
+answer but 502/503/504. Its connection loop then ends, but the process does not: the thread
+that serves its own port (9094) keeps it alive, healthy to Docker and lost to the SuperLink.
+Two remedies, both here:
 
-A node that gave up while the SuperLink could not be told still counts as online there for up
-to two heartbeat intervals (60 s), and the SuperLink refuses to activate it again until then
+- The child process retries a broken connection like a refused one
+  (:func:`broken_connections_are_retried`), so a proxy restart or a flood costs the node a
+  few retries, not its place: it keeps its session and the message it was sending.
+- When the connection loop ends anyway (an answer Flower gives up on), the child exits with
+  :data:`LOST` (``flower-supernode`` only returns once that loop has ended) and this
+  supervisor starts it again after :data:`RESTART_DELAY` seconds.
+
+A child killed by a signal (the kernel's out-of-memory killer) is started again the same way.
+A node that left while the SuperLink could not be told still counts as online there for up to
+two heartbeat intervals (60 s), and the SuperLink refuses to activate it again until then
 ("Failed to activate SuperNode"); so for :data:`REJOIN_WINDOW` seconds after a lost connection,
 a start that fails is tried again every :data:`REJOIN_DELAY` seconds. Any other exit is passed
 on, so Docker's restart policy decides (a key nobody registered keeps failing, as it should).
@@ -24,7 +30,7 @@ SIGTERM, SIGINT and SIGQUIT go to the SuperNode, which leaves the SuperLink prop
 What the SuperNode logs passes through unchanged; the supervisor also reads it to know whether
 the node is connected (Flower logs "SuperNode ID" once activated, "Connection attempt failed"
 while retrying, "Connection successful" once through), which it keeps in :data:`STATE_FILE`
-for ``--health``. Standard library only.
+for ``--health``. Standard library only, but for the child's retry policy (httpx, Flower).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pathlib import Path
 LOST = 75  # the child's exit status when Flower's connection loop has ended
 RESTART_DELAY = 2.0
 REJOIN_WINDOW = 150.0
-REJOIN_DELAY = 5.0
+REJOIN_DELAY = 3.0
 STATE_FILE = Path(os.environ.get("FEDMNIST_SUPERNODE_STATE", "/tmp/fedmnist-supernode.json"))
 # Lines of Flower's log that say whether the node is connected (flwr 1.41).
 CONNECTED = (b"SuperNode ID:", b"Connection successful after")
@@ -55,8 +61,36 @@ def say(message: str) -> None:
     print(f"fedmnist-supervise: {message}", file=sys.stderr, flush=True)
 
 
+def broken_connections_are_retried() -> None:
+    """Make the SuperNode's retry policy retry a connection broken at the TLS level (closed
+    mid-handshake, an end of stream where an answer was due) as it retries a refused one, with
+    Flower's own backoff; a certificate that fails verification still ends the connection, as do
+    the answers Flower gives up on (a key the SuperLink does not know, a 4xx or 500)."""
+    import httpx
+
+    from task.flower_compat import owner  # Flower's internals, listed there
+
+    module, name = owner("make_simple_http_retry_invoker")
+    make_flowers = getattr(module, name)
+
+    def make_patient() -> object:
+        invoker = make_flowers()
+        gives_up = invoker.should_giveup
+
+        def should_giveup(exc: Exception) -> bool:
+            if isinstance(exc, httpx.TransportError) and "certificate" not in str(exc).lower():
+                return False
+            return gives_up(exc)
+
+        invoker.should_giveup = should_giveup
+        return invoker
+
+    setattr(module, name, make_patient)
+
+
 def run_child(argv: list[str]) -> None:
     """Run the ``flower-supernode`` command in this process; exit :data:`LOST` when it returns."""
+    broken_connections_are_retried()
     script = shutil.which(argv[0])
     if script is None:
         say(f"{argv[0]}: command not found")
@@ -131,8 +165,10 @@ class Supervisor:
             code = self.start()
             if self.stopping.is_set():
                 return code
-            if code == LOST:
+            if code == LOST or code < 0:  # gave up, or killed (the kernel's OOM killer, a kill -9)
                 lost_at = time.monotonic()
+                if code < 0:
+                    say(f"flower-supernode was killed by signal {-code}")
                 say(f"starting flower-supernode again in {RESTART_DELAY:g} s")
                 delay = RESTART_DELAY
             elif code != 0 and lost_at is not None and time.monotonic() - lost_at < REJOIN_WINDOW:

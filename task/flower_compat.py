@@ -157,6 +157,17 @@ PIECES: dict[str, Piece] = {
         "where the ServerApp is given one (tests push messages through it, as the simulation's ServerApp does)",
         ("task/simulation_patches.py", *_TEST_LINKSTATE),
     ),
+    "make_simple_http_retry_invoker": Piece(
+        "flwr.supernode.fleet_http_connection",
+        "make_simple_http_retry_invoker",
+        "the retry policy of a SuperNode's connection to the SuperLink: Flower gives the connection up for "
+        "good on any transport error whose message mentions SSL or TLS (a proxy that restarts or sheds load "
+        "closes a TLS connection), and the node then stays up but out of the federation; deploy/supervise.py "
+        "puts a policy here that retries those errors as it retries a refused connection",
+        ("deploy/supervise.py",),
+        (),
+        replaced=True,
+    ),
     # ---- Ray's, patched in the simulation's own Ray (task/ray_lean.py) ----
     "ray_params_init": Piece(
         "ray._private.parameter",
@@ -270,6 +281,13 @@ ATTRIBUTES: tuple[Attributes, ...] = (
         ("strategy",),
         "the strategy inside the DP wrapper, whose carried state is saved and restored",
         ("server_app/strategy.py",),
+    ),
+    Attributes(
+        "flwr.supercore.retry.retry_invoker",
+        "RetryInvoker",
+        ("should_giveup",),
+        "the give-up test of a SuperNode's retry policy, wrapped so that broken connections are retried",
+        ("deploy/supervise.py",),
     ),
     Attributes(
         "flwr.server.superlink.linkstate.in_memory_linkstate",

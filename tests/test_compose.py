@@ -118,7 +118,9 @@ def test_every_service_stops_promptly_restarts_on_failure_and_has_a_health_check
     for name, service in COMPOSE["services"].items():
         assert service["init"] is True, name
         assert service["restart"] == "on-failure", name
-        assert service["healthcheck"]["test"][:3] == ["CMD", "fedmnist-entrypoint", "--health"], name
+        # a SuperNode is healthy only while connected to the SuperLink (deploy/supervise.py)
+        checker = "fedmnist-supervise" if name.startswith("supernode") else "fedmnist-entrypoint"
+        assert service["healthcheck"]["test"][:3] == ["CMD", checker, "--health"], name
         assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"], name
     for name in services("flower-supernode"):
         assert COMPOSE["services"][name]["depends_on"] == {"superlink": {"condition": "service_healthy"}}
@@ -205,7 +207,8 @@ def test_the_compose_files_are_valid_for_docker_compose_v1():
     proc = subprocess.run(
         [v1, "-f", str(harness.NODE_HOST_FILE), "config", "-q"], capture_output=True, text=True, env=env
     )
-    assert proc.returncode != 0 and "set SUPERLINK_ADDRESS=HOST:PORT" in proc.stderr
+    assert proc.returncode != 0 and "write SUPERLINK_ADDRESS=HOST:PORT" in proc.stderr
+    assert "into deploy/node-host/.env" in proc.stderr  # where every later command reads it too
 
 
 # --- the same command lines, run for real on loopback ---------------------------------------
@@ -387,6 +390,10 @@ def test_node_host_supernodes_join_through_the_proxy_and_clientapps_run_beside_t
         node = parse_args_run_supernode().parse_args(argv[1:])
         assert node.superlink == "superlink.example.org:8443" and not node.insecure
         assert node.isolation == "process" and node.auth_supernode_private_key == "/certs/supernode.key"
+        # Its Runtime API listens only on its address in the internal network it shares with its
+        # ClientApp container: nothing on the node host's LAN side reaches it.
+        assert node.host == "supernode-runtime"
+        assert NODE_HOST["services"][name]["networks"] == {"default": {}, f"node-{i}": {"aliases": [node.host]}}
         assert f"${{FEDMNIST_PARTITION_{i}:-{i}}}" in node.node_config
         partitions.append(node.node_config)
         clientapp = NODE_HOST["services"][f"clientapp-{i}"]
@@ -395,7 +402,9 @@ def test_node_host_supernodes_join_through_the_proxy_and_clientapps_run_beside_t
         # The ClientApp's container: no key, no volume at all, and a network shared with its node only.
         assert "volumes" not in clientapp and clientapp["networks"] == [f"node-{i}"]
         assert NODE_HOST["networks"][f"node-{i}"] == {"internal": True}
-        assert sorted(NODE_HOST["services"][name]["networks"]) == ["default", f"node-{i}"]
+        assert clientapp["depends_on"] == [name]  # its SuperExec retries until the node answers
+        health = NODE_HOST["services"][name]["healthcheck"]["test"]
+        assert health == ["CMD", "fedmnist-supervise", "--health", f"http://{node.host}:{node.port}/health"]
     assert len(set(partitions)) == 3
 
 
@@ -405,9 +414,13 @@ def test_the_proxy_serves_each_api_on_its_own_listener_only():
     assert len(servers) == 2
     public, operators = servers
     assert "listen 8443 ssl;" in public and "listen 9443 ssl;" in operators
+    expected = {
+        "fleet": ["/v1/fleet/", "= /v1/fleet/push-object", "= /health", "/", "@too_large"],
+        "control": ["/v1/control/", "= /health", "/"],
+    }
     for server, api in ((public, "fleet"), (operators, "control")):
         locations = re.findall(r"location (=? ?\S+) \{", server)
-        assert locations == [f"/v1/{api}/", "= /health", "/"], locations
+        assert locations == expected[api], locations
         # a URI in proxy_pass: the normalised path goes on, never the raw one
         assert f"proxy_pass https://superlink:8000/v1/{api}/;" in server
         assert re.search(r"location / \{\s*default_type text/plain;\s*return 403", server)
@@ -422,3 +435,42 @@ def test_superexecs_look_for_work_as_often_in_the_image_as_under_the_launcher():
     image = re.search(r"FLWR_SUPEREXEC_TASK_POLL_INTERVAL=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
     assert image == SUPEREXEC_POLL_S == flower_env(Path("/tmp"))["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]
     assert 0.01 <= float(image) < 1.0
+
+
+def _directives(block: str) -> dict[str, list[str]]:
+    """``name value...;`` lines of an nginx block (nested blocks included), by name."""
+    found: dict[str, list[str]] = {}
+    for name, value in re.findall(r"^\s*([a-z_]+)\s+([^;{]*);", block, re.M):
+        found.setdefault(name, []).append(value.strip())
+    return found
+
+
+def test_the_proxy_answers_operators_only_from_the_hosts_loopback():
+    conf = (harness.SUPERLINK_HOST_FILE.parent / "nginx.conf").read_text()
+    operators = re.split(r"\n    server \{", conf)[2]
+    # The gateway the loopback connections arrive from, written by the start script at every start.
+    assert re.search(r"geo \$from_host_loopback \{\s*default 0;\s*include /tmp/fedmnist-operators.conf;", conf)
+    assert re.search(r"if \(\$from_host_loopback = 0\) \{\s*return 403", operators)
+    start = (harness.SUPERLINK_HOST_FILE.parent / "proxy-start.sh").read_text()
+    assert "/tmp/fedmnist-operators.conf" in start and "/proc/net/route" in start
+    dockerfile = (harness.SUPERLINK_HOST_FILE.parent / "proxy.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["fedmnist-proxy-start"]' in dockerfile
+
+
+def test_the_public_listener_limits_what_one_address_and_one_slow_client_can_take():
+    conf = (harness.SUPERLINK_HOST_FILE.parent / "nginx.conf").read_text()
+    top = _directives(conf.split("\n    server {")[0])
+    public = _directives(re.split(r"\n    server \{", conf)[1])
+    # slow clients are closed; over a limit the answer is 503, the refusal Flower's nodes retry
+    assert top["client_header_timeout"] == ["10s"] and top["client_body_timeout"] == ["10s"]
+    assert top["limit_conn_status"] == ["503"] and top["limit_req_status"] == ["503"]
+    assert "per_address 32" in public["limit_conn"] and "uploads 8" in public["limit_conn"]
+    assert public["client_max_body_size"] == ["6m"] and public["keepalive_timeout"] == ["0"]
+    assert all(v == "on" for v in public["proxy_request_buffering"])
+    # room for a flood beside the nodes, within the container's open-file limit
+    connections = int(re.search(r"worker_connections (\d+);", conf).group(1))
+    files = int(top["worker_rlimit_nofile"][0])
+    assert connections >= 4096 and files >= 2 * connections
+    assert LINK_HOST["services"]["proxy"]["ulimits"]["nofile"] == {"soft": files, "hard": files}
+    # gone well within docker stop's 10 s
+    assert top["worker_shutdown_timeout"] == ["3s"]
