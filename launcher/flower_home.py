@@ -47,16 +47,24 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+def user_flwr_home() -> Path:
+    """Where the user's own ``flwr`` keeps its connections: ``$FLWR_HOME``, else ``~/.flwr``."""
+    return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser()
+
+
 @dataclass
 class FlowerHome:
     """A throw-away ``FLWR_HOME`` with one named SuperLink connection."""
 
     path: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
+    # The CLI's FLWR_HOME when it is not ``path``: an operator's own connections (``path`` then
+    # only holds this job's scratch files, such as the copy of the app that flwr run bundles).
+    flwr_home: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        return flower_env(self.path)
+        return flower_env(self.flwr_home or self.path)
 
     def add_connection(self, name: str, address: str) -> None:
         """``config.toml`` with one connection, ``name``, the default: plain gRPC to ``address``."""

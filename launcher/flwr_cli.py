@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -61,17 +62,8 @@ def flwr_run(
     Flower has not finished it. The run id is then returned without asking Flower how the
     run ended; the caller knows, and stops Flower by leaving ``flower_home``."""
     deadline = time.monotonic() + timeout
-    args = ["flwr", "run", str(staged_app(home, app_dir)), connection, "--format", "json"]
-    if run_config:
-        args += ["--run-config", str(write_toml(home.path / "run-config.toml", run_config))]
-    if federation_config:
-        args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
-    submitted = subprocess.run(args, env=home.env, capture_output=True, text=True, timeout=max(1.0, timeout))
-    run_id = _run_id_in(submitted.stdout)
-    if submitted.returncode != 0 or run_id is None:
-        # with --format json, flwr run reports a refused submission in JSON and exits 0
-        detail = _error_in(submitted.stdout) or f"{submitted.stdout}{submitted.stderr}"
-        raise FlowerError(f"flwr run did not start the run (exit {submitted.returncode}):\n{detail}")
+    run_config_args = [str(write_toml(home.path / "run-config.toml", run_config))] if run_config else []
+    run_id = submit_run(home, connection, run_config_args, federation_config, app_dir, timeout)
     mark("run submitted")
     follow = subprocess.Popen(
         ["flwr", "log", str(run_id), connection, "--stream"],
@@ -114,6 +106,31 @@ def flwr_run(
     return run_id
 
 
+def submit_run(
+    home: FlowerHome,
+    connection: str,
+    run_config_args: Sequence[str] = (),
+    federation_config: dict[str, object] | None = None,
+    app_dir: Path = PROJECT_ROOT,
+    timeout: float = 3600,
+) -> int:
+    """Submit the app with ``flwr run`` and return its run id; a refused submission raises
+    :class:`FlowerError` in Flower's words. Each of ``run_config_args`` goes to ``flwr run`` as
+    one ``--run-config`` value, as flwr takes it (``"k=v k2=v2"`` or a TOML file)."""
+    args = ["flwr", "run", str(staged_app(home, app_dir)), connection, "--format", "json"]
+    for value in run_config_args:
+        args += ["--run-config", value]
+    if federation_config:
+        args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
+    submitted = subprocess.run(args, env=home.env, capture_output=True, text=True, timeout=max(1.0, timeout))
+    run_id = _run_id_in(submitted.stdout)
+    if submitted.returncode != 0 or run_id is None:
+        # with --format json, flwr run reports a refused submission in JSON and exits 0
+        detail = _error_in(submitted.stdout) or f"{submitted.stdout}{submitted.stderr}"
+        raise FlowerError(f"flwr run did not start the run (exit {submitted.returncode}):\n{detail}")
+    return run_id
+
+
 def lines_until(
     stream: IO[str], deadline: float, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.5
 ) -> Iterator[str]:
@@ -151,6 +168,38 @@ def lines_until(
         yield line
 
 
+@dataclass(frozen=True)
+class RunStatus:
+    """What ``flwr list --run-id`` said of one run: its status and details, or why it said neither."""
+
+    status: str | None  # e.g. 'running', 'finished:failed'; None when the SuperLink did not say
+    details: str = ""
+    error: str = ""  # Flower's reason when there is no status (unreachable, no such run)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.status.startswith("finished")
+
+    @property
+    def unknown_run(self) -> bool:
+        """The SuperLink answered that it has no such run (a wrong id, or its state was lost)."""
+        return "run id not found" in self.error.lower()
+
+
+def run_status(home: FlowerHome, connection: str, run_id: int) -> RunStatus:
+    """Ask the SuperLink once how run ``run_id`` stands."""
+    out = subprocess.run(
+        ["flwr", "list", connection, "--run-id", str(run_id), "--format", "json"],
+        env=home.env,
+        capture_output=True,
+        text=True,
+    )
+    found = _status_in(out.stdout)
+    if found is not None:
+        return RunStatus(*found)
+    return RunStatus(None, error=_last_line(_error_in(out.stdout)) or out.stderr.strip() or out.stdout.strip())
+
+
 def wait_for_run(
     home: FlowerHome, connection: str, run_id: int, timeout: float = 600, unreachable_s: float = 30
 ) -> tuple[str, str]:
@@ -160,26 +209,19 @@ def wait_for_run(
     status = "unknown"
     silent_since: float | None = None
     while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["flwr", "list", connection, "--run-id", str(run_id), "--format", "json"],
-            env=home.env,
-            capture_output=True,
-            text=True,
-        )
-        found = _status_in(out.stdout)
-        if found is None:
+        found = run_status(home, connection, run_id)
+        if found.status is None:
             silent_since = silent_since or time.monotonic()
             if time.monotonic() - silent_since >= unreachable_s:
                 raise FlowerError(
                     f"Run {run_id}: the SuperLink has not answered for {unreachable_s:.0f} s "
-                    f"(last seen '{status}'): "
-                    f"{_last_line(_error_in(out.stdout)) or out.stderr.strip() or out.stdout.strip()}"
+                    f"(last seen '{status}'): {found.error}"
                 )
         else:
             silent_since = None
-            status, details = found
-            if status.startswith("finished"):
-                return status, details
+            status = found.status
+            if found.finished:
+                return status, found.details
         time.sleep(1.0)
     raise FlowerError(f"Run {run_id} still '{status}' after {timeout:.0f} s")
 

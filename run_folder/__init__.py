@@ -129,6 +129,19 @@ class RunFolder:
             raise RunFolderError(f"{path} is not a run folder (no {CONFIG}): {hint}.")
         return cls(path)
 
+    @classmethod
+    def of_run(cls, output_dir: str | Path, run_id: int) -> RunFolder | None:
+        """The folder directly under ``output_dir`` whose config.json names Flower run ``run_id``
+        (the run folder of a resumed run names the run that wrote it), or None."""
+        for config in sorted(Path(output_dir).expanduser().glob(f"*/{CONFIG}")):
+            try:
+                data = json.loads(config.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a damaged or unreadable folder is not the one asked for
+            if isinstance(data, dict) and data.get("run-id") == run_id:
+                return cls(config.parent)
+        return None
+
     def file(self, name: str) -> Path:
         """The path of one of this module's file names inside the folder."""
         return self.path / name
@@ -154,13 +167,21 @@ class RunFolder:
         """For the process that started a run whose ServerApp ended without a word (killed
         with its simulation by `flwr stop`, or lost with its SuperLink): a history still
         'running' says 'interrupted' and why; anything else is left as it is."""
+        return self.mark_ended(INTERRUPTED, why)
+
+    def mark_ended(self, status: str, why: str) -> bool:
+        """A history still 'running' says ``status`` ('failed' or 'interrupted') and why, for a
+        run whose ServerApp died without writing how it ended; True if it was changed. A final
+        history (the ServerApp's own word) is left as it is."""
+        if status not in (FAILED, INTERRUPTED):
+            raise ValueError(f"a run that ended without its ServerApp is 'failed' or 'interrupted', not {status!r}")
         try:
             history = self.history()
         except RunFolderError:
             return False
         if history.get("status") != RUNNING:
             return False
-        self.write_history(INTERRUPTED, history.get("rounds", []), history.get("num-nodes", 0), why)
+        self.write_history(status, history.get("rounds", []), history.get("num-nodes", 0), why)
         return True
 
     def write_model(self, state_dict: dict[str, torch.Tensor]) -> None:

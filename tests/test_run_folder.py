@@ -162,3 +162,27 @@ def test_only_a_run_still_running_is_marked_interrupted(tmp_path):
     assert not done.mark_interrupted("late")
     assert done.history()["status"] == rf.COMPLETED
     assert not RunFolder.create(tmp_path, "c", "mlp").mark_interrupted("never started")
+
+
+def test_a_run_whose_serverapp_died_is_marked_failed_only_while_it_says_running(tmp_path):
+    folder = RunFolder.create(tmp_path, "a", "mlp")
+    folder.write_history(rf.RUNNING, [{"round": 0}, {"round": 1}], 2)
+    assert folder.mark_ended(rf.FAILED, "the SuperLink ended the run as 'finished:failed'")
+    history = folder.history()
+    assert history["status"] == rf.FAILED and history["rounds"] == [{"round": 0}, {"round": 1}]
+    assert history["error"] == "the SuperLink ended the run as 'finished:failed'"
+    assert not folder.mark_ended(rf.INTERRUPTED, "later")  # the first word stays
+    assert folder.history()["status"] == rf.FAILED
+    with pytest.raises(ValueError, match="not 'completed'"):
+        folder.mark_ended(rf.COMPLETED, "nobody may claim a completion")
+
+
+def test_a_run_folder_is_found_by_its_flower_run_id(tmp_path):
+    for name, run_id in (("first", 11), ("second", 22)):
+        RunFolder.create(tmp_path, name, "mlp").write_config({"run-id": run_id})
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / rf.CONFIG).write_text("{not json")
+    (tmp_path / "stray.json").write_text("{}")
+    assert RunFolder.of_run(tmp_path, 22) == RunFolder(tmp_path / "second")
+    assert RunFolder.of_run(tmp_path, 33) is None
+    assert RunFolder.of_run(tmp_path / "missing", 11) is None
