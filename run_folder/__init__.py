@@ -22,12 +22,17 @@ Layout of ``<output-dir>/<run-name>/``:
 - ``server.log``: the ServerApp's own log of the run (Flower's records included).
 - ``flower.log``: everything Flower and Ray printed while the launcher ran it.
 - ``tensorboard/``: per-round metrics as TensorBoard event files, when asked for.
+- ``mlflow-run.json``: with ``tracking = "mlflow"``, the MLflow run this folder is
+  logged to (its id and tracking URI), which a resumed run continues.
 - What later tools add: the report (``report.md`` and its figures) and the
   autoencoder's outputs (codes, pictures, anomaly scores).
 
 Every file is written to a temporary name, flushed and renamed, so a reader
 never sees half a file; files that belong together are renamed together.
 Nothing outside this module names a file of the run folder.
+
+Beside the run folders, ``output-dir`` holds the local MLflow store that runs with
+``tracking = "mlflow"`` and no tracking URI share: ``mlflow.db`` and ``mlartifacts/``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ MANIFEST = "manifest.json"
 SERVER_LOG = "server.log"
 FLOWER_LOG = "flower.log"
 TENSORBOARD = "tensorboard"
+TRACKING_RUN = "mlflow-run.json"
 REPORT = "report.md"
 REPORT_CURVES = "report-curves.png"
 REPORT_LOCAL_VS_MERGED = "report-local-vs-merged.png"
@@ -66,6 +72,9 @@ CODES = "codes.npy"
 DECODED = "decoded.npy"
 RECONSTRUCTIONS = "reconstructions.png"
 ANOMALY = "anomaly.json"
+
+# The local MLflow store in output-dir, shared by its runs (one MLflow run per run folder).
+TRACKING_STORE, TRACKING_ARTIFACTS = "mlflow.db", "mlartifacts"
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 
@@ -198,6 +207,13 @@ class RunFolder:
         """Add what only the process that started the run knows (its command, the checkout)."""
         manifest = self._read_json(MANIFEST) if (self.path / MANIFEST).is_file() else {}
         self.write_manifest({**manifest, **entries})
+
+    def write_tracking_run(self, record: dict[str, Any]) -> None:
+        atomic_write(self.path / TRACKING_RUN, lambda fh: fh.write(to_json(record)))
+
+    def tracking_run(self) -> dict[str, Any] | None:
+        """The MLflow run this folder is logged to, or None for a run that never was."""
+        return self._read_json(TRACKING_RUN) if (self.path / TRACKING_RUN).is_file() else None
 
     def manifest(self) -> dict[str, Any]:
         if not (self.path / MANIFEST).is_file():

@@ -23,6 +23,7 @@ from server_app.nodes import NodeBook, wait_for_nodes
 from server_app.records import ServerLog, TensorBoardLog, build_manifest
 from server_app.rounds import RoundRunner
 from server_app.strategy import check_fits
+from server_app.tracking import MlflowLog
 from task import simulation_patches
 from task.config import Settings
 from task.data import Batchable, release_mnist
@@ -49,6 +50,8 @@ RESUMABLE_CHANGES = frozenset(
         "data-dir",
         "central-epochs",
         "fault-injection",
+        "tracking",
+        "tracking-uri",
     }
 )
 
@@ -69,6 +72,7 @@ def main(grid: Grid, context: Context) -> None:
         # a partitioning that cannot fit these nodes stops here; the shard sizes let replies be averaged as they come
         shard_sizes = [len(shard) for shard in train_shards(settings, num_partitions)]
         TensorBoardLog.check_available(settings.tensorboard)
+        MlflowLog.check_available(settings)
         folder = RunFolder.create(settings.output_dir, settings.run_name, settings.model, context.run_id)
     except UserError as exc:
         log(ERROR, "Run not started: %s", exc)
@@ -106,7 +110,9 @@ def _run(
 
     model = build_model(settings)
     runner = RoundRunner(settings, book, expected_examples=shard_sizes)
-    recorder = HistoryRecorder(folder, settings, TensorBoardLog(folder, settings.tensorboard))
+    recorder = HistoryRecorder(
+        folder, settings, TensorBoardLog(folder, settings.tensorboard), MlflowLog(folder, settings)
+    )
     arrays = ArrayRecord(model.state_dict())
     first_round = 1
     if resumed is not None:

@@ -14,16 +14,24 @@ from flwr.common import log
 
 from run_folder import INTERRUPTED, RUNNING, Checkpoint, RunFolder
 from server_app.records import TensorBoardLog
+from server_app.tracking import MlflowLog
 from task.config import Settings
 
 
 class HistoryRecorder:
     """Collects each round's server and client metrics, rewrites the history, logs progress."""
 
-    def __init__(self, folder: RunFolder, settings: Settings, tensorboard: TensorBoardLog | None = None) -> None:
+    def __init__(
+        self,
+        folder: RunFolder,
+        settings: Settings,
+        tensorboard: TensorBoardLog | None = None,
+        tracking: MlflowLog | None = None,
+    ) -> None:
         self.folder = folder
         self.settings = settings
         self.tensorboard = tensorboard or TensorBoardLog(folder, enabled=False)
+        self.tracking = tracking
         self.rounds: list[dict] = []
         self.last = time.monotonic()
         self.elapsed = 0.0
@@ -38,6 +46,8 @@ class HistoryRecorder:
         self.rounds = list(checkpoint.rounds)
         self.num_nodes = checkpoint.num_nodes
         self.elapsed = float(self.rounds[-1]["elapsed-s"]) if self.rounds else 0.0
+        if self.tracking is not None:
+            self.tracking.resumed(self.rounds)
 
     def record(
         self,
@@ -65,6 +75,8 @@ class HistoryRecorder:
         self.rounds.append(entry)
         self.write(RUNNING)
         self.tensorboard.round(entry)
+        if self.tracking is not None:
+            self.tracking.round(entry)
         objective = self.settings.objective
         stage = self.settings.pretrain_stage(server_round)
         log(
@@ -83,6 +95,8 @@ class HistoryRecorder:
     def write(self, status: str, error: str | None = None) -> None:
         self.folder.write_history(status, self.rounds, self.num_nodes, error)
         self.finished = status != RUNNING
+        if self.finished and self.tracking is not None:
+            self.tracking.finish(status, error)
 
     def interrupted(self, why: str) -> None:
         """Once, and only for a run that has not ended otherwise."""

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from partitioning import PARTITIONERS
 from task.errors import ConfigError
@@ -25,6 +26,11 @@ DEVICES = ("auto", "cpu", "cuda")
 # DifferentialPrivacyServerSideFixedClipping) or by the node itself before it is sent
 # (flwr.clientapp.mod.fixedclipping_mod, with DifferentialPrivacyClientSideFixedClipping).
 DP_CLIPPING = ("server", "client")
+# Experiment trackers a run can also log to, besides its run folder (server_app/tracking.py).
+TRACKERS = ("off", "mlflow")
+# Schemes of the tracking URIs MLflow's client stores runs under; a database one may name its
+# driver (postgresql+psycopg2://...). MLflow 3 refuses its old folder store (file:, a bare path).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
 # Each partitioning's options: its keyword name -> the Settings field that holds the value.
@@ -95,6 +101,8 @@ class Settings:
     dp_clipping_norm: float = 0.0
     dp_clipping: str = "server"
     tensorboard: bool = False
+    tracking: str = "off"
+    tracking_uri: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
@@ -133,6 +141,8 @@ class Settings:
             unused |= {"ae_hidden", "ae_code_size", "ae_rounds_per_stage"}
         if not self.differential_privacy:
             unused.add("dp_clipping")
+        if self.tracking == "off":
+            unused.add("tracking_uri")
         return frozenset(knob_key(name) for name in unused)
 
     @property
@@ -169,6 +179,9 @@ class Settings:
         _one_of("partitioning", self.partitioning, tuple(PARTITIONERS))
         _one_of("strategy", self.strategy, tuple(STRATEGIES))
         _one_of("dp-clipping", self.dp_clipping, DP_CLIPPING)
+        _one_of("tracking", self.tracking, TRACKERS)
+        if self.tracking_uri:
+            check_tracking_uri(self.tracking_uri, "tracking-uri")
         self._validate_server_side()
         for key in ("num-server-rounds", "local-epochs", "batch-size", "min-available-nodes", "central-epochs"):
             value = getattr(self, key.replace("-", "_"))
@@ -350,6 +363,39 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
     if any(s < 1 for s in sizes):
         raise ConfigError(f"ae-hidden='{text}' is not allowed: every width must be >= 1.")
     return sizes
+
+
+def check_tracking_uri(uri: str, source: str) -> None:
+    """Refuse, before round 1, a tracking URI that MLflow could never use, naming where it came
+    from (the knob or MLFLOW_TRACKING_URI). One that is merely unreachable only turns tracking off."""
+    fix = (
+        "use http(s)://HOST:PORT of an MLflow server, sqlite:////ABSOLUTE/PATH/mlflow.db, another database "
+        "URI, or tracking-uri='' for a local store in output-dir"
+    )
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ConfigError(f"{source}='{uri}' cannot be parsed as a URI ({exc}): {fix}.") from None
+    shown = uri.replace(parts.password, "***") if parts.password else uri  # a log line is no place for it
+    scheme = "databricks" if uri == "databricks" else parts.scheme.split("+")[0].lower()
+    if scheme in ("", "file"):
+        raise ConfigError(f"{source}='{shown}' is a folder, MLflow's old file store, which MLflow 3 refuses: {fix}.")
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"{source}='{shown}' has an unknown scheme '{parts.scheme}': {fix}.")
+    if scheme in ("http", "https") and not parts.hostname:
+        raise ConfigError(f"{source}='{shown}' names no host: {fix}.")
+    if scheme == "sqlite" and not parts.path.startswith("//"):
+        raise ConfigError(
+            f"{source}='{shown}' is a relative path, taken from the ServerApp's Flower-managed working folder: "
+            "give an absolute one, sqlite:////ABSOLUTE/PATH/mlflow.db (four slashes)."
+        )
+    if source == "tracking-uri" and parts.password:
+        raise ConfigError(
+            f"{source} holds a password, and every knob is written to config.json: leave it out and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_URI) in the ServerApp's "
+            "environment instead."
+        )
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

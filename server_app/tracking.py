@@ -1,0 +1,254 @@
+"""The run in MLflow too (``tracking = "mlflow"``): its knobs, its rounds, its files.
+
+The run folder stays the record; MLflow gets a copy as the run goes: every knob of
+config.json as a parameter, every round's metrics with the round as step, a few tags,
+and the run's files as artifacts when it ends. One MLflow run per run folder (its id is
+kept in the folder), and a resumed run continues the MLflow run of the folder it resumes.
+
+A tracker that cannot be reached or refuses is named once in the log and left alone for
+the rest of the run: MLflow's HTTP client gets a short timeout and no retries, so it costs
+a run a few seconds at most, once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.common import log
+
+import run_folder as rf
+from run_folder import RunFolder
+from task.config import Settings, check_tracking_uri
+from task.errors import ConfigError
+
+EXPERIMENT = "fedavg-mnist"
+# MLflow's own HTTP settings, where the environment does not set them: one try of 3 s at most.
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+}
+# The history's ending, as MLflow's run status.
+STATUS = {rf.COMPLETED: "FINISHED", rf.FAILED: "FAILED", rf.INTERRUPTED: "KILLED"}
+ARTIFACTS = (
+    rf.CONFIG,
+    rf.HISTORY,
+    rf.MANIFEST,
+    rf.MODEL,
+    rf.REPORT,
+    rf.REPORT_CURVES,
+    rf.REPORT_LOCAL_VS_MERGED,
+    rf.REPORT_RECONSTRUCTIONS,
+    rf.REPORT_LABELS,
+)
+MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The knob, else ``MLFLOW_TRACKING_URI``, else the local store in output-dir."""
+    if settings.tracking_uri:
+        return settings.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return "sqlite:///" + str(rf.resolve_output_dir(settings.output_dir) / rf.TRACKING_STORE)
+
+
+def param_value(value: Any) -> str:
+    """A config.json value as an MLflow parameter: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def round_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """One history round as metric names and values: ``server/…``, ``clients-train/…``,
+    ``clients-evaluate/…``, ``privacy/…`` (the privacy spent) and ``round/…``."""
+    metrics: dict[str, float] = {}
+    for group in ("server", "clients-train", "clients-evaluate"):
+        for key, value in (entry.get(group) or {}).items():
+            if isinstance(value, dict):  # the privacy spent: its own group
+                metrics.update({f"{key}/{k}": v for k, v in value.items() if _number(v)})
+            elif _number(value):
+                metrics[f"{group}/{key}"] = value
+    metrics["round/dropped-replies"] = len(entry.get("failures") or [])
+    metrics["round/wall-time-s"] = entry["wall-time-s"]
+    metrics["round/elapsed-s"] = entry["elapsed-s"]
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class MlflowLog:
+    """The MLflow run of one run folder. Every call is guarded: the first failure is logged
+    and tracking stops for the rest of the run; the run itself never notices."""
+
+    def __init__(self, folder: RunFolder, settings: Settings) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.active = settings.tracking == "mlflow"
+        self.uri = tracking_uri(settings) if self.active else ""
+        self.client: Any = None
+        self.run_id = ""
+        self._guarded("starting the run", self._start)
+
+    @staticmethod
+    def check_available(settings: Settings) -> None:
+        """Before round 1: MLflow is installed, and the URI from the environment could work."""
+        if settings.tracking != "mlflow":
+            return
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(
+                "tracking='mlflow' needs MLflow's client in the ServerApp's environment: pip install "
+                "mlflow-skinny (or the project's extra: pip install '.[mlflow]'), or set tracking='off'."
+            )
+        if not settings.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI"):
+            check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+
+    def _guarded(self, doing: str, call, *args: Any) -> None:
+        if not self.active:
+            return
+        try:
+            call(*args)
+        except Exception as exc:  # whatever the tracker does, the run goes on
+            self.active = False
+            log(
+                WARNING,
+                "MLflow at %s failed while %s (%s: %s): the run goes on without MLflow; its run folder %s "
+                "keeps everything",
+                _shown(self.uri),
+                doing,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:300] if str(exc) else "",
+                self.folder.path,
+            )
+
+    def _start(self) -> None:
+        from mlflow import MlflowClient
+
+        for name, value in HTTP_SETTINGS.items():
+            os.environ.setdefault(name, value)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        config = self.folder.config()
+        self.run_id = self._continued(config.get("resumed-from")) or self._new_run()
+        self.folder.write_tracking_run({"run-id": self.run_id, "tracking-uri": _shown(self.uri)})
+        self._log_params(config)
+        log(INFO, "MLflow: run %s in experiment '%s' at %s", self.run_id, EXPERIMENT, _shown(self.uri))
+
+    def _continued(self, resumed_from: str | None) -> str | None:
+        """The MLflow run of the folder this run resumes, if it lives in the same store."""
+        from mlflow.exceptions import MlflowException
+
+        earlier = RunFolder(Path(resumed_from)).tracking_run() if resumed_from else None
+        if not earlier or earlier.get("tracking-uri") != _shown(self.uri):
+            return None
+        try:
+            run = self.client.get_run(earlier["run-id"])
+        except MlflowException:  # deleted from the store since: start afresh
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        self.client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
+
+    def _new_run(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            try:
+                experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=self._artifact_root())
+            except MlflowException:  # another run created it a moment ago
+                experiment_id = self.client.get_experiment_by_name(EXPERIMENT).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        return self.client.create_run(experiment_id, run_name=self.folder.name).info.run_id
+
+    def _artifact_root(self) -> str | None:
+        """Beside a SQLite store (MLflow's default would be the working folder Flower picks);
+        a server or another database keeps its own default."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        return (Path(self.uri.removeprefix("sqlite:///")).parent / rf.TRACKING_ARTIFACTS).as_uri()
+
+    def _log_params(self, config: dict[str, Any]) -> None:
+        """Every knob of config.json. A continued run keeps its first values (MLflow's parameters
+        never change); the knobs a resume changed are tagged ``resumed.<knob>``."""
+        from mlflow.entities import Param, RunTag
+
+        logged = self.client.get_run(self.run_id).data.params
+        values = {key: param_value(value) for key, value in config.items()}
+        new = [Param(k, v) for k, v in values.items() if k not in logged]
+        changed = [RunTag(f"resumed.{k}", v) for k, v in values.items() if k in logged and logged[k] != v]
+        for start in range(0, len(new), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=new[start : start + MAX_PARAMS_PER_CALL])
+        tags = {
+            "strategy": config.get("strategy"),
+            "partitioning": config.get("partitioning"),
+            "model": config.get("model"),
+            "flower-run-id": config.get("run-id"),
+            "run-folder": str(self.folder.path),
+        }
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()] + changed)
+        self._tag_commit()
+
+    def _tag_commit(self) -> None:
+        """The project's git commit, when the manifest knows it (the launcher adds it)."""
+        manifest = self.folder.manifest() if self.folder.file(rf.MANIFEST).is_file() else {}
+        commit = (manifest.get("git") or {}).get("commit")
+        if commit:
+            self.client.set_tag(self.run_id, "git-commit", commit)
+
+    def resumed(self, rounds: list[dict[str, Any]]) -> None:
+        """The earlier rounds of a resumed run that this MLflow run does not hold yet."""
+        self._guarded("copying the earlier rounds", self._backfill, rounds)
+
+    def _backfill(self, rounds: list[dict[str, Any]]) -> None:
+        logged = self.client.get_metric_history(self.run_id, "server/loss")
+        last = max((m.step for m in logged), default=-1)
+        for entry in rounds:
+            if entry["round"] > last:
+                self._log_round(entry)
+
+    def round(self, entry: dict[str, Any]) -> None:
+        self._guarded(f"logging round {entry['round']}", self._log_round, entry)
+
+    def _log_round(self, entry: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        step = entry["round"]
+        metrics = [Metric(k, v, now, step) for k, v in round_metrics(entry).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """The run's files as artifacts, and MLflow's status from the history's."""
+        self._guarded("ending the run", self._finish, status, error)
+        self.active = False
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self.upload_files()
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:5000])
+        self.client.set_terminated(self.run_id, STATUS[status])
+
+    def upload_files(self) -> None:
+        for name in ARTIFACTS:
+            if self.folder.file(name).is_file():
+                self.client.log_artifact(self.run_id, str(self.folder.file(name)))
+
+
+def _shown(uri: str) -> str:
+    """The URI without a password that MLFLOW_TRACKING_URI may carry."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return uri
+    return uri.replace(password, "***") if password else uri
