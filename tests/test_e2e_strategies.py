@@ -78,3 +78,26 @@ def test_client_side_clipping_on_flowers_runtime_gives_the_server_side_model(tmp
     assert 0.5 * clip < moved <= 2 * clip * (1 + 1e-4)  # two rounds, each an average of updates of norm <= clip
     server_side = rf.RunFolder(runs["server"]).load_model().state_dict()
     assert all(np.allclose(final[k].numpy(), server_side[k].numpy(), atol=1e-6) for k in final)
+
+
+def test_the_robust_preset_keeps_one_node_scaling_its_update_x20_from_costing_a_point(tmp_path, monkeypatch):
+    """On Flower's runtime: 10 nodes, each training every round; node 3 sends its update x20."""
+    import tomllib
+    from pathlib import Path
+
+    monkeypatch.setenv("FEDMNIST_ALLOW_FAULTS", "1")  # reaches the SuperLink, the ServerApp and every ClientApp
+    robust = tomllib.loads((Path(__file__).parent.parent / "presets" / "robust.toml").read_text())
+    every = {**QUICK, "num-server-rounds": 3, "fraction-train": 1.0}
+    runs = {
+        name: run_simulation({**every, **knobs, "run-name": name}, num_supernodes=10, output_dir=tmp_path, echo=False)
+        for name, knobs in {
+            "honest": {},
+            "attacked": {"fault-injection": "scale=20@3"},
+            "defended": {**robust, "fault-injection": "scale=20@3"},
+        }.items()
+    }
+    final = {name: rf.RunFolder(path).history()["rounds"][-1]["server"]["accuracy"] for name, path in runs.items()}
+    assert final["attacked"] < final["honest"] - 0.05, final  # the attack works without the defense
+    assert abs(final["defended"] - final["honest"]) <= 0.01, final
+    dropped = [f for r in rf.RunFolder(runs["defended"]).history()["rounds"] for f in r["failures"]]
+    assert [f["partition-id"] for f in dropped] == [3, 3, 3]  # the screen names it every round
