@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from launcher import FlowerError
 from launcher.flower_home import FlowerHome
 from launcher.timings import mark
+from launcher.warm_clientapp import enabled as warm_enabled
 
 HEALTH_TIMEOUT_S = 60
 
@@ -103,9 +105,13 @@ def supernode_threads(threads: int = 1) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def start_supernode(home: FlowerHome, superlink: str, partition_id: int, num_partitions: int) -> subprocess.Popen:
-    """Start one ``flower-supernode`` serving the ClientApp for one partition,
-    one PyTorch thread each (they share this machine's cores)."""
+def start_supernode(
+    home: FlowerHome, superlink: str, partition_id: int, num_partitions: int, warm: bool | None = None
+) -> subprocess.Popen:
+    """Start one ``flower-supernode`` serving the ClientApp for one partition, one PyTorch thread
+    each (they share this machine's cores), next to a fork server of its own that starts its
+    ClientApp processes warm (``launcher.warm``; ``warm=False`` or ``FEDMNIST_WARM_CLIENTAPP=0``:
+    Flower's plain process per message)."""
     args = [
         "flower-supernode",
         "--insecure",
@@ -118,4 +124,8 @@ def start_supernode(home: FlowerHome, superlink: str, partition_id: int, num_par
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
+    if warm is None:
+        warm = warm_enabled(home.env)
+    if warm:
+        args = [sys.executable, "-m", "launcher.warm", *args]
     return home.spawn(f"supernode-{partition_id}", args, env=supernode_threads())
