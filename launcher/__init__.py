@@ -11,6 +11,8 @@ The modules, one job each:
 - ``gpus``: the NVIDIA GPUs this machine shows, without importing torch;
 - ``timings``: the ``[timing]`` lines the speed benchmark times the launcher's phases by;
 - ``simulate`` (the command), ``console``, ``ending``, ``rerun``: the simulation launcher itself.
+- ``follow`` (the command) and ``outcome``: a run on any SuperLink followed to its end, how it ended
+  said in one line, and a history its dead ServerApp left 'running' marked.
 """
 
 from pathlib import Path

@@ -44,6 +44,7 @@ REATTACH_S = 300.0  # how long following may fail before this command gives up (
 RETRY_S = 3.0  # between attempts to attach again
 FOREVER_S = 365 * 24 * 3600.0  # no --timeout: a year (a finite wait, which queues and locks need)
 # server_app/app.py logs where it writes the run folder, as the ServerApp sees it (resume-from needs that path)
+FIRST_SENTENCE = re.compile(r".*?(?:\.(?=\s)|$)", re.S)  # of Flower's reason; its advice that follows fits no case here
 SERVERAPP_FOLDER = re.compile(r"Writing results to (\S.*?)\s*$")
 
 
@@ -65,11 +66,11 @@ def follow_again(run_id: int, connection: str) -> str:
 
 def broken_line(run_id: int, connection: str, why: str, status: str | None) -> str:
     """The line for a log stream that broke off while the run had not finished."""
-    why = f" ({why})" if why else ""
+    why = f" ({FIRST_SENTENCE.match(why).group()})" if why else ""
     if status is not None:
         state = f"the run goes on (the SuperLink says '{status}')"
     else:
-        state = "the SuperLink does not answer; the run goes on without this command"
+        state = "the SuperLink does not answer, but the run goes on without this command"
     return (
         f"The log stream of run {run_id} broke off{why}: {state}. Attaching again; "
         f"to follow it yourself: {follow_again(run_id, connection)}."

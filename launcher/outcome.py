@@ -34,12 +34,13 @@ def shell_arg(arg: str) -> str:
 
 
 def resume_hint(connection: str, serverapp_folder: str, run_config_args: list[str], submitted: bool) -> str:
-    """How to continue the run from its last checkpoint: the same run config plus resume-from,
-    with the folder's path as the ServerApp sees it."""
-    resume = f"resume-from='{serverapp_folder}'"
+    """How to continue the run from its last checkpoint: the same run config plus resume-from, with
+    the folder's path as the ServerApp sees it, and an empty run-name (a time-stamped new folder:
+    the ServerApp never writes into an existing one, so the old run-name would be refused)."""
+    resume = f"resume-from='{serverapp_folder}' run-name=''"
     toml = next((arg for arg in run_config_args if arg.endswith(".toml")), None)
     if toml is not None:  # flwr takes a TOML file alone, never beside key=value pairs
-        return f"to resume it, add {resume.replace('=', ' = ', 1)} to {toml} and submit it again"
+        return f"to resume it, set resume-from = '{serverapp_folder}' and run-name = '' in {toml} and submit it again"
     if not submitted:
         return f"to resume it, submit it again with the run config it had and --run-config {shell_arg(resume)}"
     words = [*FOLLOW.split(), connection, *(w for arg in run_config_args for w in ("--run-config", arg))]

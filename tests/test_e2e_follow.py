@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -70,6 +71,10 @@ class Relay:
 
     def restart(self, down_s: float) -> None:
         assert self.listener is not None
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which close() alone would not
+        except OSError:
+            pass
         self.listener.close()
         for sock in self.sockets:
             try:
@@ -108,11 +113,35 @@ def _serverapp(superlink: subprocess.Popen) -> psutil.Process | None:
     return None
 
 
-def test_a_broken_stream_is_followed_again_and_a_dead_serverapp_ends_the_run_failed(tmp_path):
+def _follow(home, tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``python -m launcher.follow loopback ARGS`` as an operator runs it, its output in two files."""
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        command = [sys.executable, "-m", "launcher.follow", "loopback", *args, "--outputs", str(tmp_path)]
+        return subprocess.Popen(command, env=home.env, cwd=PROJECT_ROOT, stdout=stdout, stderr=stderr), out, err
+
+
+def _break_then_kill(superlink: subprocess.Popen, relay: Relay, folder: Path, out: Path, err: Path) -> float:
+    """After round 1 the relay restarts (6 s down); once a round and its log lines got through
+    after that, the ServerApp's process is killed. Returns when, by time.time()."""
+    _wait_for(lambda: _rounds(folder) >= 1, 300, "round 1")
+    relay.restart(down_s=6)
+    _wait_for(lambda: "broke off" in err.read_text(), 60, "broken-stream line")
+    rounds_at_break, log_at_break = _rounds(folder), len(out.read_text())
+    _wait_for(lambda: _rounds(folder) >= rounds_at_break + 1, 120, "a round after the break")
+    _wait_for(lambda: len(out.read_text()) > log_at_break, 30, "log lines after the break")
+    serverapp = _wait_for(lambda: _serverapp(superlink), 30, "flwr-serverapp process")
+    killed_at = time.time()
+    serverapp.send_signal(signal.SIGKILL)
+    return killed_at
+
+
+def test_a_broken_stream_is_followed_again_and_a_dead_serverapp_ends_the_run_failed_and_resumable(tmp_path):
     run_config = (
         f'num-server-rounds=50 local-epochs=1 fraction-train=1.0 fraction-evaluate=0.0 output-dir="{tmp_path}" '
         'run-name="killed" partitioning="iid-balanced" samples-per-class=30'
     )
+    folder = tmp_path / "killed"
     with flower_home() as home:
         address = start_superlink(home, simulation=False)
         superlink = home.processes[0]
@@ -120,46 +149,36 @@ def test_a_broken_stream_is_followed_again_and_a_dead_serverapp_ends_the_run_fai
         home.add_connection("loopback", f"127.0.0.1:{relay.port}")  # the operator's way in: through the relay
         for i in range(2):
             start_supernode(home, address, partition_id=i, num_partitions=2)
-        out, err = tmp_path / "follow.out", tmp_path / "follow.err"
-        with out.open("w") as stdout, err.open("w") as stderr:
-            follow = subprocess.Popen(
-                [sys.executable, "-m", "launcher.follow", "loopback", "--run-config", run_config]
-                + ["--outputs", str(tmp_path), "--reattach-s", "120"],
-                env=home.env,
-                cwd=PROJECT_ROOT,
-                stdout=stdout,
-                stderr=stderr,
-            )
+        follow, out, err = _follow(home, tmp_path, "follow", "--run-config", run_config, "--reattach-s", "120")
         try:
-            folder = tmp_path / "killed"
-            _wait_for(lambda: _rounds(folder) >= 1, 300, "round 1")
-            relay.restart(down_s=6)
-            _wait_for(lambda: "broke off" in err.read_text(), 60, "broken-stream line")
-            rounds_at_break, log_at_break = _rounds(folder), len(out.read_text())
-            _wait_for(lambda: _rounds(folder) >= rounds_at_break + 1, 120, "a round after the break")
-            _wait_for(lambda: len(out.read_text()) > log_at_break, 30, "log lines after the break")
-            serverapp = _wait_for(lambda: _serverapp(superlink), 30, "flwr-serverapp process")
-            killed_at, killed_wall = time.monotonic(), time.time()
-            serverapp.send_signal(signal.SIGKILL)
+            killed_at = _break_then_kill(superlink, relay, folder, out, err)
             code = follow.wait(240)
-            told_after = time.monotonic() - killed_at
-            run_id = json.loads((folder / rf.CONFIG).read_text())["run-id"]
-            state = run_status(home, "loopback", run_id)
-            listed = subprocess.run(
-                ["flwr", "list", "loopback", "--run-id", str(run_id), "--format", "json"],
-                env=home.env,
-                capture_output=True,
-                text=True,
-            )
         finally:
             if follow.poll() is None:
                 follow.kill()
-    finished_at = json.loads(listed.stdout)["runs"][0]["finished-at"]
-    known_after = _seconds_since(finished_at, killed_wall)
-    print(f"\nkill -> SuperLink's finished-at {known_after:.1f} s, kill -> launcher.follow's exit {told_after:.1f} s")
+        told_after = time.time() - killed_at
+        run_id = json.loads((folder / rf.CONFIG).read_text())["run-id"]
+        state = run_status(home, "loopback", run_id)
+        listed = subprocess.run(
+            ["flwr", "list", "loopback", "--run-id", str(run_id), "--format", "json"],
+            env=home.env,
+            capture_output=True,
+            text=True,
+        )
+        known_after = _seconds_since(json.loads(listed.stdout)["runs"][0]["finished-at"], killed_at)
+        print(f"\nafter the kill: the SuperLink's finished-at {known_after:.1f} s, follow's exit {told_after:.1f} s")
+        stdout, stderr = out.read_text(), err.read_text()
+        print(stderr)
+        ended = [line for line in stderr.splitlines() if line.startswith(f"Run {run_id} ended as")]
+        assert len(ended) == 1, stderr
+        # the printed resume command, run as printed (with as many rounds as it takes to finish)
+        done = rf.RunFolder(folder).read_checkpoint().server_round
+        resume = re.search(r"resume it with: python (.*)\.$", ended[0])
+        assert resume, ended[0]
+        again = [*shlex.split(resume.group(1)), "--run-config", f"num-server-rounds={done + 1}"]
+        resumed, resumed_out, resumed_err = _follow(home, tmp_path, "resumed", *again[3:])
+        assert resumed.wait(300) == 0, resumed_err.read_text()
 
-    stdout, stderr = out.read_text(), err.read_text()
-    print(stderr)
     assert state.status == "finished:failed" and NO_HEARTBEAT in state.details
     assert code == 1, stderr
     # the break: one line, that the run goes on and how to follow it; then the log went on, not replayed
@@ -167,15 +186,17 @@ def test_a_broken_stream_is_followed_again_and_a_dead_serverapp_ends_the_run_fai
     assert len(broken) == 1 and "the run goes on" in broken[0] and f"flwr log {run_id} loopback --stream" in broken[0]
     assert stdout.count("Writing results to") == 1
     # the end: one line with Flower's word, the history marked, and how to resume
-    ended = [line for line in stderr.splitlines() if line.startswith(f"Run {run_id} ended as")]
-    assert len(ended) == 1, stderr
     assert f"'finished:failed' (Flower: {NO_HEARTBEAT})" in ended[0] and "died" in ended[0]
     assert f"history.json in {folder} now says 'failed'" in ended[0]
-    resume = re.search(r"resume it with: (.*)\.$", ended[0])
-    assert resume and f"--run-config \"resume-from='{folder}'\"" in resume.group(1), ended[0]
+    assert f"--run-config \"resume-from='{folder}' run-name=''\"" in ended[0] and done >= 2
     history = rf.RunFolder(folder).history()
     assert history["status"] == "failed" and NO_HEARTBEAT in history["error"]
-    assert rf.RunFolder(folder).read_checkpoint().server_round >= 2
+    # the resumed run: a new folder, every round up to the last, completed
+    completed_line = resumed_out.read_text().splitlines()[-1]
+    new_folder = Path(re.fullmatch(r"Run \d+ completed: its run folder is (.*)\.", completed_line).group(1))
+    run = rf.read_completed_run(new_folder)
+    assert run.config["resumed-from"] == str(folder) and new_folder != folder
+    assert [r["round"] for r in run.rounds] == list(range(done + 2))
 
 
 def _seconds_since(iso_or_text: str, then: float) -> float:

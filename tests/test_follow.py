@@ -155,12 +155,12 @@ def test_the_resume_hint_repeats_the_submission_with_resume_from():
     hint = resume_hint("lab", "/runs/exp", ["num-server-rounds=20 local-epochs=1"], submitted=True)
     assert hint == (
         'resume it with: python -m launcher.follow lab --run-config "num-server-rounds=20 local-epochs=1" '
-        "--run-config \"resume-from='/runs/exp'\""
+        "--run-config \"resume-from='/runs/exp' run-name=''\""  # a new folder: the old one is never written into
     )
     toml = resume_hint("lab", "/runs/exp", ["presets/x.toml"], submitted=True)
-    assert toml == "to resume it, add resume-from = '/runs/exp' to presets/x.toml and submit it again"
+    assert toml == "to resume it, set resume-from = '/runs/exp' and run-name = '' in presets/x.toml and submit it again"
     attached = resume_hint("lab", "/runs/exp", [], submitted=False)
-    assert attached.endswith("the run config it had and --run-config \"resume-from='/runs/exp'\"")
+    assert attached.endswith("the run config it had and --run-config \"resume-from='/runs/exp' run-name=''\"")
 
 
 def test_the_head_of_the_line_says_what_flower_said():
@@ -194,7 +194,7 @@ def test_a_dead_serverapps_run_is_marked_failed_and_told_with_how_to_resume(tmp_
     assert f"history.json in {folder.path} now says 'failed'" in line
     assert line.endswith(
         "after round 3, resume it with: python -m launcher.follow lab --run-config num-server-rounds=9 "
-        "--run-config \"resume-from='/srv/runs/run-7'\"."
+        "--run-config \"resume-from='/srv/runs/run-7' run-name=''\"."
     )
     history = folder.history()
     assert history["status"] == rf.FAILED
@@ -206,7 +206,8 @@ def test_a_stopped_run_is_marked_interrupted_and_its_path_taken_from_its_config(
     code, line = conclude(RunStatus("finished:stopped", "Stopped by user"), 8, "lab", tmp_path, None, [], False)
     assert code == ENDED and folder.history()["status"] == rf.INTERRUPTED
     assert "Run 8 was stopped (Flower: Stopped by user)" in line and "now says 'interrupted'" in line
-    assert "--run-config \"resume-from='/home/app/fedmnist-runs/run-8'\"" in line  # the ServerApp's own path
+    # the path as the ServerApp saw it, from the absolute output-dir of its config
+    assert "--run-config \"resume-from='/home/app/fedmnist-runs/run-8' run-name=''\"" in line
 
 
 def test_the_serverapps_own_word_is_kept(tmp_path):
