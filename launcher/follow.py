@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import FlowerError
-from launcher.flower_home import FlowerHome, user_flwr_home
+from launcher.flower_home import FlowerHome, flower_home, user_flwr_home
 from launcher.flwr_cli import RunStatus, lines_until, run_status, submit_run
 from launcher.outcome import LOST, conclude
 from launcher.processes import stop
@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="flwr-follow-") as scratch:  # the app copy flwr run bundles
-        return run_cli(lambda: follow(args, FlowerHome(Path(scratch), flwr_home=user_flwr_home())))
+    # a scratch folder (for the app copy flwr run bundles) where SIGTERM ends the wait as Ctrl-C does
+    with flower_home() as scratch:
+        return run_cli(lambda: follow(args, FlowerHome(scratch.path, flwr_home=user_flwr_home())))
 
 
 if __name__ == "__main__":

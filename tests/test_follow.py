@@ -69,7 +69,8 @@ def fake_flwr(tmp_path: Path, **plan: list[dict]) -> FakeHome:
         "(d / f'home-{cmd}-{n:03d}').write_text(os.environ['FLWR_HOME'])\n"
         "steps = json.loads((d / 'plan.json').read_text())[cmd]\n"
         "step = steps[min(n, len(steps) - 1)]\n"
-        "sys.stdout.write(step.get('out', '')); sys.stderr.write(step.get('err', ''))\n"
+        "sys.stdout.write(step.get('out', '')); sys.stderr.write(step.get('err', '')); sys.stdout.flush()\n"
+        "__import__('time').sleep(step.get('sleep', 0))\n"
         "sys.exit(step.get('code', 0))\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -295,3 +296,27 @@ def test_the_serverapps_folder_line_is_the_one_the_serverapp_logs():
     assert 'log(INFO, "Writing results to %s", folder.path)' in source
     line = "\x1b[92mINFO \x1b[0m:      Writing results to /home/fedmnist/fedmnist-runs/20260101-mlp-7\n"
     assert SERVERAPP_FOLDER.search(line).group(1) == "/home/fedmnist/fedmnist-runs/20260101-mlp-7"
+
+
+def test_following_stops_at_the_timeout_and_says_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    home = fake_flwr(tmp_path, list=[listed("running")], log=[{"out": LOG, "sleep": 30}])
+    fake_on_path(monkeypatch, home)
+    assert main(["lab", "--run-id", "7", "--timeout", "1"]) == LOST
+    out, err = capsys.readouterr()
+    assert out == LOG and err.strip() == (
+        "Run 7 did not end within 1 s. Follow it again with `flwr log 7 lab --stream` or "
+        "`python -m launcher.follow lab --run-id 7`; stop it with `flwr stop 7 lab`."
+    )
+
+
+def test_ctrl_c_or_sigterm_stops_following_and_not_the_run(tmp_path, monkeypatch, capsys):
+    home = fake_flwr(tmp_path, list=[listed("running")])
+    fake_on_path(monkeypatch, home)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Follower, "until_end", interrupted)
+    assert main(["lab", "--run-id", "7"]) == 130
+    assert capsys.readouterr().err.startswith("Stopped following run 7; the run goes on. Follow it again with")
+    assert not home.calls("stop")
