@@ -43,8 +43,8 @@ from task.errors import UserError, run_cli
 REATTACH_S = 300.0  # how long following may fail before this command gives up (the run is not touched)
 RETRY_S = 3.0  # between attempts to attach again
 FOREVER_S = 365 * 24 * 3600.0  # no --timeout: a year (a finite wait, which queues and locks need)
-# server_app/app.py logs where it writes the run folder, as the ServerApp sees it (resume-from needs that path)
 FIRST_SENTENCE = re.compile(r".*?(?:\.(?=\s)|$)", re.S)  # of Flower's reason; its advice that follows fits no case here
+# server_app/app.py logs where it writes the run folder, as the ServerApp sees it (resume-from needs that path)
 SERVERAPP_FOLDER = re.compile(r"Writing results to (\S.*?)\s*$")
 
 
@@ -52,11 +52,11 @@ def flwr_error(stderr: str) -> str:
     """Flower's error out of what a ``flwr`` command printed on stderr: the text of its boxed
     'Error' panel as one line, else its last line."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    if any("Error" in line and line.startswith("╭") for line in lines):
-        start = next(i for i, line in enumerate(lines) if "Error" in line and line.startswith("╭"))
-        panel = [line.strip("│ ") for line in lines[start + 1 :] if not line.startswith("╰")]
-        return " ".join(part for part in panel if part)
-    return lines[-1] if lines else ""
+    start = next((i for i, line in enumerate(lines) if line.startswith("╭") and "Error" in line), None)
+    if start is None:
+        return lines[-1] if lines else ""
+    panel = [line.strip("│ ") for line in lines[start + 1 :] if not line.startswith("╰")]
+    return " ".join(part for part in panel if part)
 
 
 def follow_again(run_id: int, connection: str) -> str:
@@ -79,7 +79,7 @@ def broken_line(run_id: int, connection: str, why: str, status: str | None) -> s
 
 def gave_up_line(run_id: int, connection: str, reattach_s: float) -> str:
     return (
-        f"Gave up following run {run_id}: no log from the SuperLink for {reattach_s:g} s. The run itself "
+        f"Gave up following run {run_id}: its log could not be followed for {reattach_s:g} s. The run itself "
         f"may go on: follow it again with {follow_again(run_id, connection)}, or see `flwr list {connection}`."
     )
 
