@@ -373,6 +373,9 @@ def simulate_from_args(args: argparse.Namespace, command: list[str]) -> int:
 
         print("\nReport: training the central baseline and the local models to compare with ...", flush=True)
         print(f"Report: {make_report(run_dir)}")
+    from server_app.tracking import MlflowLog  # the commit and the report, into the run's MLflow run (if any)
+
+    MlflowLog.after_run(run_dir)
     return 0
 
 

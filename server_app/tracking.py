@@ -5,9 +5,11 @@ config.json as a parameter, every round's metrics with the round as step, a few 
 and the run's files as artifacts when it ends. One MLflow run per run folder (its id is
 kept in the folder), and a resumed run continues the MLflow run of the folder it resumes.
 
-A tracker that cannot be reached or refuses is named once in the log and left alone for
-the rest of the run: MLflow's HTTP client gets a short timeout and no retries, so it costs
-a run a few seconds at most, once.
+The rounds never wait for MLflow: its calls run in order on a thread of their own. A
+tracker that cannot be reached, refuses or does not answer within MLflow's request timeout
+(10 s here, no retries) is named once in the log and left alone for the rest of the run.
+At its end the run waits for the last calls (its files, its status): one request timeout
+at most when MLflow stops answering, 30 s at most in all.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
+import threading
 import time
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flwr.common import log
 
@@ -28,25 +33,20 @@ from task.config import Settings, check_tracking_uri
 from task.errors import ConfigError
 
 EXPERIMENT = "fedavg-mnist"
-# MLflow's own HTTP settings, where the environment does not set them: one try of 3 s at most.
+# MLflow's own HTTP settings, where the environment does not set them: one try of 10 s at most
+# (a server's first answer can take seconds on a busy machine).
+REQUEST_TIMEOUT_S = 10
 HTTP_SETTINGS = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
 }
 # The history's ending, as MLflow's run status.
 STATUS = {rf.COMPLETED: "FINISHED", rf.FAILED: "FAILED", rf.INTERRUPTED: "KILLED"}
-ARTIFACTS = (
-    rf.CONFIG,
-    rf.HISTORY,
-    rf.MANIFEST,
-    rf.MODEL,
-    rf.REPORT,
-    rf.REPORT_CURVES,
-    rf.REPORT_LOCAL_VS_MERGED,
-    rf.REPORT_RECONSTRUCTIONS,
-    rf.REPORT_LABELS,
-)
+FINISH_WAIT_S = 30
+# The run's files that go to MLflow as artifacts when present; the report comes later (MlflowLog.after_run).
+ARTIFACTS = (rf.CONFIG, rf.HISTORY, rf.MANIFEST, rf.MODEL, rf.REPORT)
+ARTIFACTS += (rf.REPORT_CURVES, rf.REPORT_LOCAL_VS_MERGED, rf.REPORT_RECONSTRUCTIONS, rf.REPORT_LABELS)
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 
 
@@ -85,17 +85,50 @@ def _number(value: Any) -> bool:
 
 
 class MlflowLog:
-    """The MLflow run of one run folder. Every call is guarded: the first failure is logged
-    and tracking stops for the rest of the run; the run itself never notices."""
+    """The MLflow run of one run folder, fed from a thread of its own. Every call is guarded:
+    the first failure is logged and tracking stops for the rest of the run."""
 
-    def __init__(self, folder: RunFolder, settings: Settings) -> None:
+    def __init__(self, folder: RunFolder, settings: Settings, start: bool = True) -> None:
         self.folder = folder
-        self.settings = settings
         self.active = settings.tracking == "mlflow"
         self.uri = tracking_uri(settings) if self.active else ""
         self.client: Any = None
         self.run_id = ""
-        self._guarded("starting the run", self._start)
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.worker: threading.Thread | None = None
+        if start and self.active:
+            self.worker = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
+            self.worker.start()
+            self._submit("starting the run", self._start)
+
+    def _submit(self, doing: str, call, *args: Any) -> None:
+        if self.worker is not None:
+            self.calls.put((doing, call, args))
+
+    def _work(self) -> None:
+        while (item := self.calls.get()) is not None:
+            doing, call, args = item
+            self._guarded(doing, call, *args)
+
+    @classmethod
+    def after_run(cls, path: str | Path) -> None:
+        """What a run folder gains after its run (the launcher's git commit in the manifest,
+        the report and its figures), into the same MLflow run; nothing for an untracked folder."""
+        folder = RunFolder.open(path)
+        record = folder.tracking_run()
+        if record is None:
+            return
+        tracker = cls(folder, Settings(tracking="mlflow"), start=False)
+        tracker.uri = record["tracking-uri"]
+        if "***" in tracker.uri:  # its password stays out of the run folder: it is in the environment
+            tracker.uri = os.environ.get("MLFLOW_TRACKING_URI", tracker.uri)
+        tracker.run_id = record["run-id"]
+        tracker._guarded("adding the files made after the run", tracker._add_later_files)
+
+    def _add_later_files(self) -> None:
+        self.client = _client(self.uri)
+        self._tag_commit()
+        self.upload_files(skip={a.path for a in self.client.list_artifacts(self.run_id)} - {rf.MANIFEST})
 
     @staticmethod
     def check_available(settings: Settings) -> None:
@@ -129,11 +162,7 @@ class MlflowLog:
             )
 
     def _start(self) -> None:
-        from mlflow import MlflowClient
-
-        for name, value in HTTP_SETTINGS.items():
-            os.environ.setdefault(name, value)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
         config = self.folder.config()
         self.run_id = self._continued(config.get("resumed-from")) or self._new_run()
         self.folder.write_tracking_run({"run-id": self.run_id, "tracking-uri": _shown(self.uri)})
@@ -206,30 +235,35 @@ class MlflowLog:
 
     def resumed(self, rounds: list[dict[str, Any]]) -> None:
         """The earlier rounds of a resumed run that this MLflow run does not hold yet."""
-        self._guarded("copying the earlier rounds", self._backfill, rounds)
+        self._submit("copying the earlier rounds", self._backfill, [(r["round"], round_metrics(r)) for r in rounds])
 
-    def _backfill(self, rounds: list[dict[str, Any]]) -> None:
+    def _backfill(self, rounds: list[tuple[int, dict[str, float]]]) -> None:
         logged = self.client.get_metric_history(self.run_id, "server/loss")
         last = max((m.step for m in logged), default=-1)
-        for entry in rounds:
-            if entry["round"] > last:
-                self._log_round(entry)
+        for step, metrics in rounds:
+            if step > last:
+                self._log_metrics(step, metrics)
 
     def round(self, entry: dict[str, Any]) -> None:
-        self._guarded(f"logging round {entry['round']}", self._log_round, entry)
+        self._submit(f"logging round {entry['round']}", self._log_metrics, entry["round"], round_metrics(entry))
 
-    def _log_round(self, entry: dict[str, Any]) -> None:
+    def _log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        step = entry["round"]
-        metrics = [Metric(k, v, now, step) for k, v in round_metrics(entry).items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """The run's files as artifacts, and MLflow's status from the history's."""
-        self._guarded("ending the run", self._finish, status, error)
-        self.active = False
+        """The run's files as artifacts and MLflow's status from the history's; then the thread
+        ends. Waits for MLflow at most one request timeout longer than it is busy."""
+        if self.worker is None:
+            return
+        self._submit("ending the run", self._finish, status, error)
+        self.calls.put(None)
+        self.worker.join(FINISH_WAIT_S)
+        if self.worker.is_alive():
+            log(WARNING, "MLflow at %s is still busy: the run ends without waiting for it", _shown(self.uri))
+        self.worker = None
 
     def _finish(self, status: str, error: str | None) -> None:
         self.upload_files()
@@ -237,16 +271,22 @@ class MlflowLog:
             self.client.set_tag(self.run_id, "error", error[:5000])
         self.client.set_terminated(self.run_id, STATUS[status])
 
-    def upload_files(self) -> None:
+    def upload_files(self, skip: set[str] = frozenset()) -> None:
         for name in ARTIFACTS:
-            if self.folder.file(name).is_file():
+            if name not in skip and self.folder.file(name).is_file():
                 self.client.log_artifact(self.run_id, str(self.folder.file(name)))
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    for name, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
 
 
 def _shown(uri: str) -> str:
     """The URI without a password that MLFLOW_TRACKING_URI may carry."""
-    from urllib.parse import urlsplit
-
     try:
         password = urlsplit(uri).password
     except ValueError:
