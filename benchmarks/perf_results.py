@@ -22,6 +22,8 @@ TARGETS = {
     "coldstart": ("command to end of round 1, 100 clients", 15.0, "s"),
     "scale-1000": ("peak memory, 1,000 clients (RSS summed)", 3.0, "GB"),
     "scale-10000": ("peak memory, 10,000 clients (RSS summed)", 4.0, "GB"),
+    "deployment-warm": ("3 SuperNodes on loopback, warm, against the simulation with 3 clients", 2.0, "x"),
+    "message-cpu-warm": ("median CPU per ClientApp process, warm", 0.5, "s"),
 }
 
 
@@ -79,6 +81,10 @@ def targets(rows: list[Row]) -> str:
             found["overhead-mlp"] = r.ratio
         if r.section == "coldstart" and r.first_round_s is not None:
             found["coldstart"] = r.first_round_s
+        if r.section == "deployment" and r.extra.get("warm") and r.ratio is not None:
+            found["deployment-warm"] = r.ratio
+            if r.extra.get("message-cpu-s"):
+                found["message-cpu-warm"] = statistics.median(r.extra["message-cpu-s"])
         if r.section == "scale" and r.peak_rss_gb is not None and "one worker" not in r.name:
             n = r.name.split(" ")[0].replace(",", "")
             if f"scale-{n}" in TARGETS:

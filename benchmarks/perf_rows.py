@@ -10,7 +10,7 @@ from pathlib import Path
 
 import run_folder as rf
 from benchmarks.perf_results import Row, cpu_note, load1, steady
-from benchmarks.perf_runs import final_metric, launch, launch_gpu, plain_loop
+from benchmarks.perf_runs import RunWatch, final_metric, launch, launch_gpu, plain_loop
 from benchmarks.sampling import CLIENTAPP_PROCESS, TreeMemory
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
@@ -180,42 +180,88 @@ def scale(sizes: list[int], work_dir: Path) -> list[Row]:
     return rows
 
 
-def deployment(rounds: int, work_dir: Path) -> list[Row]:
-    config = {**WORK, "num-server-rounds": rounds, "min-available-nodes": 3}
-    mlp = objective_for("mlp")
-    l0 = load1()
+def deployed(config: dict, work_dir: Path, name: str, warm: bool) -> dict:
+    """A run of 3 SuperNodes on loopback (``warm``: each next to a fork server): its round times,
+    and from its processes (sampled every 0.2 s) the lifetime and CPU of each ClientApp process,
+    the peak memory of the nodes' processes, and how long each round's messages waited for a node."""
     with TreeMemory(os.getpid()) as mem, flower_home() as home:
         address = start_superlink(home, simulation=False)
         home.add_connection("loopback", address)
-        for i in range(3):
-            start_supernode(home, address, partition_id=i, num_partitions=3)
-        flwr_run(
-            home,
-            "loopback",
-            {**config, "output-dir": str(work_dir), "run-name": "deployment"},
-            echo=False,
-            timeout=3600,
-        )
-    lives, cpus = mem.lifetimes(CLIENTAPP_PROCESS), mem.cpu_of(CLIENTAPP_PROCESS)
-    history = rf.RunFolder(work_dir / "deployment").history()
-    deployed = [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0]
+        mem.group_roots = [start_supernode(home, address, i, 3, warm=warm).pid for i in range(3)]
+        start, epoch = time.perf_counter(), time.time()
+        with RunWatch(work_dir / name, start) as watch:
+            run_config = {**config, "output-dir": str(work_dir), "run-name": name}
+            flwr_run(home, "loopback", run_config, echo=False, timeout=3600)
+    history = rf.RunFolder(work_dir / name).history()
+    started = [begun for pid, (begun, _) in mem.lived.items() if mem.cpu[pid][0] == CLIENTAPP_PROCESS]
+    return {
+        "history": history,
+        "times": [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0],
+        "lives": mem.lifetimes(CLIENTAPP_PROCESS),
+        "cpus": mem.cpu_of(CLIENTAPP_PROCESS),
+        "cpu": mem.cpu_by_role(),
+        "peak": (mem.peak_rss, mem.peak_pss, mem.peak_group_rss, mem.peak_group_pss),
+        "pickup": pickup_delays(sorted(started), {k: epoch + v for k, v in watch.seen.items()}),
+    }
+
+
+def pickup_delays(started: list[float], seen: dict[str, float]) -> list[float]:
+    """For each round from 2 on, how long after the round before was recorded (when the server sends
+    the round's messages) the last of its ClientApp processes started: the nodes' pickup (a SuperNode
+    that found no message sleeps 3 s before it asks again), the SuperExec's poll and the process start."""
+    delays, r = [], 2
+    while f"round {r}" in seen:
+        sent, done = seen[f"round {r - 1}"], seen[f"round {r}"]
+        starts = [t - sent for t in started if sent - 0.2 <= t < done]  # the watch sees a round up to 0.1 s late
+        if starts:
+            delays.append(max(starts))
+        r += 1
+    return delays
+
+
+def deployment(rounds: int, work_dir: Path) -> list[Row]:
+    """The same run on 3 SuperNodes with Flower's process per message, then with warm processes (a fork
+    server per node), then simulated with 3 clients; each deployment against the simulation."""
+    config = {**WORK, "num-server-rounds": rounds, "min-available-nodes": 3}
+    mlp = objective_for("mlp")
+    runs, loads = {}, {}
+    for warm in (False, True):
+        before = load1()
+        runs[warm] = deployed(config, work_dir, "deployment-warm" if warm else "deployment", warm)
+        loads[warm] = (before, load1())
     l1 = load1()
     sim = launch(3, {**config, "run-name": "deployment-sim"}, work_dir)
     l2 = load1()
-    return [
-        Row(
-            "deployment",
-            "3 SuperNodes on loopback (20,000 images each)",
-            steady(deployed),
-            steady(deployed) / steady(sim["times"]),
-            deployed[0],
-            mem.peak_rss / 1e9,
-            mem.peak_pss / 1e9,
-            load=(l0, l1),
-            notes=f"{mlp.key} {final_metric(history, mlp):.4f}; ratio against the simulation below; "
-            f"{message_note(lives, cpus)}; {cpu_note(mem.cpu_by_role())}",
-            extra={"rounds": deployed, "cpu": mem.cpu_by_role(), "message-s": lives, "message-cpu-s": cpus},
-        ),
+    rows = []
+    for warm, label in ((False, "Flower's process per message"), (True, "warm: a fork server per node")):
+        run = runs[warm]
+        rss, pss, node_rss, node_pss = run["peak"]
+        rows.append(
+            Row(
+                "deployment",
+                f"3 SuperNodes on loopback, {label} (20,000 images each)",
+                steady(run["times"]),
+                steady(run["times"]) / steady(sim["times"]),
+                run["times"][0],
+                rss / 1e9,
+                pss / 1e9,
+                load=loads[warm],
+                notes=f"{mlp.key} {final_metric(run['history'], mlp):.4f}; ratio against the simulation below; "
+                f"{message_note(run['lives'], run['cpus'])}; nodes' processes at their peak {node_rss / 1e9:.2f} GB "
+                f"RSS, {node_pss / 1e9:.2f} GB PSS; {pickup_note(run['pickup'])}; {cpu_note(run['cpu'])}",
+                extra={
+                    "rounds": run["times"],
+                    "cpu": run["cpu"],
+                    "message-s": run["lives"],
+                    "message-cpu-s": run["cpus"],
+                    "pickup-s": run["pickup"],
+                    "node-peak-rss-gb": node_rss / 1e9,
+                    "node-peak-pss-gb": node_pss / 1e9,
+                    "warm": warm,
+                },
+            )
+        )
+    rows.append(
         Row(
             "deployment",
             "simulation, 3 clients (20,000 images each)",
@@ -227,17 +273,28 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
             load=(l1, l2),
             notes=f"{mlp.key} {final_metric(sim['history'], mlp):.4f}; {cpu_note(sim['cpu'])}",
             extra={"rounds": sim["times"], "cpu": sim["cpu"]},
-        ),
-    ]
+        )
+    )
+    return rows
+
+
+def pickup_note(delays: list[float]) -> str:
+    if not delays:
+        return "message pickup not seen"
+    return (
+        f"a round's messages reached their last ClientApp process {statistics.median(delays):.1f} s after they were "
+        f"sent (median of rounds 2-{len(delays) + 1}; {min(delays):.1f}-{max(delays):.1f} s)"
+    )
 
 
 def message_note(lives: list[float], cpus: list[float]) -> str:
-    """What a deployed message costs on its node: Flower starts one ClientApp process per message."""
+    """What a deployed message costs on its node: a ClientApp process per message."""
     if not lives:
         return "no ClientApp process seen"
     return (
         f"one ClientApp process per message: {len(lives)} processes, each alive {statistics.median(lives):.1f} s "
-        f"(median; {min(lives):.1f}-{max(lives):.1f} s) and using {statistics.median(cpus):.1f} CPU s"
+        f"(median; {min(lives):.1f}-{max(lives):.1f} s) and using {statistics.median(cpus):.2f} CPU s "
+        f"(median; {min(cpus):.2f}-{max(cpus):.2f})"
     )
 
 

@@ -52,11 +52,15 @@ class TreeMemory(Poller):
         self.started = time.perf_counter()
         self.first_seen: dict[str, float] = {}  # role -> seconds after start when a process of it appeared
         self.lived: dict[int, tuple[float, float]] = {}  # pid -> (started, last seen), epoch seconds
+        # Processes whose memory is also summed on its own (a deployment's nodes): roots, set while sampling.
+        self.group_roots: list[int] = []
+        self.peak_group_rss = self.peak_group_pss = 0
         super().__init__()
 
     def sample(self) -> None:
         pids = [self.root, *descendants(self.root)] if self.include_root else descendants(self.root)
-        rss = pss = 0
+        group = set(self.group_roots) | set(descendants(*self.group_roots)) if self.group_roots else set()
+        rss = pss = group_rss = group_pss = 0
         names = []
         for pid in pids:
             try:
@@ -67,6 +71,8 @@ class TreeMemory(Poller):
                 r, p = memory_of(process)
                 seconds = cpu_seconds(process)
                 rss, pss = rss + r, pss + p
+                if pid in group:
+                    group_rss, group_pss = group_rss + r, group_pss + p
                 names.append(f"{name_of(process)} {r / 1e6:.0f}/{p / 1e6:.0f} MB")
                 if seconds is not None:  # the role as last seen: a Ray worker becomes an actor after it starts
                     role = role_of(process)
@@ -79,6 +85,8 @@ class TreeMemory(Poller):
         if rss > self.peak_rss:
             self.peak_rss, self.peak_names = rss, names
         self.peak_pss = max(self.peak_pss, pss)
+        self.peak_group_rss = max(self.peak_group_rss, group_rss)
+        self.peak_group_pss = max(self.peak_group_pss, group_pss)
         self.peak_procs = max(self.peak_procs, len(pids))
 
     def lifetimes(self, role: str) -> list[float]:
@@ -101,11 +109,20 @@ class TreeMemory(Poller):
 
 
 CLIENTAPP_PROCESS = "clients (ClientApp processes)"  # a deployed node's process for one message
+FORK_SERVERS = "fork servers (launcher.forkserver)"
+# (role, a process name that tells it): a fork server's child is named like Flower's own ClientApp
+# process, and the flwr-clientapp that only waits on one renames itself (launcher/warm_clientapp.py).
+NAMED = (
+    (CLIENTAPP_PROCESS, "flwr-clientapp"),
+    ("flwr-clientapp asking a fork server", "flwr-warm-ask"),
+)
 ROLES = (  # (role, a piece of the command line that tells it)
     ("clients (Ray actors)", "ClientAppActor"),
     (CLIENTAPP_PROCESS, "flwr-clientapp"),
     ("simulation process (ServerApp + Flower runtime)", "flwr-simulation"),
     ("ServerApp process", "flwr-serverapp"),
+    (FORK_SERVERS, "launcher.forkserver"),
+    ("warm wrappers (launcher.warm)", "launcher.warm "),
     ("SuperNodes", "flower-supernode"),
     ("SuperLink, SuperExec", "flower-super"),
     ("flwr CLI", "bin/flwr "),
@@ -118,7 +135,12 @@ def _process(process: int | psutil.Process) -> psutil.Process:
 
 
 def role_of(process: int | psutil.Process) -> str:
-    """What a process is in a Flower run, told by its command line (see :data:`ROLES`)."""
+    """What a process is in a Flower run, told by its name (see :data:`NAMED`) or else by its
+    command line (see :data:`ROLES`)."""
+    name = name_of(process)
+    for role, named in NAMED:
+        if name == named:
+            return role
     try:
         cmdline = " ".join(_process(process).cmdline()) + " "
     except psutil.Error:  # gone, or a zombie: no command line left

@@ -129,5 +129,42 @@ def test_the_sampler_times_each_short_lived_clientapp_process_from_its_start():
     assert len(lives) == 2 and 0.6 <= lives[0] < 1.5 <= lives[1] < 3.0
     assert len(mem.cpu_of(CLIENTAPP_PROCESS)) == 2
     note = message_note(lives, [0.1, 0.3])
-    assert note.startswith("one ClientApp process per message: 2 processes, each alive") and "0.2 CPU s" in note
+    assert note.startswith("one ClientApp process per message: 2 processes, each alive") and "0.20 CPU s" in note
     assert message_note([], []) == "no ClientApp process seen"
+
+
+def test_a_fork_servers_child_counts_as_a_clientapp_process_and_its_asker_does_not(tmp_path):
+    from benchmarks.sampling import CLIENTAPP_PROCESS, FORK_SERVERS
+
+    named = "import sys, time; open('/proc/self/comm', 'w').write(sys.argv[1]); time.sleep(30)"
+    cmd = [sys.executable, "-c", named]
+    children = [
+        subprocess.Popen(cmd + ["flwr-clientapp", "-m", "launcher.forkserver"]),
+        subprocess.Popen(cmd + ["flwr-warm-ask", "/tmp/x/bin/flwr-clientapp"]),
+        subprocess.Popen(cmd + ["python3", "-m", "launcher.forkserver"]),
+    ]
+    try:
+        time.sleep(0.5)
+        roles = [role_of(child.pid) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert roles == [CLIENTAPP_PROCESS, "flwr-clientapp asking a fork server", FORK_SERVERS]
+
+
+def test_pickup_is_how_long_a_rounds_messages_waited_for_their_last_process():
+    seen = {"round 0": 0.0, "round 1": 10.0, "round 2": 20.0, "round 3": 30.0}
+    started = [1.0, 1.2, 11.0, 13.5, 12.0, 20.1, 20.4, 22.9]
+    assert perf_rows.pickup_delays(started, seen) == pytest.approx([3.5, 2.9])
+    assert "2.9-3.5 s" in perf_rows.pickup_note([3.5, 2.9]) and perf_rows.pickup_note([]) == "message pickup not seen"
+
+
+def test_the_warm_deployment_rows_are_judged_against_their_targets():
+    rows = [
+        Row("deployment", "3 SuperNodes, plain", ratio=6.0, extra={"warm": False, "message-cpu-s": [3.5]}),
+        Row("deployment", "3 SuperNodes, warm", ratio=2.5, extra={"warm": True, "message-cpu-s": [0.3, 0.4, 0.9]}),
+    ]
+    text = targets(rows)
+    assert "| at most 2 x | 2.50 x | missed by 0.50 x (25% over) |" in text
+    assert "| median CPU per ClientApp process, warm | at most 0.5 s | 0.40 s | met |" in text
