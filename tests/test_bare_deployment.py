@@ -82,6 +82,7 @@ NODE_HOST = [
     "install -d -m 700 -o {apps} -g {apps} {state}/apps",
     "install -m 644 {certs}/ca.crt {state}/ca.crt",
     "install -m 600 -o {node} -g {node} {certs}/supernode-{partition}.key {state}/node/",
+    "install -m 644 deploy/supervise.py {state}/supervise.py",
 ]
 FIREWALL = [
     "nft add table inet {table}",
@@ -100,8 +101,9 @@ SERVICES = {
     "serverapps": "runuser -u {apps} -- env PATH={env}/bin:/usr/bin:/bin FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.25"
     " flower-superexec --runtime-api-address 127.0.0.1:{superlink_port} --root-certificates {state}/ca.crt",
     "nginx": "nginx -c {state}/nginx/nginx.conf -g 'daemon off;'",
-    "supernode": "runuser -u {node} -- env PATH={env}/bin:/usr/bin:/bin flower-supernode"
-    " --superlink {superlink_host}:{public_port} --root-certificates {state}/ca.crt"
+    "supernode": "runuser -u {node} -- env PATH={env}/bin:/usr/bin:/bin"
+    " FEDMNIST_SUPERNODE_STATE={state}/node/supernode-{partition}.json python {state}/supervise.py"
+    " flower-supernode --superlink {superlink_host}:{public_port} --root-certificates {state}/ca.crt"
     " --auth-supernode-private-key {state}/node/supernode-{partition}.key --isolation process"
     ' --host 127.0.0.1 --port {node_port} --node-config "partition-id={partition} num-partitions={partitions}"',
     "clientapps": "runuser -u {apps} -- env PATH={env}/bin:/usr/bin:/bin FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.25"
@@ -153,12 +155,15 @@ def test_the_bare_host_nginx_conf_keeps_the_operators_on_loopback(tmp_path):
     assert all(w.startswith(("/tmp/x/certs/", "/tmp/x/nginx/")) for w in words if w.startswith("/tmp/"))
     # A container file without a line the rewrite relies on stops it, naming the line.
     source = tmp_path / "nginx.conf"
-    source.write_text(
-        (ROOT / "deploy/superlink-host/nginx.conf").read_text().replace("listen 9443 ssl;", "listen 9443;")
-    )
+    container = (ROOT / "deploy/superlink-host/nginx.conf").read_text()
+    source.write_text(container.replace("listen 9443 ssl", "listen 9443"))
     args = ["--certs", "/etc/x", "--source", str(source)]
     refused = subprocess.run([sys.executable, CONF_TOOL, *args], capture_output=True, text=True)
-    assert refused.returncode == 1 and "no 'listen 9443 ssl;' to rewrite" in refused.stderr and not refused.stdout
+    assert refused.returncode == 1 and "listen 9443 ssl" in refused.stderr and not refused.stdout
+    # So does a listener it does not know: it would bind every interface here.
+    source.write_text(container.replace("    server {", "    server {\n        listen 7443 ssl;", 1))
+    refused = subprocess.run([sys.executable, CONF_TOOL, *args], capture_output=True, text=True)
+    assert refused.returncode == 1 and "'listen 7443'" in refused.stderr and not refused.stdout
 
 
 # --- the deployment itself ---------------------------------------------------------------------
@@ -361,7 +366,6 @@ def _start_superlink_host(host: Host) -> tuple[subprocess.Popen, subprocess.Pope
 
 def _files_kept_from_others(host: Host) -> None:
     state = host.folder(LINK)
-    assert (state.stat().st_mode & 0o777, state.owner()) == (0o700, LINK)
     assert _as_user(LINK, "head", "-c", "15", str(state / "state.db")).stdout == "SQLite format 3"
     for user, path in [
         (APPS, state / "state.db"),
@@ -371,6 +375,7 @@ def _files_kept_from_others(host: Host) -> None:
     ]:
         tried = _as_user(user, "head", "-c", "15", str(path))
         assert tried.returncode != 0 and "Permission denied" in tried.stderr, f"{user} read {path}: {tried.stdout!r}"
+    assert (state.stat().st_mode & 0o777, state.owner()) == (0o700, LINK)  # as the documented steps made it
 
 
 def _probe(user: str | None, python: str, address: str, lan: Neighbour | None = None) -> str:

@@ -26,14 +26,15 @@ class ConfError(Exception):
     """The container's file no longer has a line this rewrite relies on."""
 
 
-def _require(text: str, old: str) -> None:
-    if old not in text:
-        raise ConfError(f"{CONTAINER_CONF}: no '{old}' to rewrite: update deploy/bare-host/nginx_conf.py to match it")
-
-
-def _replace(text: str, old: str, new: str) -> str:
-    _require(text, old)
-    return text.replace(old, new)
+def _sub(text: str, pattern: str, new: str, count: int | None = 1) -> str:
+    """``re.sub`` that must match ``count`` times (None: at least once), or names what it missed."""
+    text, found = re.subn(pattern, new, text, flags=re.MULTILINE)
+    if found == 0 or (count is not None and found != count):
+        raise ConfError(
+            f"{CONTAINER_CONF}: {found} lines match '{pattern}', expected {count or 'some'}: "
+            "update deploy/bare-host/nginx_conf.py to match it"
+        )
+    return text
 
 
 def bare_host_conf(
@@ -41,18 +42,21 @@ def bare_host_conf(
 ) -> str:
     """``text`` (the container's nginx.conf) rewritten for a host without Docker."""
     # The geo block's list of loopback gateways (written at the container's start) becomes loopback itself.
-    text, found = re.subn(r"include\s+/tmp/fedmnist-operators\.conf;", "127.0.0.0/8 1;", text)
-    if found != 1:
-        raise ConfError(f"{CONTAINER_CONF}: no 'include /tmp/fedmnist-operators.conf;' in its geo block")
-    text = _replace(text, "listen 9443 ssl;", f"listen 127.0.0.1:{control_port} ssl;")
-    text = _replace(text, "listen 8443 ssl;", f"listen {public} ssl;")
-    text = _replace(text, "https://superlink:8000/", f"https://{superlink}/")
+    text = _sub(text, r"include\s+/tmp/fedmnist-operators\.conf;", "127.0.0.0/8 1;")
+    # Listeners keep their parameters (ssl, backlog=...); only the address changes.
+    text = _sub(text, r"^(\s*)listen 9443 ssl\b", rf"\g<1>listen 127.0.0.1:{control_port} ssl")
+    text = _sub(text, r"^(\s*)listen 8443 ssl\b", rf"\g<1>listen {public} ssl")
+    text = _sub(text, r"https://superlink:8000/", f"https://{superlink}/", count=None)
     # Both folders in one pass, so that a path already rewritten is never rewritten again.
     folders = {"/certs/": f"{certs.rstrip('/')}/", "/tmp/": f"{run_dir.rstrip('/')}/"}
     for old in folders:
-        _require(text, f" {old}")
+        _sub(text, f" {old}", "", count=None)  # each must be there
     text = re.sub(r" (/certs/|/tmp/)", lambda m: " " + folders[m.group(1)], text)
-    text = _replace(text, "user www-data;", f"user {worker_user};")
+    text = _sub(text, r"^user www-data;", f"user {worker_user};")
+    # A listener added to the container's file later must not end up on every interface here.
+    for listen in re.findall(r"^\s*listen\s+(\S+)", text, flags=re.MULTILINE):
+        if listen not in (public, f"127.0.0.1:{control_port}"):
+            raise ConfError(f"{CONTAINER_CONF}: a listener this rewrite does not know ('listen {listen}'): add it here")
     header = (
         "# Made by deploy/bare-host/nginx_conf.py from deploy/superlink-host/nginx.conf, for a host\n"
         f"# without Docker: operators' listener on 127.0.0.1:{control_port} only, public listener on\n"
