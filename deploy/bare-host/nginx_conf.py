@@ -1,8 +1,8 @@
 """The SuperLink host's nginx configuration for a machine without Docker, made from the
 container's own (deploy/superlink-host/nginx.conf), so both keep the same doors and limits.
 
-    python deploy/bare-host/nginx_conf.py --certs /var/lib/fedmnist/superlink > /etc/fedmnist/nginx.conf
-    nginx -c /etc/fedmnist/nginx.conf
+    python3 deploy/bare-host/nginx_conf.py --certs /var/lib/fedmnist/superlink > /var/lib/fedmnist/nginx/nginx.conf
+    nginx -c /var/lib/fedmnist/nginx/nginx.conf -g 'daemon off;'      (docs/deployment.md, "Without Docker")
 
 In the container the operators' listener binds every interface of the container, and Docker
 publishes it on the host's loopback. On a bare host nothing stands between nginx and the
@@ -68,7 +68,7 @@ def bare_host_conf(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--certs", required=True, help="folder with ca.crt, superlink.crt and superlink.key")
-    parser.add_argument("--run-dir", default="/run/fedmnist-nginx", help="pid file and request buffers")
+    parser.add_argument("--run-dir", default="/var/lib/fedmnist/nginx", help="pid file and request buffers")
     parser.add_argument("--superlink", default="127.0.0.1:8000", help="the SuperLink's --host:--port")
     parser.add_argument("--public", default="8443", help="the nodes' listener: PORT or ADDRESS:PORT")
     parser.add_argument("--control-port", type=int, default=9443, help="the operators' port on 127.0.0.1")
