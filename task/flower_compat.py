@@ -168,6 +168,15 @@ PIECES: dict[str, Piece] = {
         (),
         replaced=True,
     ),
+    "supernode_loop_time": Piece(
+        "flwr.supernode.start_client_internal",
+        "time",
+        "the `time` module as the SuperNode's connection loop sees it: the loop sleeps a fixed 3 s "
+        "(time.sleep(3), no setting) after every pull that finds no message, which it does right after "
+        "each reply, so a round's messages wait up to 3 s for a node; launcher/prompt_supernode.py gives "
+        "the loop a `time` whose 3 s sleep is shorter",
+        ("launcher/prompt_supernode.py", "tests/test_prompt_supernode.py"),
+    ),
     # ---- Ray's, patched in the simulation's own Ray (task/ray_lean.py) ----
     "ray_params_init": Piece(
         "ray._private.parameter",
