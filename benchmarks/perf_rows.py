@@ -180,14 +180,18 @@ def scale(sizes: list[int], work_dir: Path) -> list[Row]:
     return rows
 
 
-def deployed(config: dict, work_dir: Path, name: str, warm: bool) -> dict:
-    """A run of 3 SuperNodes on loopback (``warm``: each next to a fork server): its round times,
+PROMPT_IDLE_S = 0.5  # the third deployment row's wait after an empty pull (launcher/prompt_supernode.py)
+
+
+def deployed(config: dict, work_dir: Path, name: str, warm: bool, idle_s: float | None = None) -> dict:
+    """A run of 3 SuperNodes on loopback (``warm``: each next to a fork server; ``idle_s``: the wait
+    after an empty pull, Flower's 3 s when None): its round times,
     and from its processes (sampled every 0.2 s) the lifetime and CPU of each ClientApp process,
     the peak memory of the nodes' processes, and how long each round's messages waited for a node."""
     with TreeMemory(os.getpid()) as mem, flower_home() as home:
         address = start_superlink(home, simulation=False)
         home.add_connection("loopback", address)
-        mem.group_roots = [start_supernode(home, address, i, 3, warm=warm).pid for i in range(3)]
+        mem.group_roots = [start_supernode(home, address, i, 3, warm=warm, idle_s=idle_s).pid for i in range(3)]
         start, epoch = time.perf_counter(), time.time()
         with RunWatch(work_dir / name, start) as watch:
             run_config = {**config, "output-dir": str(work_dir), "run-name": name}
@@ -224,17 +228,26 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
     server per node), then simulated with 3 clients; each deployment against the simulation."""
     config = {**WORK, "num-server-rounds": rounds, "min-available-nodes": 3}
     mlp = objective_for("mlp")
+    variants = {  # name: (label, warm, idle_s)
+        "deployment": ("Flower's process per message", False, None),
+        "deployment-warm": ("warm: a fork server per node", True, None),
+        "deployment-warm-idle": (
+            f"warm, and {PROMPT_IDLE_S:g} s instead of 3 s after an empty pull",
+            True,
+            PROMPT_IDLE_S,
+        ),
+    }
     runs, loads = {}, {}
-    for warm in (False, True):
+    for name, (_, warm, idle_s) in variants.items():
         before = load1()
-        runs[warm] = deployed(config, work_dir, "deployment-warm" if warm else "deployment", warm)
-        loads[warm] = (before, load1())
+        runs[name] = deployed(config, work_dir, name, warm, idle_s)
+        loads[name] = (before, load1())
     l1 = load1()
     sim = launch(3, {**config, "run-name": "deployment-sim"}, work_dir)
     l2 = load1()
     rows = []
-    for warm, label in ((False, "Flower's process per message"), (True, "warm: a fork server per node")):
-        run = runs[warm]
+    for name, (label, warm, idle_s) in variants.items():
+        run = runs[name]
         rss, pss, node_rss, node_pss = run["peak"]
         rows.append(
             Row(
@@ -245,7 +258,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
                 run["times"][0],
                 rss / 1e9,
                 pss / 1e9,
-                load=loads[warm],
+                load=loads[name],
                 notes=f"{mlp.key} {final_metric(run['history'], mlp):.4f}; ratio against the simulation below; "
                 f"{message_note(run['lives'], run['cpus'])}; nodes' processes at their peak {node_rss / 1e9:.2f} GB "
                 f"RSS, {node_pss / 1e9:.2f} GB PSS; {pickup_note(run['pickup'])}; {cpu_note(run['cpu'])}",
@@ -258,6 +271,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
                     "node-peak-rss-gb": node_rss / 1e9,
                     "node-peak-pss-gb": node_pss / 1e9,
                     "warm": warm,
+                    "idle-s": idle_s or 3.0,
                 },
             )
         )

@@ -106,13 +106,21 @@ def supernode_threads(threads: int = 1) -> dict[str, str]:
 
 
 def start_supernode(
-    home: FlowerHome, superlink: str, partition_id: int, num_partitions: int, warm: bool | None = None
+    home: FlowerHome,
+    superlink: str,
+    partition_id: int,
+    num_partitions: int,
+    warm: bool | None = None,
+    idle_s: float | None = None,
 ) -> subprocess.Popen:
     """Start one ``flower-supernode`` serving the ClientApp for one partition, one PyTorch thread
     each (they share this machine's cores), next to a fork server of its own that starts its
     ClientApp processes warm (``launcher.warm``; ``warm=False`` or ``FEDMNIST_WARM_CLIENTAPP=0``:
-    Flower's plain process per message)."""
+    Flower's plain process per message). ``idle_s``: how long the node waits after a pull that
+    found no message (``launcher.prompt_supernode``); None keeps Flower's 3 s."""
+    prompt = [sys.executable, "-m", "launcher.prompt_supernode", "--idle-s", str(idle_s)] if idle_s else []
     args = [
+        *prompt,
         "flower-supernode",
         "--insecure",
         "--superlink",
