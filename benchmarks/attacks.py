@@ -9,7 +9,8 @@ al.'s 2NN setting), the project's ServerApp rounds and ClientApp in one process
 attack (rounded up: 1 of 10 at 10%, 3 of 10 at 30%), so the share is exact in every round, not
 only on average (a round retried because too few replies passed the checks asks other nodes,
 which do not attack); each defense is told that share where it takes one (Krum's, Bulyan's
-``num-malicious-nodes``, the trimmed mean's ``trim-beta``). Prints one Markdown row per cell.
+``num-malicious-nodes``, the trimmed mean's ``trim-beta``), except ``robust``, which is
+``presets/robust.toml`` as it is. Prints one Markdown row per cell.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import logging
 import math
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 from benchmarks.loopback import run_rounds
 from server_app.rounds import RoundFailed
@@ -59,10 +62,12 @@ def defense_knobs(name: str, attackers: int, share: float) -> dict:
         "krum": {"strategy": "krum", "num-malicious-nodes": f},
         "multikrum": {"strategy": "multikrum", "num-malicious-nodes": f},
         "bulyan": {"strategy": "bulyan", "num-malicious-nodes": f},
+        "robust": ROBUST,  # the preset: the same whatever the share
     }[name]
 
 
-DEFENSES = ("fedavg", "screen", "fedmedian", "trimmed", "krum", "multikrum", "bulyan")
+DEFENSES = ("fedavg", "screen", "fedmedian", "trimmed", "krum", "multikrum", "bulyan", "robust")
+ROBUST = tomllib.loads((Path(__file__).parent.parent / "presets" / "robust.toml").read_text(encoding="utf-8"))
 
 
 def attack_items(kind: str | None, attackers: int, settings: Settings) -> str:
