@@ -7,17 +7,18 @@ kept in the folder), and a resumed run continues the MLflow run of the folder it
 
 The rounds never wait for MLflow: its calls run in order on a thread of their own. A
 tracker that cannot be reached, refuses or does not answer within MLflow's request timeout
-(10 s here, no retries) is named once in the log and left alone for the rest of the run.
-At its end the run waits for the last calls (its files, its status): one request timeout
-at most when MLflow stops answering, 30 s at most in all.
+(10 s here, no retries) is named once in the log and left alone for the rest of the run,
+which at its end waits for the last calls (its files, its status) 30 s at most.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from logging import INFO, WARNING
@@ -28,11 +29,13 @@ from urllib.parse import urlsplit
 from flwr.common import log
 
 import run_folder as rf
-from run_folder import RunFolder
+from run_folder import RunFolder, RunFolderError
 from task.config import Settings, check_tracking_uri
-from task.errors import ConfigError
+from task.errors import ConfigError, run_cli
 
 EXPERIMENT = "fedavg-mnist"
+# Model training, not a GenAI app: MLflow's UI then opens the experiment on its runs and their metrics.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's own HTTP settings, where the environment does not set them: one try of 10 s at most
 # (a server's first answer can take seconds on a busy machine).
 REQUEST_TIMEOUT_S = 10
@@ -111,19 +114,21 @@ class MlflowLog:
             self._guarded(doing, call, *args)
 
     @classmethod
-    def after_run(cls, path: str | Path) -> None:
+    def after_run(cls, path: str | Path) -> bool:
         """What a run folder gains after its run (the launcher's git commit in the manifest,
-        the report and its figures), into the same MLflow run; nothing for an untracked folder."""
+        the report and its figures), into the same MLflow run; nothing for an untracked folder.
+        False when MLflow failed (and the log says so)."""
         folder = RunFolder.open(path)
         record = folder.tracking_run()
         if record is None:
-            return
+            return True
         tracker = cls(folder, Settings(tracking="mlflow"), start=False)
         tracker.uri = record["tracking-uri"]
         if "***" in tracker.uri:  # its password stays out of the run folder: it is in the environment
             tracker.uri = os.environ.get("MLFLOW_TRACKING_URI", tracker.uri)
         tracker.run_id = record["run-id"]
         tracker._guarded("adding the files made after the run", tracker._add_later_files)
+        return tracker.active
 
     def _add_later_files(self) -> None:
         self.client = _client(self.uri)
@@ -150,16 +155,9 @@ class MlflowLog:
             call(*args)
         except Exception as exc:  # whatever the tracker does, the run goes on
             self.active = False
-            log(
-                WARNING,
-                "MLflow at %s failed while %s (%s: %s): the run goes on without MLflow; its run folder %s "
-                "keeps everything",
-                _shown(self.uri),
-                doing,
-                type(exc).__name__,
-                str(exc).splitlines()[0][:300] if str(exc) else "",
-                self.folder.path,
-            )
+            why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            where = f"MLflow at {_shown(self.uri)} failed while {doing} ({why})"
+            log(WARNING, "%s: the run goes on without MLflow; its run folder %s keeps all", where, self.folder.path)
 
     def _start(self) -> None:
         self.client = _client(self.uri)
@@ -191,7 +189,9 @@ class MlflowLog:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             try:
-                experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=self._artifact_root())
+                experiment_id = self.client.create_experiment(
+                    EXPERIMENT, artifact_location=self._artifact_root(), tags=EXPERIMENT_TAGS
+                )
             except MlflowException:  # another run created it a moment ago
                 experiment_id = self.client.get_experiment_by_name(EXPERIMENT).experiment_id
         else:
@@ -216,13 +216,8 @@ class MlflowLog:
         changed = [RunTag(f"resumed.{k}", v) for k, v in values.items() if k in logged and logged[k] != v]
         for start in range(0, len(new), MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=new[start : start + MAX_PARAMS_PER_CALL])
-        tags = {
-            "strategy": config.get("strategy"),
-            "partitioning": config.get("partitioning"),
-            "model": config.get("model"),
-            "flower-run-id": config.get("run-id"),
-            "run-folder": str(self.folder.path),
-        }
+        tags = {key: config.get(key) for key in ("strategy", "partitioning", "model")}
+        tags |= {"flower-run-id": config.get("run-id"), "run-folder": self.folder.path}
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()] + changed)
         self._tag_commit()
 
@@ -255,7 +250,7 @@ class MlflowLog:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """The run's files as artifacts and MLflow's status from the history's; then the thread
-        ends. Waits for MLflow at most one request timeout longer than it is busy."""
+        ends. The run waits for it FINISH_WAIT_S at most."""
         if self.worker is None:
             return
         self._submit("ending the run", self._finish, status, error)
@@ -292,3 +287,26 @@ def _shown(uri: str) -> str:
     except ValueError:
         return uri
     return uri.replace(password, "***") if password else uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m server_app.tracking RUN_DIR``: a report made after the run, into its MLflow run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m server_app.tracking",
+        description="Add what a run folder gained after its run (report.md and its figures, the checkout's "
+        "commit) to the MLflow run it was logged to.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run folder of a run with tracking='mlflow'")
+    args = parser.parse_args(argv)
+
+    def add() -> int:
+        folder = RunFolder.open(args.run_dir)
+        if folder.tracking_run() is None:
+            raise RunFolderError(f"{folder.path} was not logged to MLflow (no {rf.TRACKING_RUN}): tracking was off.")
+        return 0 if MlflowLog.after_run(folder.path) else 1
+
+    return run_cli(add)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 
 import run_folder as rf
 from server_app.tracking import REQUEST_TIMEOUT_S, MlflowLog
+from server_app.tracking import main as tracking_main
 from task.config import Settings
 from task.errors import ConfigError
 from tests.test_server_app import TWO, _run
@@ -83,12 +84,14 @@ def assert_mlflow_run_equals_folder(client: MlflowClient, folder: rf.RunFolder) 
 
 
 def test_two_rounds_in_the_local_store_equal_config_and_history(tmp_path, caplog):
-    _run(tmp_path, TWO, **{"run-name": "tracked", "tracking": "mlflow"})
+    dp = {"dp-noise-multiplier": 0.1, "dp-clipping-norm": 10.0}  # so that the privacy spent is logged too
+    _run(tmp_path, TWO, **{"run-name": "tracked", "tracking": "mlflow", **dp})
     folder = rf.RunFolder(tmp_path / "tracked")
     assert folder.tracking_run()["tracking-uri"] == f"sqlite:///{tmp_path / rf.TRACKING_STORE}"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / rf.TRACKING_STORE}")
     run_id = assert_mlflow_run_equals_folder(client, folder)
-    assert len(expected_metrics(folder.history()["rounds"])["server/accuracy"]) == 3  # rounds 0, 1, 2
+    wanted = expected_metrics(folder.history()["rounds"])
+    assert sorted(wanted["server/accuracy"]) == [0, 1, 2] and sorted(wanted["privacy/epsilon"]) == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {rf.CONFIG, rf.HISTORY, rf.MANIFEST, rf.MODEL} <= artifacts
     local = client.download_artifacts(run_id, rf.MODEL, str(tmp_path))
@@ -99,7 +102,7 @@ def test_two_rounds_in_the_local_store_equal_config_and_history(tmp_path, caplog
     # What the launcher adds after the run (the checkout's commit, the report) reaches the same MLflow run.
     folder.update_manifest(git={"commit": "0123abc", "clean": True})
     folder.write_files({rf.REPORT: b"# Report", rf.REPORT_CURVES: b"\x89PNG..."})
-    MlflowLog.after_run(folder.path)
+    assert tracking_main([str(folder.path)]) == 0  # python -m server_app.tracking RUN_DIR, as the launcher does
     assert client.get_run(run_id).data.tags["git-commit"] == "0123abc"
     assert {rf.REPORT, rf.REPORT_CURVES} <= {a.path for a in client.list_artifacts(run_id)}
     manifest = json.loads(open(client.download_artifacts(run_id, rf.MANIFEST, str(tmp_path / "back"))).read())
@@ -253,13 +256,16 @@ def test_tracking_asked_for_without_mlflow_is_refused_before_round_1(tmp_path, m
     assert not (tmp_path / "none").exists()
 
 
-def test_tracking_off_touches_no_store(tmp_path):
+def test_tracking_off_touches_no_store(tmp_path, capsys):
     folder = rf.RunFolder.create(tmp_path, "plain", "mlp")
     folder.write_config(Settings().to_run_config())
     tracker = MlflowLog(folder, Settings())
     tracker.round({"round": 0, "server": {"loss": 1.0}, "failures": [], "wall-time-s": 0.0, "elapsed-s": 0.0})
     tracker.finish(rf.COMPLETED)
     assert folder.tracking_run() is None and not (tmp_path / rf.TRACKING_STORE).exists()
+    assert MlflowLog.after_run(folder.path)  # the launcher's call: nothing to do
+    assert tracking_main([str(folder.path)]) == 2
+    assert "was not logged to MLflow (no mlflow-run.json): tracking was off" in capsys.readouterr().err
 
 
 def test_metric_values_are_finite_numbers_with_the_round_as_step():
