@@ -247,10 +247,10 @@ def test_a_bad_uri_stops_the_run_before_round_1(tmp_path, monkeypatch):
 
 
 def test_tracking_asked_for_without_mlflow_is_refused_before_round_1(tmp_path, monkeypatch):
-    import sys
+    import importlib.util
 
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "mlflow" else object())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ConfigError, match=r"tracking='mlflow' needs MLflow's client.*\[mlflow\]"):
         _run(tmp_path, TWO, **{"run-name": "none", "tracking": "mlflow"})
     assert not (tmp_path / "none").exists()
