@@ -205,8 +205,11 @@ try:
     sock.connect(sys.argv[1])
 except OSError as exc:
     sys.exit(print("connect:", type(exc).__name__))
-sock.send(json.dumps({"argv": ["report"], "env": {}, "cwd": "/", "umask": 18, "fds": []}).encode())
-print("reply:", sock.recv(65536).decode())
+try:
+    sock.send(json.dumps({"argv": ["report"], "env": {}, "cwd": "/", "umask": 18, "fds": []}).encode())
+    print("reply:", sock.recv(65536).decode())
+except (BrokenPipeError, ConnectionResetError):  # the server had answered and closed before it read this
+    print("reply: closed by the server")
 """
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # one the other user can run
 
@@ -222,7 +225,8 @@ def test_another_user_is_refused_by_the_folder_and_by_the_server(server):
     folder.chmod(0o711)
     (folder / SOCKET_NAME).chmod(0o666)
     asked = subprocess.run(stranger, **as_nobody)
-    assert "the fork server serves uid 0 only, not 65534" in asked.stdout, asked.stdout + asked.stderr
+    answers = ("the fork server serves uid 0 only, not 65534", "closed by the server")
+    assert any(answer in asked.stdout for answer in answers), asked.stdout + asked.stderr
     assert runs(entry_dir) == 0
     proc.kill()
     assert "refused a request from uid 65534" in proc.communicate()[1]
