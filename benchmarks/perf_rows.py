@@ -260,13 +260,15 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
                 pss / 1e9,
                 load=loads[name],
                 notes=f"{mlp.key} {final_metric(run['history'], mlp):.4f}; ratio against the simulation below; "
-                f"{message_note(run['lives'], run['cpus'])}; nodes' processes at their peak {node_rss / 1e9:.2f} GB "
-                f"RSS, {node_pss / 1e9:.2f} GB PSS; {pickup_note(run['pickup'])}; {cpu_note(run['cpu'])}",
+                f"{message_note(run['lives'], run['cpus'], queries=3)}; nodes' processes at their peak "
+                f"{node_rss / 1e9:.2f} GB RSS, {node_pss / 1e9:.2f} GB PSS; {pickup_note(run['pickup'])}; "
+                f"{cpu_note(run['cpu'])}",
                 extra={
                     "rounds": run["times"],
                     "cpu": run["cpu"],
                     "message-s": run["lives"],
                     "message-cpu-s": run["cpus"],
+                    "query-cpu-s": run["cpus"][:3],  # each node's first message: the query, no training
                     "pickup-s": run["pickup"],
                     "node-peak-rss-gb": node_rss / 1e9,
                     "node-peak-pss-gb": node_pss / 1e9,
@@ -301,15 +303,22 @@ def pickup_note(delays: list[float]) -> str:
     )
 
 
-def message_note(lives: list[float], cpus: list[float]) -> str:
-    """What a deployed message costs on its node: a ClientApp process per message."""
+def message_note(lives: list[float], cpus: list[float], queries: int = 0) -> str:
+    """What a deployed message costs on its node: a ClientApp process per message (in the order they
+    started; the first ``queries`` answered the server's query and trained nothing)."""
     if not lives:
         return "no ClientApp process seen"
-    return (
+    note = (
         f"one ClientApp process per message: {len(lives)} processes, each alive {statistics.median(lives):.1f} s "
         f"(median; {min(lives):.1f}-{max(lives):.1f} s) and using {statistics.median(cpus):.2f} CPU s "
         f"(median; {min(cpus):.2f}-{max(cpus):.2f})"
     )
+    if 0 < queries < len(cpus):
+        note += (
+            f", the {queries} queries (no training) {statistics.median(cpus[:queries]):.2f} CPU s each, the "
+            f"{len(cpus) - queries} training messages {statistics.median(cpus[queries:]):.2f} (medians)"
+        )
+    return note
 
 
 def gpu_reason() -> str | None:

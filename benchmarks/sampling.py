@@ -97,8 +97,9 @@ class TreeMemory(Poller):
         return [seen - started for started, seen in lived]
 
     def cpu_of(self, role: str) -> list[float]:
-        """CPU seconds of each process of ``role``."""
-        return [seconds for r, seconds in self.cpu.values() if r == role]
+        """CPU seconds of each process of ``role``, in the order they started (as :meth:`lifetimes`)."""
+        by_start = sorted(self.cpu.items(), key=lambda item: self.lived.get(item[0], (0.0,))[0])
+        return [seconds for _, (r, seconds) in by_start if r == role]
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used by the sampled processes, summed by role (as last sampled)."""
