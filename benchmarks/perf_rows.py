@@ -188,7 +188,7 @@ def deployed(config: dict, work_dir: Path, name: str, warm: bool, idle_s: float 
     after an empty pull, Flower's 3 s when None): its round times,
     and from its processes (sampled every 0.2 s) the lifetime and CPU of each ClientApp process,
     the peak memory of the nodes' processes, and how long each round's messages waited for a node."""
-    with TreeMemory(os.getpid()) as mem, flower_home() as home:
+    with TreeMemory(os.getpid(), interval=0.1) as mem, flower_home() as home:  # a warm process lives 0.5 s
         address = start_superlink(home, simulation=False)
         home.add_connection("loopback", address)
         mem.group_roots = [start_supernode(home, address, i, 3, warm=warm, idle_s=idle_s).pid for i in range(3)]
@@ -198,11 +198,14 @@ def deployed(config: dict, work_dir: Path, name: str, warm: bool, idle_s: float 
             flwr_run(home, "loopback", run_config, echo=False, timeout=3600)
     history = rf.RunFolder(work_dir / name).history()
     started = [begun for pid, (begun, _) in mem.lived.items() if mem.cpu[pid][0] == CLIENTAPP_PROCESS]
+    answered = epoch + watch.seen.get("config", float("inf"))  # the run folder appears once the nodes answered
+    queries = [cpu for begun, cpu in zip(sorted(started), mem.cpu_of(CLIENTAPP_PROCESS)) if begun < answered]
     return {
         "history": history,
         "times": [r["wall-time-s"] for r in history["rounds"] if r["round"] > 0],
         "lives": mem.lifetimes(CLIENTAPP_PROCESS),
         "cpus": mem.cpu_of(CLIENTAPP_PROCESS),
+        "query-cpus": queries,  # the processes that answered the server's query before round 1: no training
         "cpu": mem.cpu_by_role(),
         "peak": (mem.peak_rss, mem.peak_pss, mem.peak_group_rss, mem.peak_group_pss),
         "pickup": pickup_delays(sorted(started), {k: epoch + v for k, v in watch.seen.items()}),
@@ -260,7 +263,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
                 pss / 1e9,
                 load=loads[name],
                 notes=f"{mlp.key} {final_metric(run['history'], mlp):.4f}; ratio against the simulation below; "
-                f"{message_note(run['lives'], run['cpus'], queries=3)}; nodes' processes at their peak "
+                f"{message_note(run['lives'], run['cpus'], run['query-cpus'])}; nodes' processes at their peak "
                 f"{node_rss / 1e9:.2f} GB RSS, {node_pss / 1e9:.2f} GB PSS; {pickup_note(run['pickup'])}; "
                 f"{cpu_note(run['cpu'])}",
                 extra={
@@ -268,7 +271,7 @@ def deployment(rounds: int, work_dir: Path) -> list[Row]:
                     "cpu": run["cpu"],
                     "message-s": run["lives"],
                     "message-cpu-s": run["cpus"],
-                    "query-cpu-s": run["cpus"][:3],  # each node's first message: the query, no training
+                    "query-cpu-s": run["query-cpus"],
                     "pickup-s": run["pickup"],
                     "node-peak-rss-gb": node_rss / 1e9,
                     "node-peak-pss-gb": node_pss / 1e9,
@@ -303,9 +306,9 @@ def pickup_note(delays: list[float]) -> str:
     )
 
 
-def message_note(lives: list[float], cpus: list[float], queries: int = 0) -> str:
-    """What a deployed message costs on its node: a ClientApp process per message (in the order they
-    started; the first ``queries`` answered the server's query and trained nothing)."""
+def message_note(lives: list[float], cpus: list[float], query_cpus: list[float] = ()) -> str:
+    """What a deployed message costs on its node: a ClientApp process per message (``query_cpus``: of
+    those, the ones that answered the server's query and trained nothing)."""
     if not lives:
         return "no ClientApp process seen"
     note = (
@@ -313,10 +316,10 @@ def message_note(lives: list[float], cpus: list[float], queries: int = 0) -> str
         f"(median; {min(lives):.1f}-{max(lives):.1f} s) and using {statistics.median(cpus):.2f} CPU s "
         f"(median; {min(cpus):.2f}-{max(cpus):.2f})"
     )
-    if 0 < queries < len(cpus):
+    if query_cpus:
         note += (
-            f", the {queries} queries (no training) {statistics.median(cpus[:queries]):.2f} CPU s each, the "
-            f"{len(cpus) - queries} training messages {statistics.median(cpus[queries:]):.2f} (medians)"
+            f", of which {len(query_cpus)} answered the query (no training) with "
+            f"{statistics.median(query_cpus):.2f} CPU s each (median)"
         )
     return note
 
