@@ -177,6 +177,39 @@ class Compose:
             f"not healthy within {timeout:g} s: {states}\n" + "\n".join(self.logs(s, 20) for s in services)
         )
 
+    def inspect(self, service: str) -> dict:
+        cid = self.container(service)
+        if cid is None:
+            raise HarnessError(f"{service}: no container")
+        out = subprocess.run([self.docker, "inspect", cid], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)[0]
+
+    def addresses(self, service: str) -> dict[str, str]:
+        """The container's address on each of its networks, by network name."""
+        networks = self.inspect(service)["NetworkSettings"]["Networks"]
+        return {name: net["IPAddress"] for name, net in networks.items() if net.get("IPAddress")}
+
+    def pids(self, service: str) -> list[int]:
+        """Its processes' ids as this machine sees them."""
+        cid = self.container(service)
+        out = subprocess.run([self.docker, "top", cid, "-eo", "pid"], capture_output=True, text=True).stdout
+        return [int(word) for word in out.split()[1:] if word.isdigit()]
+
+    def rss_mb(self, service: str) -> float:
+        """Resident memory of all its processes, in MB (read from /proc on this machine)."""
+        total_kb = 0
+        for pid in self.pids(service):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        return total_kb / 1024
+
+    def exec(self, service: str, *argv: str, user: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [self.docker, "exec", *(["--user", user] if user else []), self.container(service) or service, *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, networks and volumes of this project that still exist."""
         label = f"label=com.docker.compose.project={self.project}"

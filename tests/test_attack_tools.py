@@ -68,6 +68,21 @@ def test_the_flood_holds_its_connections_reopens_what_the_server_closes_and_ends
     assert 4 <= result["seconds"] < 15  # it stopped by itself
 
 
+def test_a_flood_that_never_starts_tls_holds_its_connections_too():
+    async def hang_up_after_a_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1.0)
+        writer.close()
+
+    async def run() -> dict:
+        server = await asyncio.start_server(hang_up_after_a_second, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await flood.flood(f"127.0.0.1:{port}", connections=20, seconds=3, handshake=False)
+
+    result = asyncio.run(run())
+    assert result["most_open_at_once"] == 20 and result["closed_by_server"] >= 20 and result["opened"] >= 40
+
+
 def test_a_flood_without_an_end_is_refused():
     for args in (["--connections", "6000"], ["--seconds", "3600"], ["--seconds", "0"]):
         proc = subprocess.run(

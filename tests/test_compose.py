@@ -422,9 +422,10 @@ def test_the_proxy_serves_each_api_on_its_own_listener_only():
         locations = re.findall(r"location (=? ?\S+) \{", server)
         assert locations == expected[api], locations
         # a URI in proxy_pass: the normalised path goes on, never the raw one
-        assert f"proxy_pass https://superlink:8000/v1/{api}/;" in server
+        assert f"proxy_pass https://superlink/v1/{api}/;" in server
         assert re.search(r"location / \{\s*default_type text/plain;\s*return 403", server)
     assert "proxy_ssl_verify on;" in conf and "proxy_ssl_trusted_certificate /certs/ca.crt;" in conf
+    assert re.search(r"upstream superlink \{\s*server superlink:8000;", conf)
 
 
 def test_superexecs_look_for_work_as_often_in_the_image_as_under_the_launcher():
@@ -465,7 +466,7 @@ def test_the_public_listener_limits_what_one_address_and_one_slow_client_can_tak
     assert top["client_header_timeout"] == ["10s"] and top["client_body_timeout"] == ["10s"]
     assert top["limit_conn_status"] == ["503"] and top["limit_req_status"] == ["503"]
     assert "per_address 32" in public["limit_conn"] and "uploads 8" in public["limit_conn"]
-    assert public["client_max_body_size"] == ["6m"] and public["keepalive_timeout"] == ["0"]
+    assert public["client_max_body_size"] == ["6m"] and public["keepalive_timeout"] == ["30s"]
     assert all(v == "on" for v in public["proxy_request_buffering"])
     # room for a flood beside the nodes, within the container's open-file limit
     connections = int(re.search(r"worker_connections (\d+);", conf).group(1))

@@ -91,12 +91,9 @@ def timings(request) -> dict[str, float]:
     TIMINGS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"), **found}, indent=2) + "\n")
 
 
-@pytest.fixture(scope="module")
-def image(engine, timings) -> str:
-    """The image docker-compose.yml runs, built with no network from a local base image and
+def build_images(docker: str) -> str:
+    """The images the compose files run, built with no network from a local base image and
     the wheelhouse (deploy/prepare.sh: each step is skipped when its result is there)."""
-    docker, _ = engine
-    t0 = time.monotonic()
     proc = subprocess.run(
         [str(ROOT / "deploy" / "prepare.sh"), "--no-engine"],
         cwd=ROOT,
@@ -106,8 +103,15 @@ def image(engine, timings) -> str:
         timeout=3000,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    timings["build"] = time.monotonic() - t0
     return "fedavg-mnist:0.1.0"
+
+
+@pytest.fixture(scope="module")
+def image(engine, timings) -> str:
+    t0 = time.monotonic()
+    built = build_images(engine[0])
+    timings["build"] = time.monotonic() - t0
+    return built
 
 
 def _outputs(tmp_path: Path) -> tuple[Path, int]:
