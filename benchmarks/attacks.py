@@ -140,10 +140,38 @@ def pivot(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def heatmap(rows: list[dict], path: str) -> None:
+    """The same table as a picture: one panel per partitioning, the final accuracy in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(r["partitioning"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    found = {(r["partitioning"], r["attack"], r["attackers-per-round"], r["defense"]): r["final"] for r in rows}
+    heights = [len({(r["attack"], r["attackers-per-round"]) for r in rows if r["partitioning"] == p}) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.45 * sum(heights) + 1.6), height_ratios=heights)
+    for ax, panel in zip([axes] if len(panels) == 1 else axes, panels):
+        keys = list(dict.fromkeys((r["attack"], r["attackers-per-round"]) for r in rows if r["partitioning"] == panel))
+        grid = [[found.get((panel, *key, d)) for d in defenses] for key in keys]
+        values = [[float("nan") if v is None else 100 * v for v in line] for line in grid]
+        ax.imshow(values, cmap="RdYlGn", vmin=50, vmax=100, aspect="auto")
+        for i, line in enumerate(values):
+            for j, v in enumerate(line):
+                ax.text(j, i, "n/a" if v != v else f"{v:.1f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(defenses)), defenses, fontsize=8)
+        ax.set_yticks(range(len(keys)), [f"{a} ({n} of 10)" if n else a for a, n in keys], fontsize=8)
+        ax.set_title(f"{panel}: final test accuracy (%) after 20 rounds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--pivot"]:  # python -m benchmarks.attacks --pivot FILE.jsonl [FILE.jsonl ...]
-        rows = [json.loads(line) for path in argv[1:] for line in open(path, encoding="utf-8") if line.strip()]
-        print(pivot(rows))
+    if argv[:1] in (["--pivot"], ["--plot"]):  # --pivot FILE.jsonl ... | --plot OUT.png FILE.jsonl ...
+        paths = argv[1:] if argv[0] == "--pivot" else argv[2:]
+        rows = [json.loads(line) for path in paths for line in open(path, encoding="utf-8") if line.strip()]
+        print(pivot(rows)) if argv[0] == "--pivot" else heatmap(rows, argv[1])
         return
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attacks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitioning", default="iid", choices=["iid", "shards"])
