@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import queue
 import sys
@@ -24,12 +23,12 @@ import time
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from flwr.common import log
 
 import run_folder as rf
 from run_folder import RunFolder, RunFolderError
+from server_app.tracking_records import param_value, round_metrics, shown_uri, tracking_uri
 from task.config import Settings, check_tracking_uri
 from task.errors import ConfigError, run_cli
 
@@ -51,40 +50,6 @@ FINISH_WAIT_S = 30
 ARTIFACTS = (rf.CONFIG, rf.HISTORY, rf.MANIFEST, rf.MODEL, rf.REPORT)
 ARTIFACTS += (rf.REPORT_CURVES, rf.REPORT_LOCAL_VS_MERGED, rf.REPORT_RECONSTRUCTIONS, rf.REPORT_LABELS)
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
-
-
-def tracking_uri(settings: Settings) -> str:
-    """The knob, else ``MLFLOW_TRACKING_URI``, else the local store in output-dir."""
-    if settings.tracking_uri:
-        return settings.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return "sqlite:///" + str(rf.resolve_output_dir(settings.output_dir) / rf.TRACKING_STORE)
-
-
-def param_value(value: Any) -> str:
-    """A config.json value as an MLflow parameter: strings as they are, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def round_metrics(entry: dict[str, Any]) -> dict[str, float]:
-    """One history round as metric names and values: ``server/…``, ``clients-train/…``,
-    ``clients-evaluate/…``, ``privacy/…`` (the privacy spent) and ``round/…``."""
-    metrics: dict[str, float] = {}
-    for group in ("server", "clients-train", "clients-evaluate"):
-        for key, value in (entry.get(group) or {}).items():
-            if isinstance(value, dict):  # the privacy spent: its own group
-                metrics.update({f"{key}/{k}": v for k, v in value.items() if _number(v)})
-            elif _number(value):
-                metrics[f"{group}/{key}"] = value
-    metrics["round/dropped-replies"] = len(entry.get("failures") or [])
-    metrics["round/wall-time-s"] = entry["wall-time-s"]
-    metrics["round/elapsed-s"] = entry["elapsed-s"]
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class MlflowLog:
@@ -156,23 +121,23 @@ class MlflowLog:
         except Exception as exc:  # whatever the tracker does, the run goes on
             self.active = False
             why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-            where = f"MLflow at {_shown(self.uri)} failed while {doing} ({why})"
+            where = f"MLflow at {shown_uri(self.uri)} failed while {doing} ({why})"
             log(WARNING, "%s: the run goes on without MLflow; its run folder %s keeps all", where, self.folder.path)
 
     def _start(self) -> None:
         self.client = _client(self.uri)
         config = self.folder.config()
         self.run_id = self._continued(config.get("resumed-from")) or self._new_run()
-        self.folder.write_tracking_run({"run-id": self.run_id, "tracking-uri": _shown(self.uri)})
+        self.folder.write_tracking_run({"run-id": self.run_id, "tracking-uri": shown_uri(self.uri)})
         self._log_params(config)
-        log(INFO, "MLflow: run %s in experiment '%s' at %s", self.run_id, EXPERIMENT, _shown(self.uri))
+        log(INFO, "MLflow: run %s in experiment '%s' at %s", self.run_id, EXPERIMENT, shown_uri(self.uri))
 
     def _continued(self, resumed_from: str | None) -> str | None:
         """The MLflow run of the folder this run resumes, if it lives in the same store."""
         from mlflow.exceptions import MlflowException
 
         earlier = RunFolder(Path(resumed_from)).tracking_run() if resumed_from else None
-        if not earlier or earlier.get("tracking-uri") != _shown(self.uri):
+        if not earlier or earlier.get("tracking-uri") != shown_uri(self.uri):
             return None
         try:
             run = self.client.get_run(earlier["run-id"])
@@ -257,7 +222,7 @@ class MlflowLog:
         self.calls.put(None)
         self.worker.join(FINISH_WAIT_S)
         if self.worker.is_alive():
-            log(WARNING, "MLflow at %s is still busy: the run ends without waiting for it", _shown(self.uri))
+            log(WARNING, "MLflow at %s is still busy: the run ends without waiting for it", shown_uri(self.uri))
         self.worker = None
 
     def _finish(self, status: str, error: str | None) -> None:
@@ -278,15 +243,6 @@ def _client(uri: str) -> Any:
     for name, value in HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
-
-
-def _shown(uri: str) -> str:
-    """The URI without a password that MLFLOW_TRACKING_URI may carry."""
-    try:
-        password = urlsplit(uri).password
-    except ValueError:
-        return uri
-    return uri.replace(password, "***") if password else uri
 
 
 def main(argv: list[str] | None = None) -> int:

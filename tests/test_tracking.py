@@ -269,7 +269,7 @@ def test_tracking_off_touches_no_store(tmp_path, capsys):
 
 
 def test_metric_values_are_finite_numbers_with_the_round_as_step():
-    from server_app.tracking import round_metrics
+    from server_app.tracking_records import round_metrics
 
     entry = {
         "round": 3,
