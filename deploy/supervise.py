@@ -68,9 +68,13 @@ def broken_connections_are_retried() -> None:
     the answers Flower gives up on (a key the SuperLink does not know, a 4xx or 500)."""
     import httpx
 
-    from task.flower_compat import owner  # Flower's internals, listed there
+    from task.flower_compat import MissingFlowerPiece, owner  # Flower's internals, listed there
 
-    module, name = owner("make_simple_http_retry_invoker")
+    try:
+        module, name = owner("make_simple_http_retry_invoker")
+    except MissingFlowerPiece as exc:  # another Flower: its own policy, and restarts, still apply
+        say(f"broken connections end the session as Flower decides: {exc}")
+        return
     make_flowers = getattr(module, name)
 
     def make_patient() -> object:
