@@ -46,7 +46,8 @@ def bare_host_conf(
     # Listeners keep their parameters (ssl, backlog=...); only the address changes.
     text = _sub(text, r"^(\s*)listen 9443 ssl\b", rf"\g<1>listen 127.0.0.1:{control_port} ssl")
     text = _sub(text, r"^(\s*)listen 8443 ssl\b", rf"\g<1>listen {public} ssl")
-    text = _sub(text, r"https://superlink:8000/", f"https://{superlink}/", count=None)
+    # The SuperLink's address, named once in the upstream block the locations pass to.
+    text = _sub(text, r"^(\s*)server superlink:8000;", rf"\g<1>server {superlink};", count=1)
     # Both folders in one pass, so that a path already rewritten is never rewritten again.
     folders = {"/certs/": f"{certs.rstrip('/')}/", "/tmp/": f"{run_dir.rstrip('/')}/"}
     for old in folders:
