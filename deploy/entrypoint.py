@@ -20,7 +20,9 @@ certificates and keys into a private folder that user can read (host key files a
 mode 600 and owned by someone else), drops every privilege and runs the command. So run
 folders on the host belong to whoever owns the checkout, and nothing runs as root. A SuperNode
 runs under ``fedmnist-supervise`` (deploy/supervise.py), which starts it again when Flower has
-given up its connection to the SuperLink.
+given up its connection to the SuperLink. A SuperNode or SuperExec whose service sets
+``FEDMNIST_WARM_CLIENTAPP=1`` runs under ``fedmnist-warm`` (launcher/warm.py): its ClientApp
+processes are forked, as this same unprivileged user, from a server with Flower and PyTorch loaded.
 
 Standard library only, plus ``cryptography`` (a Flower dependency) for the TLS checks and,
 for a SuperNode only, this project's ``task.node_config`` (itself standard library only,
@@ -43,6 +45,7 @@ from pathlib import Path
 
 IMAGE_USER = "fedmnist"
 SUPERVISOR = "fedmnist-supervise"  # deploy/supervise.py, installed beside this file in the image
+WARM = "fedmnist-warm"  # launcher/warm.py, installed with the project
 SECRETS_DIR = Path("/run/fedmnist-secrets")
 # Flags whose value is a file that must exist before the Flower process starts.
 FILE_FLAGS = {
@@ -345,6 +348,9 @@ def main(argv: list[str]) -> int:
     argv = command.argv
     if command.program == "flower-supernode" and (supervisor := shutil.which(SUPERVISOR)):
         argv = [supervisor, *argv]  # started again when it gives up on the SuperLink (deploy/supervise.py)
+    warm = os.environ.get("FEDMNIST_WARM_CLIENTAPP") == "1" and shutil.which(WARM)
+    if warm and command.program in ("flower-supernode", "flower-superexec"):
+        argv = [warm, *argv]  # a fork server next to it starts its ClientApp processes warm
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

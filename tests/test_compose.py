@@ -245,8 +245,10 @@ def _start_nodes(home, address: str, source: Path, certs: Path | None) -> None:
         if certs is not None:
             argv = harness.map_paths(argv, "/certs", certs)
         env = {k: str(v) for k, v in COMPOSE["services"][name].get("environment", {}).items()}
-        assert env == supernode_threads()  # the compose file caps the threads as the launcher does
-        home.spawn(name, argv, env=env)
+        threads = {k: v for k, v in env.items() if k in supernode_threads()}
+        assert threads == supernode_threads()  # the compose file caps the threads as the launcher does
+        assert env.get("FEDMNIST_WARM_CLIENTAPP") == "${FEDMNIST_WARM_CLIENTAPP:-1}"  # warm unless switched off
+        home.spawn(name, argv, env=threads)
 
 
 def _run_one_round(home, conn: str, tmp_path: Path) -> dict:
