@@ -59,9 +59,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("fedmedian", "FedMedian", "FedMedian", weighs_by_count=False),
         StrategySpec("fedtrimmedavg", "FedTrimmedAvg", "FedTrimmedAvg", knobs=_TRIM, weighs_by_count=False),
         StrategySpec("krum", "Krum", "Krum", knobs=_MALICIOUS, min_replies=(2, 3)),
-        StrategySpec(
-            "multikrum", "MultiKrum", "MultiKrum", knobs=(*_MALICIOUS, _SELECT), min_replies=(2, 3)
-        ),
+        StrategySpec("multikrum", "MultiKrum", "MultiKrum", knobs=(*_MALICIOUS, _SELECT), min_replies=(2, 3)),
         StrategySpec("bulyan", "Bulyan", "Bulyan", knobs=_MALICIOUS, min_replies=(4, 3), weighs_by_count=False),
     )
 }
@@ -81,6 +79,4 @@ def replies_needed(spec: StrategySpec, num_malicious: int) -> int:
 
 
 # The Settings fields that belong to some strategies only (server-momentum, proximal-mu, trim-beta, ...).
-STRATEGY_ONLY_FIELDS: tuple[str, ...] = tuple(
-    dict.fromkeys(field for s in STRATEGIES.values() for _, field in s.knobs)
-)
+STRATEGY_ONLY_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(field for s in STRATEGIES.values() for _, field in s.knobs))
