@@ -123,7 +123,6 @@ ROLES = (  # (role, a piece of the command line that tells it)
     ("simulation process (ServerApp + Flower runtime)", "flwr-simulation"),
     ("ServerApp process", "flwr-serverapp"),
     (FORK_SERVERS, "launcher.forkserver"),
-    ("warm wrappers (launcher.warm)", "launcher.warm "),
     ("SuperNodes", "flower-supernode"),
     ("SuperLink, SuperExec", "flower-super"),
     ("flwr CLI", "bin/flwr "),

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -122,8 +123,10 @@ class _BecomeChild(BaseException):
         self.request, self.fds = request, fds
 
 
-def serve(path: Path) -> None:
-    """Accept requests on ``path`` until SIGTERM or SIGINT; a waiter process per request."""
+def serve(path: Path, parent: int | None = None, remove_folder: bool = False) -> None:
+    """Accept requests on ``path`` until SIGTERM or SIGINT, or until process ``parent`` is gone (this
+    server then belongs to no one); a waiter process per request. ``remove_folder``: the socket's
+    folder goes with the server."""
     check_private(path.parent)
     path.unlink(missing_ok=True)
     owner = os.getpid()
@@ -135,7 +138,9 @@ def serve(path: Path) -> None:
         listener.listen(64)
         (path.parent / NOTED_FILE).unlink(missing_ok=True)
         try:
-            while True:
+            while parent is None or os.getppid() == parent:
+                if not select.select([listener], [], [], 1.0)[0]:
+                    continue
                 conn, _ = listener.accept()
                 with conn:
                     uid = peer_uid(conn)
@@ -151,6 +156,8 @@ def serve(path: Path) -> None:
         finally:
             if os.getpid() == owner:  # not in a child unwinding through here
                 path.unlink(missing_ok=True)
+                if remove_folder:
+                    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _wait_on_child(conn: socket.socket) -> None:
@@ -282,6 +289,8 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--socket", type=Path, required=True, help="socket path, in a folder of mode 0700")
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD), help="comma-separated modules to import")
     parser.add_argument("--entry-point", default=None, help="module:function each child runs (Flower's by default)")
+    parser.add_argument("--parent", type=int, default=None, help="stop when this process (the node's command) is gone")
+    parser.add_argument("--remove-folder", action="store_true", help="remove the socket's folder on the way out")
     args = parser.parse_args(argv)
     entry = args.entry_point or flower_clientapp_entry()
     if sys.path and sys.path[0] in ("", os.getcwd()):  # `python -m` put the working folder first;
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> Any:
             file=sys.stderr,
             flush=True,
         )
-        serve(args.socket)
+        serve(args.socket, args.parent, args.remove_folder)
     except _BecomeChild as child:
         os._exit(exit_code_of(functools.partial(run_child, child.request, child.fds, entry)))
     except KeyboardInterrupt:

@@ -5,11 +5,11 @@ start warm (:mod:`launcher.forkserver`)::
     fedmnist-warm flower-superexec --insecure --runtime-api-address supernode-1:9094   # the same, installed
 
 It makes a private folder (mode 0700) for the server's socket and for a ``flwr-clientapp``
-command (:mod:`launcher.warm_clientapp`), starts the server, and runs the command with that
-folder first on ``PATH`` and the socket in ``FEDMNIST_FORKSERVER``: the SuperExec the command
-starts (a SuperNode's own, or ``flower-superexec`` itself) then finds this ``flwr-clientapp``
-before Flower's. Signals are passed on to the command; when it ends, the server is stopped, the
-folder removed, and this exits as the command did. Flower itself is not changed.
+command (:mod:`launcher.warm_clientapp`), starts the server, and then becomes the command (``exec``:
+the same process, so its pid, signals and exit code are the command's) with that folder first on
+``PATH`` and the socket in ``FEDMNIST_FORKSERVER``: the SuperExec the command starts (a SuperNode's
+own, or ``flower-superexec`` itself) then finds this ``flwr-clientapp`` before Flower's. The server
+stops, and removes the folder, within a second of the command's end. Flower itself is not changed.
 
 ``FEDMNIST_WARM_CLIENTAPP=0`` turns it off: the command then runs as it is (``exec``).
 """
@@ -17,8 +17,6 @@ folder removed, and this exits as the command did. Flower itself is not changed.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,16 +60,6 @@ def wait_ready(server: subprocess.Popen, socket_path: Path, timeout: float = REA
     return socket_path.exists()
 
 
-def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     if not command or command[0].startswith("-"):
@@ -80,24 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     if not enabled():
         os.execvp(command[0], command)
     folder = Path(tempfile.mkdtemp(prefix="fedmnist-warm-"))  # mode 0700
-    env = {**os.environ, **prepare(folder)}
-    server = subprocess.Popen(server_command(folder))
+    env = prepare(folder)
+    # The server leaves (and removes the folder) once this process, which becomes the command, is gone.
+    server = subprocess.Popen(server_command(folder) + ["--parent", str(os.getpid()), "--remove-folder"])
     wait_ready(server, folder / SOCKET_NAME)
+    os.environ.update(env)
     try:
-        proc = subprocess.Popen(command, env=env)
-    except FileNotFoundError:
-        print(f"fedmnist-warm: no command {command[0]!r} on PATH", file=sys.stderr)
-        stop(server)
-        shutil.rmtree(folder, ignore_errors=True)
+        os.execvp(command[0], command)  # the same pid: signals, exit code and `kill` reach the command itself
+    except OSError as exc:
+        print(f"fedmnist-warm: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        server.terminate()
+        server.wait()
         return 127
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-    try:
-        code = proc.wait()
-    finally:
-        stop(server)
-        shutil.rmtree(folder, ignore_errors=True)
-    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":

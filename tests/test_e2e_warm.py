@@ -113,7 +113,7 @@ def fork_servers(home: FlowerHome) -> list[psutil.Process]:
     for pid in descendants(*(p.pid for p in home.processes)):
         try:
             process = psutil.Process(pid)
-            if "launcher.forkserver" in " ".join(process.cmdline()) and "launcher.warm" in " ".join(
+            if "launcher.forkserver" in " ".join(process.cmdline()) and "flower-supernode" in " ".join(
                 process.parent().cmdline()
             ):
                 found.append(process)

@@ -265,7 +265,7 @@ def test_the_wrapper_puts_its_clientapp_first_and_cleans_up(tmp_path):
     assert done.returncode == 7, done.stderr
     shim, socket_path, listening = done.stdout.split()
     assert Path(shim).parent.parent == Path(socket_path).parent and listening == "listening"
-    assert not Path(socket_path).parent.exists()  # removed with the server
+    assert _gone_within(Path(socket_path).parent, 10)  # the server leaves with the command, and takes its folder
     off = subprocess.run(
         [sys.executable, "-m", "launcher.warm", "sh", "-c", f'echo "[${SOCKET_ENV}]"'],
         env={**os.environ, WARM_ENV: "0"},
@@ -274,3 +274,21 @@ def test_the_wrapper_puts_its_clientapp_first_and_cleans_up(tmp_path):
         timeout=60,
     )
     assert off.stdout.strip() == "[]" and "forkserver" not in off.stderr
+
+
+def _gone_within(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not path.exists()
+
+
+def test_the_wrapper_becomes_the_command_and_its_server_leaves_when_it_is_killed():
+    probe = f'echo $$; echo "${SOCKET_ENV}"; exec sleep 60'
+    wrapped = [sys.executable, "-m", "launcher.warm", "sh", "-c", probe]
+    node = subprocess.Popen(wrapped, stdout=subprocess.PIPE, text=True)
+    pid, socket_path = int(node.stdout.readline()), Path(node.stdout.readline().strip())
+    assert pid == node.pid  # the command runs in the wrapper's own process: kill and wait reach it
+    node.kill()
+    node.wait()
+    assert _gone_within(socket_path.parent, 10)
