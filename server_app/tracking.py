@@ -83,7 +83,10 @@ class MlflowLog:
         """What a run folder gains after its run (the launcher's git commit in the manifest,
         the report and its figures), into the same MLflow run; nothing for an untracked folder.
         False when MLflow failed (and the log says so)."""
-        folder = RunFolder.open(path)
+        try:
+            folder = RunFolder.open(path)
+        except RunFolderError:  # no run folder there (the run never started one): nothing was tracked
+            return True
         record = folder.tracking_run()
         if record is None:
             return True
