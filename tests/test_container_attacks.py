@@ -14,6 +14,9 @@ and disturbed from outside while a run goes on:
    node is connected again within a minute and the next round uses all of them.
 4. A SuperNode's Flower process killed mid-run is started again by its supervisor, rejoins once
    the SuperLink lets its old session go, and is used by the running run again.
+5. The SuperExec (the container that runs the ServerApps) killed mid-run: the operator following
+   the run with launcher.follow gets exit 1 and one line saying it failed and how to resume, and
+   history.json says 'failed'.
 
 The figures are printed and written to build/container-attacks.json. Needs a Docker engine
 and root (network namespaces); where either is missing it is skipped, and
@@ -27,6 +30,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -391,3 +395,35 @@ def test_a_killed_supernode_is_started_again_and_used_by_the_running_run(deploym
     assert "flower-supernode was killed by signal 9" in log
     assert nodes.inspect(victim)["RestartCount"] == restarts  # its supervisor, not Docker, brought it back
     assert after["clients-train"]["nodes"] == 3 == after["clients-evaluate"]["nodes"], after
+
+
+# --- 5. the SuperExec dies -----------------------------------------------------------------------
+
+
+def test_a_dead_superexec_ends_the_run_failed_and_the_operators_command_says_so(deployment, running, figures):
+    """The container that runs the ServerApps is killed mid-run. The operator follows the run with
+    launcher.follow on the SuperLink host: it exits 1 with one line saying how the run ended and how
+    to resume, and the run folder's history says 'failed' instead of 'running' for ever."""
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "launcher.follow", "ops", "--run-id", running, "--outputs", str(deployment.outputs)],
+        env=deployment.home.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _round_after(deployment, len(deployment.rounds()))  # it follows a run that is going
+        subprocess.run([deployment.link_host.docker, "kill", deployment.link_host.container("superexec")], check=True)
+        killed = time.monotonic()
+        out, err = follow.communicate(timeout=300)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    ended_s = time.monotonic() - killed
+    history = json.loads((deployment.outputs / RUN_CONFIG["run-name"] / "history.json").read_text())
+    figures["SuperExec killed"] = {"operator's command exited after (s)": round(ended_s, 1), "exit": follow.returncode}
+    assert follow.returncode == 1, out[-2000:] + err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "failed" in last and "resume-from=" in last, err[-2000:]
+    assert history["status"] == "failed", history.get("status")
