@@ -47,6 +47,7 @@ from launcher.flower_home import FlowerHome, flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.processes import descendants, stop
 from launcher.runtime import free_port
+from tests.figures import phase_line, report_figures
 
 LINK, APPS, NODE = "fedmnist-link", "fedmnist-apps", "fedmnist-node"
 HOMES = {LINK: "superlink", APPS: "apps", NODE: "node"}  # each user's folder under {state}
@@ -273,16 +274,8 @@ def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
 def timings(request) -> Iterator[dict[str, float]]:
     found: dict[str, float] = {}
     yield found
-    if not found:
-        return
-    line = "bare-host test: " + ", ".join(f"{k} {v:.0f} s" for k, v in found.items())
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # shown with or without -s
-            reporter.write_line(line)
-    TIMINGS.parent.mkdir(exist_ok=True)
-    TIMINGS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"), **found}, indent=2) + "\n")
+    if found:
+        report_figures(request, TIMINGS, found, [phase_line("bare-host test", found)])
 
 
 def _remove(host: Host) -> None:

@@ -46,6 +46,7 @@ from launcher.flower_home import FlowerHome, flower_home
 from launcher.flwr_cli import write_toml
 from launcher.runtime import free_port
 from launcher.staging import staged_app
+from tests.figures import report_figures
 from tests.test_containers import (
     NODES,
     _unavailable,
@@ -108,17 +109,9 @@ class Deployment:
 def figures(request) -> dict:
     found: dict = {}
     yield found
-    if not found:
-        return
-    FIGURES.parent.mkdir(exist_ok=True)
-    FIGURES.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"), **found}, indent=2) + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"container attacks ({FIGURES.relative_to(ROOT)}):")
-            for key, value in found.items():
-                reporter.write_line(f"  {key}: {json.dumps(value)}")
+    if found:
+        heading = f"container attacks ({FIGURES.relative_to(ROOT)}):"
+        report_figures(request, FIGURES, found, [heading, *(f"  {k}: {json.dumps(v)}" for k, v in found.items())])
 
 
 @pytest.fixture(scope="module")

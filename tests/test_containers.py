@@ -35,6 +35,7 @@ from launcher import FlowerError
 from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.runtime import free_port
+from tests.figures import phase_line, report_figures
 
 pytestmark = pytest.mark.slow
 
@@ -79,16 +80,8 @@ def engine() -> tuple[str, list[str]]:
 def timings(request) -> dict[str, float]:
     found: dict[str, float] = {}
     yield found
-    if not found:
-        return
-    line = "container test: " + ", ".join(f"{k} {v:.0f} s" for k, v in found.items())
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # shown with or without -s
-            reporter.write_line(line)
-    TIMINGS.parent.mkdir(exist_ok=True)
-    TIMINGS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"), **found}, indent=2) + "\n")
+    if found:
+        report_figures(request, TIMINGS, found, [phase_line("container test", found)])
 
 
 def build_images(docker: str) -> str:
