@@ -95,33 +95,15 @@ def _run(
     shard_sizes: list[int] | None = None,
 ) -> None:
     """The rounds, with the run folder made and the log going into it."""
-    log(INFO, "Writing results to %s", folder.path)
-    folder.write_manifest(build_manifest(settings, num_partitions, context.run_id))
-    release_mnist()  # the shards are cut and hashed: from here on the server needs only its test set (55 MB less)
-    config = {
-        **settings.to_run_config(),
-        "run-id": context.run_id,
-        "flwr-version": flwr.__version__,
-        "num-partitions": num_partitions,
-    }
-    if resumed is not None:
-        config["resumed-from"] = str(resumed[0].path)
-    folder.write_config(config)
-
+    _write_run_start(folder, settings, context.run_id, num_partitions, resumed)
     model = build_model(settings)
     runner = RoundRunner(settings, book, expected_examples=shard_sizes)
     recorder = HistoryRecorder(
         folder, settings, TensorBoardLog(folder, settings.tensorboard), MlflowLog(folder, settings)
     )
-    arrays = ArrayRecord(model.state_dict())
-    first_round = 1
+    arrays, first_round = ArrayRecord(model.state_dict()), 1
     if resumed is not None:
-        old, checkpoint = resumed
-        arrays = ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()})
-        recorder.resume(checkpoint)
-        runner.restore(checkpoint.strategy_state)
-        first_round = checkpoint.server_round + 1
-        log(INFO, "Resuming %s after round %d", old.path, checkpoint.server_round)
+        arrays, first_round = _resume(resumed, recorder, runner)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         set_weights(model, arrays.to_numpy_ndarrays())
@@ -147,15 +129,7 @@ def _run(
                 clients_evaluate=evaluated.metrics,
                 failures=trained.failures + evaluated.failures,
             )
-            folder.write_checkpoint(
-                Checkpoint(
-                    server_round,
-                    {k: v.numpy() for k, v in arrays.items()},
-                    recorder.rounds,
-                    recorder.num_nodes,
-                    runner.state(),
-                )
-            )
+            _save_round(folder, server_round, arrays, recorder, runner)
         set_weights(model, arrays.to_numpy_ndarrays())
         folder.write_model(model.state_dict())
     except KeyboardInterrupt:
@@ -169,6 +143,47 @@ def _run(
         recorder.tensorboard.close()
     recorder.write(COMPLETED)
     log(INFO, "Run complete: %s", folder.path)
+
+
+def _resume(
+    resumed: tuple[RunFolder, Checkpoint], recorder: HistoryRecorder, runner: RoundRunner
+) -> tuple[ArrayRecord, int]:
+    """The global model and the first round to run, from an earlier run's last checkpoint."""
+    old, checkpoint = resumed
+    recorder.resume(checkpoint)
+    runner.restore(checkpoint.strategy_state)
+    log(INFO, "Resuming %s after round %d", old.path, checkpoint.server_round)
+    return ArrayRecord({k: Array(v) for k, v in checkpoint.arrays.items()}), checkpoint.server_round + 1
+
+
+def _write_run_start(
+    folder: RunFolder,
+    settings: Settings,
+    run_id: int,
+    num_partitions: int,
+    resumed: tuple[RunFolder, Checkpoint] | None,
+) -> None:
+    """The manifest and config.json, written once before round 1."""
+    log(INFO, "Writing results to %s", folder.path)
+    folder.write_manifest(build_manifest(settings, num_partitions, run_id))
+    release_mnist()  # the shards are cut and hashed: from here on the server needs only its test set (55 MB less)
+    config = {
+        **settings.to_run_config(),
+        "run-id": run_id,
+        "flwr-version": flwr.__version__,
+        "num-partitions": num_partitions,
+    }
+    if resumed is not None:
+        config["resumed-from"] = str(resumed[0].path)
+    folder.write_config(config)
+
+
+def _save_round(
+    folder: RunFolder, server_round: int, arrays: ArrayRecord, recorder: HistoryRecorder, runner: RoundRunner
+) -> None:
+    """The checkpoint after a round: what resume-from needs to go on from here."""
+    arrays_np = {k: v.numpy() for k, v in arrays.items()}
+    folder.write_checkpoint(Checkpoint(server_round, arrays_np, recorder.rounds, recorder.num_nodes, runner.state()))
 
 
 def _checkpoint_to_resume(settings: Settings) -> tuple[RunFolder, Checkpoint] | None:
