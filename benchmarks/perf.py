@@ -25,6 +25,10 @@ round, 1 local epoch, batch 32, SGD 0.01 with momentum 0.9, no client evaluation
   summed over every process the benchmark started, sampled every 0.2 s.
 - deployment: 3 SuperNodes on loopback (``flower-supernode``, one ClientApp process
   per message) against the simulation with 3 clients, the same work.
+- nodes: one SuperLink with TLS and node authentication behind the proxy (nginx, as on a bare
+  host) under ``--nodes`` real SuperNodes, each in a network namespace of its own: what one
+  connected node costs the SuperLink and the proxy (memory, CPU), and a round with 10% and one
+  with all of them training (tiny shards; benchmarks/nodes.py). Needs root, ip and nginx.
 - gpu: local training throughput on CUDA against the CPU for both models, and a
   simulation with the clients sharing the GPU; "not measured" with the reason where
   this machine has none.
@@ -41,10 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.nodes import nodes
 from benchmarks.perf_results import RESULTS_JSONL, RESULTS_MD, Row, table, targets, write
 from benchmarks.perf_rows import coldstart, deployment, gpu, overhead, scale
 
-SECTIONS = ("overhead", "coldstart", "scale", "deployment", "gpu")
+SECTIONS = ("overhead", "coldstart", "scale", "deployment", "gpu", "nodes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)",
     )
     parser.add_argument("--scale", default="10,100,1000,10000", help="client counts of the scale rows")
+    parser.add_argument("--nodes", type=int, default=60, help="SuperNodes of the nodes rows (default 60)")
     parser.add_argument("--models", default="mlp,autoencoder", help="models of the overhead rows")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help="Markdown file the table is appended to")
     parser.add_argument("--jsonl", type=Path, default=RESULTS_JSONL, help="file every row is appended to as JSON")
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += deployment(args.rounds, work)
             elif section == "gpu":
                 rows += gpu(args.rounds, work)
+            elif section == "nodes":
+                rows += nodes(args.nodes, work)
             print(table(rows[-3:]), file=sys.stderr, flush=True)
     print(table(rows))
     print(targets(rows))

@@ -172,3 +172,54 @@ def test_the_warm_deployment_rows_are_judged_against_their_targets():
     assert "| at most 2 x | 2.50 x | missed by 0.50 x (25% over) |" in text
     assert "| the same, a shorter wait after an empty pull | at most 2 x | 1.50 x | met |" in text
     assert "(the queries) | at most 0.5 s | 0.40 s | met |" in text
+
+
+def test_what_one_node_costs_is_the_slope_over_the_node_counts():
+    from benchmarks.nodes import slope
+
+    assert slope([(0, 100.0), (30, 130.0), (60, 160.0)]) == pytest.approx(1.0)
+    assert slope([(0, 100.0), (30, 145.0), (60, 160.0)]) == pytest.approx(1.0)  # least squares, not the ends
+    with pytest.raises(ValueError, match="two different node counts"):
+        slope([(30, 1.0), (30, 2.0)])
+
+
+def test_heartbeat_failures_are_the_nodes_flower_ever_marked_offline():
+    from benchmarks.node_fleet import offline_events
+
+    listed = [
+        {"status": "online", "offline-at": "N/A"},
+        {"status": "online", "offline-at": "2026-12-06 05:01:02Z"},  # missed a heartbeat, came back
+        {"status": "offline", "offline-at": "2026-12-06 05:03:00Z"},
+        {"status": "registered", "offline-at": "N/A"},  # never connected
+    ]
+    assert offline_events(listed) == {"online": 2, "not-online": 2, "ever-offline": 2}
+
+
+def test_the_node_count_is_checked_against_memory_and_the_fix_is_named(monkeypatch):
+    import benchmarks.nodes as nodes_rows
+
+    assert nodes_rows.nodes_that_fit(20e9, per_node=250e6, reserve=4e9) == 64
+    assert nodes_rows.nodes_that_fit(3e9, per_node=250e6, reserve=4e9) == 0
+    monkeypatch.setattr(nodes_rows.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(nodes_rows.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    reason = nodes_rows.unmet_needs(500, available=20e9)
+    assert reason.startswith("--nodes 500:") and "give --nodes 64 or fewer" in reason
+    assert nodes_rows.unmet_needs(60, available=20e9) is None
+    assert "at least 2" in nodes_rows.unmet_needs(1, available=20e9)
+    monkeypatch.setattr(nodes_rows.shutil, "which", lambda tool: None if tool == "nginx" else "/usr/sbin/ip")
+    assert "nginx missing: run deploy/bare-host/host-packages.sh" in nodes_rows.unmet_needs(60, available=20e9)
+    rows = nodes_rows.nodes(60, work_dir=None)  # nothing starts: one row that says why
+    assert [r.notes for r in rows] == ["not measured: nginx missing: run deploy/bare-host/host-packages.sh as root"]
+
+
+def test_the_nodes_run_config_uses_only_keys_the_app_declares(tmp_path):
+    import tomllib
+
+    from benchmarks.nodes import tiny_run_config
+    from launcher import PROJECT_ROOT
+
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config = tiny_run_config(40, 0.1, "nodes-40-0.1", tmp_path)
+    assert set(config) <= set(declared)  # flwr run refuses any other key
+    assert config["min-available-nodes"] == 40 and config["fraction-train"] == 0.1
+    assert config["output-dir"] == str(tmp_path)

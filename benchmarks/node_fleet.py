@@ -1,0 +1,305 @@
+"""The deployment that ``benchmarks.perf --only nodes`` measures (benchmarks/nodes.py).
+
+The two-host layout without Docker, on this machine: the SuperLink with TLS, SuperNode
+authentication and its state in a database file, behind nginx as deploy/bare-host/nginx_conf.py
+configures it; each SuperNode (``flower-supernode``, its ClientApp processes started by its own
+SuperExec) in a network namespace of its own, so it reaches the proxy from an address of its own as
+a node on another host would (the proxy's per-address limits apply to it alone), with its own key,
+registered before it starts. Everything it starts is stopped, and every namespace removed, on
+the way out; namespaces left by a run that was killed are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from benchmarks.sampling import Poller, cpu_seconds, memory_of, role_of
+from deploy.connection import write_connection
+from deploy.harness import ROOT, wait_healthy
+from deploy.neighbour import Neighbour
+from deploy.register import register
+from launcher.flower_home import FlowerHome, flower_home
+from launcher.processes import descendants, stop
+from launcher.runtime import free_port, supernode_threads
+
+NGINX_CONF_TOOL = ROOT / "deploy" / "bare-host" / "nginx_conf.py"
+NAMESPACE_PREFIX = "fedmnist-nodes-"  # + the benchmark's pid + node index
+LINKS = "10.254.0.0/16"  # deploy/neighbour.py takes each node's /30 from here
+NODE_RUNTIME_PORT = 9094  # every node in its own namespace: the same port for all
+# Flower's default: here every node's SuperExec polls on the two cores the SuperLink needs too.
+NODE_POLL_S = "1"
+CONNECTION = "nodes-bench"
+
+
+def offline_events(nodes: list[dict]) -> dict[str, int]:
+    """From ``flwr supernode list --format json``: nodes online now, nodes not online now, and
+    nodes that were marked offline at least once (a missed heartbeat), whatever their state now."""
+    online = sum(node["status"] == "online" for node in nodes)
+    ever = sum(node.get("offline-at") not in (None, "", "N/A") for node in nodes)
+    return {"online": online, "not-online": len(nodes) - online, "ever-offline": ever}
+
+
+@dataclass
+class Deployment:
+    """The processes of one measured deployment and where they keep their files."""
+
+    home: FlowerHome
+    folder: Path  # certificates, the state database, nginx's files, the run folders
+    public: str = ""  # the proxy's public listener, as the nodes reach it
+    superlink: subprocess.Popen | None = None
+    proxy: subprocess.Popen | None = None
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def certs(self) -> Path:
+        return self.folder / "certs"
+
+    @property
+    def database(self) -> Path:
+        return self.folder / "state.db"
+
+    def stop(self) -> None:
+        """Every process started here, the nodes first, several at a time."""
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(stop, self.home.processes))
+        self.home.processes.clear()
+
+
+def _remove_stale_namespaces() -> None:
+    """Namespaces an earlier run of this benchmark left behind (it was killed): their pid is gone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in (word for word in listed if word.startswith(NAMESPACE_PREFIX)):
+        pid = name[len(NAMESPACE_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@contextmanager
+def node_namespaces(count: int) -> Iterator[list[Neighbour]]:
+    """``count`` network namespaces, each with a veth pair to this machine and a route to the
+    others' host ends; all removed on the way out."""
+    _remove_stale_namespaces()
+    made: list[Neighbour] = []
+    try:
+        for i in range(count):
+            ns = Neighbour(routes=(LINKS,), name=f"{NAMESPACE_PREFIX}{os.getpid()}-{i}")
+            tag = f"{os.getpid() % 10000:04d}{i:03d}"
+            ns.host_link, ns.inner_link = f"fnb{tag}h", f"fnb{tag}n"  # 15 characters at most
+            made.append(ns.__enter__())
+        yield made
+    finally:
+        for ns in made:
+            ns.close()
+
+
+def start_link(dep: Deployment, nodes: int, san: str) -> None:
+    """Certificates and keys, the SuperLink (TLS, node authentication, a database file), nginx in
+    front of it with its public listener on every address, and the CLI's connection to its
+    operators' listener."""
+    made = subprocess.run(
+        [ROOT / "deploy" / "tls.sh", "--dir", dep.certs, "--nodes", str(nodes), "--san", san],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise RuntimeError(f"deploy/tls.sh failed: {made.stderr.strip()}")
+    port, public, control = free_port(), free_port(), free_port()
+    ca = dep.certs / "ca.crt"
+    dep.superlink = dep.home.spawn(
+        "superlink",
+        ["flower-superlink", "--host", "127.0.0.1", "--port", str(port), "--database", str(dep.database),
+         "--disable-runtime-dependency-installation", "--enable-supernode-auth",
+         "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(dep.certs / "superlink.crt"),
+         "--ssl-keyfile", str(dep.certs / "superlink.key")],
+    )  # fmt: skip
+    wait_healthy(f"https://127.0.0.1:{port}/health", ca=ca, alive=lambda: dep.superlink.poll() is None,
+                 log=lambda: dep.home.log_tail("superlink"))  # fmt: skip
+    nginx = dep.folder / "nginx"
+    nginx.mkdir(mode=0o755)
+    conf = subprocess.run(
+        [psutil.Process().exe(), NGINX_CONF_TOOL, "--certs", str(dep.certs), "--run-dir", str(nginx),
+         "--superlink", f"127.0.0.1:{port}", "--public", str(public), "--control-port", str(control)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (nginx / "nginx.conf").write_text(conf)
+    dep.proxy = dep.home.spawn("nginx", ["nginx", "-c", str(nginx / "nginx.conf"), "-g", "daemon off;"])
+    for listener in (public, control):
+        wait_healthy(f"https://127.0.0.1:{listener}/health", ca=ca, alive=lambda: dep.proxy.poll() is None,
+                     log=lambda: dep.home.log_tail("nginx"))  # fmt: skip
+    dep.public = f"{san}:{public}"
+    write_connection(CONNECTION, f"127.0.0.1:{control}", ca, home=dep.home.path)
+
+
+def register_keys(dep: Deployment, count: int) -> None:
+    """Every node's public key, through the operators' listener, before any node starts."""
+    keys = [dep.certs / f"supernode-{i}.key.pub" for i in range(count)]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda key: register(CONNECTION, key, env=dep.home.env), keys))
+    failed = [message for ok, message in done if not ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} keys not registered, e.g. {failed[0]}")
+
+
+def start_nodes(dep: Deployment, namespaces: list[Neighbour], partitions: range, total: int) -> None:
+    """A SuperNode for each partition, in its own namespace, one PyTorch thread each."""
+    env = {**supernode_threads(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": NODE_POLL_S}
+    for p in partitions:
+        dep.nodes.append(
+            dep.home.spawn(
+                f"supernode-{p}",
+                ["ip", "netns", "exec", namespaces[p].name, "flower-supernode", "--superlink", dep.public,
+                 "--root-certificates", str(dep.certs / "ca.crt"),
+                 "--auth-supernode-private-key", str(dep.certs / f"supernode-{p}.key"),
+                 "--host", "127.0.0.1", "--port", str(NODE_RUNTIME_PORT),
+                 "--node-config", f"partition-id={p} num-partitions={total}"],
+                env=env,
+            )
+        )  # fmt: skip
+
+
+def node_list(dep: Deployment) -> list[dict]:
+    """Flower's own list of the nodes the SuperLink knows, with their state."""
+    listed = subprocess.run(
+        ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
+        env=dep.home.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        return json.loads(listed.stdout)["nodes"]
+    except (ValueError, KeyError):
+        raise RuntimeError(f"flwr supernode list: {listed.stdout[-500:]}{listed.stderr[-500:]}") from None
+
+
+def wait_online(dep: Deployment, count: int, timeout: float = 600) -> float:
+    """Seconds until ``count`` nodes are online; stops at the first node process that exited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        gone = [p for p, node in enumerate(dep.nodes) if node.poll() is not None]
+        if gone:
+            raise RuntimeError(f"supernode-{gone[0]} exited:\n{dep.home.log_tail(f'supernode-{gone[0]}')}")
+        if offline_events(node_list(dep))["online"] >= count:
+            return time.monotonic() - start
+        time.sleep(3)
+    raise RuntimeError(f"fewer than {count} nodes online after {timeout:g} s:\n{dep.home.log_tail('superlink')}")
+
+
+@contextmanager
+def fleet(count: int) -> Iterator[tuple[Deployment, list[Neighbour]]]:
+    """The SuperLink and its proxy up, ``count`` keys registered and a namespace for each node;
+    no node started yet. Everything stopped and removed on the way out."""
+    folder = Path(tempfile.mkdtemp(prefix="fedmnist-nodes-"))
+    folder.chmod(0o755)  # nginx's workers (www-data) reach its folder inside
+    try:
+        with flower_home() as home, node_namespaces(count) as namespaces:
+            dep = Deployment(home, folder)
+            try:
+                start_link(dep, count, san=namespaces[0].host_address)
+                register_keys(dep, count)
+                yield dep, namespaces
+            finally:
+                dep.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Usage:
+    rss: int = 0  # bytes
+    pss: int = 0  # bytes
+    cpu: float = 0.0  # seconds
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.rss + other.rss, self.pss + other.pss, self.cpu + other.cpu)
+
+
+def usage(pids: list[int], pss: bool = True) -> Usage:
+    """Resident memory (and PSS: shared pages counted once) and CPU seconds summed over ``pids``."""
+    total = Usage()
+    for pid in pids:
+        rss, share = memory_of(pid) if pss else (_rss(pid), 0)
+        total += Usage(rss, share, cpu_seconds(pid) or 0.0)
+    return total
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def tree(proc: subprocess.Popen) -> list[int]:
+    return [proc.pid, *descendants(proc.pid)]
+
+
+def link_usage(dep: Deployment) -> dict[str, Usage]:
+    """The SuperLink alone (not the ServerApps it starts) and the proxy with its workers."""
+    return {"superlink": usage([dep.superlink.pid]), "proxy": usage(tree(dep.proxy))}
+
+
+def node_side(dep: Deployment) -> Usage:
+    """Every node's processes: the SuperNodes and whatever they started."""
+    return usage([pid for node in dep.nodes for pid in tree(node)])
+
+
+def proxy_connections(dep: Deployment) -> dict[str, int]:
+    """Open TCP connections of the proxy: from nodes to its public listener, and to the SuperLink."""
+    public = int(dep.public.rsplit(":", 1)[1])
+    upstream = int(dep.superlink.args[dep.superlink.args.index("--port") + 1])
+    found = {"from-nodes": 0, "to-superlink": 0}
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_ESTABLISHED:
+            continue
+        if conn.laddr and conn.laddr.port == public:
+            found["from-nodes"] += 1
+        elif conn.raddr and conn.raddr.port == upstream and conn.pid in tree(dep.proxy):
+            found["to-superlink"] += 1
+    return found
+
+
+def database_bytes(dep: Deployment) -> int:
+    """The SuperLink's state database with its write-ahead log."""
+    files = [dep.database, dep.database.with_name(dep.database.name + "-wal")]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+class RunPeaks(Poller):
+    """Peak resident memory of the SuperLink, the proxy and the ServerApp while a run goes, and the
+    ServerApp's CPU seconds (it is gone when the run ends), sampled every second."""
+
+    interval = 1.0
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.peak: dict[str, int] = {"superlink": 0, "proxy": 0, "serverapp": 0, "node-side": 0, "all": 0}
+        self.serverapp_cpu: dict[int, float] = {}
+        super().__init__()
+
+    def sample(self) -> None:
+        link = self.dep.superlink.pid
+        apps = [pid for pid in descendants(link) if role_of(pid) == "ServerApp process"]
+        found = {
+            "superlink": usage([link], pss=False).rss,
+            "proxy": usage(tree(self.dep.proxy), pss=False).rss,
+            "serverapp": usage(apps, pss=False).rss,
+            "node-side": usage([pid for node in self.dep.nodes for pid in tree(node)], pss=False).rss,
+        }
+        found["all"] = sum(found.values())
+        for key, value in found.items():
+            self.peak[key] = max(self.peak[key], value)
+        for pid in apps:
+            self.serverapp_cpu[pid] = cpu_seconds(pid) or self.serverapp_cpu.get(pid, 0.0)

@@ -1,0 +1,218 @@
+"""One SuperLink behind the proxy under many real SuperNodes: the ``nodes`` rows of benchmarks/perf.py.
+
+The deployment is benchmarks/node_fleet.py's (TLS, node authentication, nginx, each node in a
+namespace of its own). Measured: the SuperLink's and the proxy's resident memory and CPU with 0,
+N/2 and N nodes connected and idle (the least-squares slope is what one node costs them), then a
+round with 10% of the nodes training and one with all of them (a run each: the ServerApp first asks
+every node for its partition, one message to each), seconds per round, the peak memory of the
+ServerApp, and the nodes Flower marked offline (a missed heartbeat) by the end of each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+
+import run_folder as rf
+from benchmarks.node_fleet import (
+    CONNECTION,
+    Deployment,
+    RunPeaks,
+    database_bytes,
+    fleet,
+    link_usage,
+    node_list,
+    node_side,
+    offline_events,
+    proxy_connections,
+    start_nodes,
+    wait_online,
+)
+from benchmarks.perf_results import Row, load1
+from benchmarks.perf_runs import RunWatch
+from launcher.flwr_cli import flwr_run
+
+SETTLE_S = 15.0  # after the last node of a batch came online, before its idle window
+IDLE_WINDOW_S = 30.0  # CPU is measured over this long with the nodes connected and idle
+# What one node costs this machine (SuperNode idle, its ClientApp process while it works) and what
+# the SuperLink, the proxy, the ServerApp and the rest keep: the count is checked against both.
+NODE_BYTES = 250e6
+RESERVE_BYTES = 4e9
+# A round of tiny shards (100 images a node), the server's test after it; only the plumbing grows.
+TINY = {
+    "num-server-rounds": 1,
+    "fraction-evaluate": 0.0,
+    "local-epochs": 1,
+    "batch-size": 32,
+    "partitioning": "iid-balanced",
+    "samples-per-class": 10,
+    "round-timeout": 900.0,
+}
+MB = 1e6
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of ``value`` over ``count``: what one more node adds."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        raise ValueError("a slope needs at least two different node counts")
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+def nodes_that_fit(available: float, per_node: float = NODE_BYTES, reserve: float = RESERVE_BYTES) -> int:
+    """How many nodes of ``per_node`` bytes fit in ``available`` bytes with ``reserve`` kept free."""
+    return max(0, int((available - reserve) // per_node))
+
+
+def tiny_run_config(num_nodes: int, fraction: float, name: str, out: Path) -> dict:
+    """One round of tiny shards on ``num_nodes`` nodes, ``fraction`` of them training."""
+    return {
+        **TINY,
+        "fraction-train": fraction,
+        "min-available-nodes": num_nodes,
+        "run-name": name,
+        "output-dir": str(out),
+    }
+
+
+def idle_point(dep: Deployment, count: int) -> dict:
+    """With ``count`` nodes connected and idle: memory now, CPU over :data:`IDLE_WINDOW_S`."""
+    before, t0 = link_usage(dep), time.monotonic()
+    time.sleep(IDLE_WINDOW_S)
+    after, seconds = link_usage(dep), time.monotonic() - t0
+    nodes = node_side(dep)
+    return {
+        "nodes": count,
+        **{f"{k}-rss-mb": after[k].rss / MB for k in after},
+        **{f"{k}-pss-mb": after[k].pss / MB for k in after},
+        **{f"{k}-cpu-per-min": (after[k].cpu - before[k].cpu) * 60 / seconds for k in after},
+        "node-side-rss-mb": nodes.rss / MB,
+        "node-side-pss-mb": nodes.pss / MB,
+        "database-kb": database_bytes(dep) / 1e3,
+        "connections": proxy_connections(dep),
+        "load": load1(),
+    }
+
+
+def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dict:
+    """One round with ``fraction`` of ``count`` nodes training, watched from outside."""
+    name = f"nodes-{count}-{fraction:g}"
+    before, l0 = link_usage(dep), load1()
+    start = time.perf_counter()
+    with RunPeaks(dep) as peaks, RunWatch(out / name, start) as watch:
+        flwr_run(dep.home, CONNECTION, tiny_run_config(count, fraction, name, out), echo=False, timeout=1800)
+    total = time.perf_counter() - start
+    after = link_usage(dep)
+    last = rf.RunFolder(out / name).history()["rounds"][-1]
+    return {
+        "fraction": fraction,
+        "trained": (last.get("clients-train") or {}).get("nodes"),
+        "round-s": last["wall-time-s"],
+        "query-s": watch.seen.get("config"),  # submitted until every node had answered the query
+        "run-s": total,
+        "dropped": len(last["failures"]),
+        "cpu-s": {k: after[k].cpu - before[k].cpu for k in after} | {"serverapp": sum(peaks.serverapp_cpu.values())},
+        "peak-mb": {k: v / MB for k, v in peaks.peak.items()},
+        "heartbeats": offline_events(node_list(dep)),
+        "load": (l0, load1()),
+        "database-kb": database_bytes(dep) / 1e3,
+    }
+
+
+def measure(count: int, out: Path) -> tuple[list[dict], list[dict]]:
+    """The idle points at 0, N/2 and N nodes, then the two rounds."""
+    with fleet(count) as (dep, namespaces):
+        points = [idle_point(dep, 0)]
+        for batch in (range(0, count // 2), range(count // 2, count)):
+            start_nodes(dep, namespaces, batch, count)
+            points[-1]["online-after-s"] = wait_online(dep, batch.stop)
+            time.sleep(SETTLE_S)
+            points.append(idle_point(dep, batch.stop))
+        runs = [measured_run(dep, count, fraction, out) for fraction in (0.1, 1.0)]
+    return points, runs
+
+
+def unmet_needs(count: int, available: float) -> str | None:
+    """Why ``count`` nodes cannot be measured here (and what to do), or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (a network namespace per node): run it as root"
+    missing = [tool for tool in ("ip", "nginx") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} missing: run deploy/bare-host/host-packages.sh as root"
+    if count < 2:
+        return f"--nodes {count}: give at least 2 (the slope needs 0, N/2 and N nodes)"
+    if count > nodes_that_fit(available):
+        return (
+            f"--nodes {count}: about {(count * NODE_BYTES + RESERVE_BYTES) / 1e9:.0f} GB needed, "
+            f"{available / 1e9:.1f} GB available: give --nodes {nodes_that_fit(available)} or fewer"
+        )
+    return None
+
+
+def nodes(count: int, work_dir: Path) -> list[Row]:
+    """The idle row (what one connected node costs the SuperLink and the proxy) and a row per round;
+    one row saying why where they cannot be measured."""
+    reason = unmet_needs(count, psutil.virtual_memory().available)
+    if reason is not None:
+        return [Row("nodes", f"{count} SuperNodes behind the proxy", notes=f"not measured: {reason}")]
+    l0 = load1()
+    points, runs = measure(count, work_dir)
+    return [idle_row(points, (l0, points[-1]["load"])), *(round_row(count, run) for run in runs)]
+
+
+def idle_row(points: list[dict], load: tuple[float, float]) -> Row:
+    count = points[-1]["nodes"]
+    per = {key: slope([(p["nodes"], p[key]) for p in points]) for key in points[0] if key.endswith(("-mb", "-min"))}
+    per["database-kb"] = slope([(p["nodes"], p["database-kb"]) for p in points])
+    first, last = points[0], points[-1]
+    notes = (
+        f"per connected node: SuperLink {per['superlink-rss-mb']:.2f} MB RSS, "
+        f"{per['superlink-cpu-per-min'] * 1e3:.0f} CPU ms a minute; proxy {per['proxy-rss-mb']:.3f} MB RSS, "
+        f"{per['proxy-cpu-per-min'] * 1e3:.0f} CPU ms a minute; "
+        f"state database {per['database-kb']:.1f} kB; node side {last['node-side-pss-mb'] / count:.0f} MB PSS a node "
+        f"({last['node-side-rss-mb'] / count:.0f} MB RSS). SuperLink at 0 / {count // 2} / {count} nodes: "
+        + " / ".join(f"{p['superlink-rss-mb']:.0f}" for p in points)
+        + " MB RSS, "
+        + " / ".join(f"{p['superlink-cpu-per-min']:.2f}" for p in points)
+        + " CPU s a minute; proxy "
+        + " / ".join(f"{p['proxy-rss-mb']:.0f}" for p in points)
+        + f" MB RSS; proxy connections at {count} nodes: {last['connections']['from-nodes']} from nodes, "
+        f"{last['connections']['to-superlink']} to the SuperLink (at 0: {first['connections']['from-nodes']})"
+    )
+    return Row(
+        "nodes",
+        f"{count} SuperNodes connected, idle: SuperLink and proxy per node",
+        load=load,
+        notes=notes,
+        extra={"points": points, "per-node": per},
+    )
+
+
+def round_row(count: int, run: dict) -> Row:
+    cpu, peak, beats = run["cpu-s"], run["peak-mb"], run["heartbeats"]
+    share = "10% of them" if run["fraction"] < 1 else "all of them"
+    notes = (
+        f"{run['trained']} nodes trained, {run['dropped']} replies dropped; every node answered the query "
+        f"{run['query-s']:.1f} s after the submission; CPU s during the run: SuperLink {cpu['superlink']:.1f}, "
+        f"proxy {cpu['proxy']:.1f}, ServerApp {cpu['serverapp']:.1f}; peak RSS: SuperLink {peak['superlink']:.0f} MB, "
+        f"proxy {peak['proxy']:.0f} MB, ServerApp {peak['serverapp']:.0f} MB, "
+        f"node side {peak['node-side'] / 1e3:.1f} GB; "
+        f"heartbeats: {beats['ever-offline']} nodes ever marked offline, {beats['not-online']} not online at the end; "
+        f"run {run['run-s']:.0f} s from submission to end"
+    )
+    return Row(
+        "nodes",
+        f"{count} SuperNodes behind the proxy, a round with {share} training",
+        s_per_round=run["round-s"],
+        peak_rss_gb=peak["all"] / 1e3,
+        load=run["load"],
+        notes=notes,
+        extra=run,
+    )
