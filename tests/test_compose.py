@@ -100,7 +100,7 @@ def test_the_supernodes_cover_every_partition_once():
 def test_the_port_is_published_on_loopback_only():
     (port,) = COMPOSE["services"]["superlink"]["ports"]
     assert port == "127.0.0.1:${FEDMNIST_PORT:-8000}:8000"  # no setting opens it to the network
-    assert all("ports" not in s for n, s in COMPOSE["services"].items() if n != "superlink")
+    assert all("ports" not in s for n, s in COMPOSE["services"].items() if n not in ("superlink", "mlflow"))
 
 
 def test_state_lives_in_a_volume_and_run_folders_reach_the_host():
@@ -116,6 +116,8 @@ def test_state_lives_in_a_volume_and_run_folders_reach_the_host():
 
 def test_every_service_stops_promptly_restarts_on_failure_and_has_a_health_check():
     for name, service in COMPOSE["services"].items():
+        if name == "mlflow":  # not Flower: checked with the tracking service below
+            continue
         assert service["init"] is True, name
         assert service["restart"] == "on-failure", name
         # a SuperNode is healthy only while connected to the SuperLink (deploy/supervise.py)
@@ -356,7 +358,7 @@ def _mounted_files(service: dict) -> list[str]:
 
 def test_on_the_superlink_host_only_the_proxy_is_published_and_operators_only_on_loopback():
     published = {name: s["ports"] for name, s in LINK_HOST["services"].items() if "ports" in s}
-    assert list(published) == ["proxy"]
+    assert list(published) == ["proxy", "mlflow"]  # the tracking UI: on loopback, see its own test
     public, control = published["proxy"]
     assert public.endswith(":8443") and control == "127.0.0.1:${FEDMNIST_CONTROL_PORT:-9443}:9443"
     # The SuperLink and the SuperExec sit on the internal network alone: no way in but the proxy.

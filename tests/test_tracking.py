@@ -5,6 +5,7 @@ work is refused before round 1, naming the knob."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import math
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -285,44 +287,25 @@ def test_metric_values_are_finite_numbers_with_the_round_as_step():
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free loopback port, with its own store."""
-    port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers too are stopped with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
+@contextlib.contextmanager
+def mlflow_server_process(argv: list[str], url: str, log_path: Path) -> Iterator[str]:
+    """``mlflow server ...`` (``argv``) as a local process until it answers ``url``/health; yields ``url``."""
+    log = open(log_path, "w")
+    executable = [str(Path(sys.executable).parent / argv[0]), *argv[1:]]  # the venv's mlflow
+    server = subprocess.Popen(executable, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:  # (a session of its own: its workers too are stopped with it)
         deadline = time.monotonic() + 240
         while True:
             try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
                     if answer.status == 200:
                         break
             except OSError:
                 pass
-            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-2000:]
+            assert server.poll() is None, log_path.read_text()[-2000:]
             assert time.monotonic() < deadline, "mlflow server did not answer within 240 s"
             time.sleep(1)
-        yield uri
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -331,6 +314,17 @@ def mlflow_server(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port, with its own store."""
+    port = free_port()
+    argv = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    argv += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    argv += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
+    with mlflow_server_process(argv, f"http://127.0.0.1:{port}", tmp_path / "mlflow-server.log") as url:
+        yield url
 
 
 @pytest.mark.slow
