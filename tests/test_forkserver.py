@@ -44,6 +44,10 @@ def main():
     elif args[0] == "sleep":
         print(os.getpid(), flush=True)
         time.sleep(60)
+    elif args[0] == "spin":
+        end = time.process_time() + float(args[1])
+        while time.process_time() < end:
+            pass
 """
 
 
@@ -116,6 +120,22 @@ def test_exit_codes_pass_through_and_a_raising_child_affects_only_its_message(se
     after = clientapp(folder, entry_dir, "report")
     assert after.returncode == 0 and json.loads(after.stdout)["argv"] == ["report"]
     assert proc.poll() is None
+
+
+def test_what_a_message_cost_counts_as_the_servers_children_and_no_waiter_lingers(server):
+    """The node's CPU shows where it went (``ps`` cutime): the server collects its ended waiters,
+    each of which waited for its message's child."""
+    folder, entry_dir, proc = server
+    assert clientapp(folder, entry_dir, "spin", "0.4").returncode == 0
+    deadline = time.monotonic() + 10
+    while True:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children_cpu = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        left = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if (children_cpu >= 0.35 and not left) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert children_cpu >= 0.35 and left == [], (children_cpu, left)
 
 
 def _sleeping(folder: Path, entry_dir: Path) -> tuple[subprocess.Popen, int]:
