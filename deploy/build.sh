@@ -8,26 +8,30 @@
 #   deploy/build.sh --base IMAGE    # any glibc image with python3 3.11 and its venv module
 #   deploy/build.sh --tag NAME:TAG  # default fedavg-mnist:0.1.0, the image docker-compose.yml runs
 #   deploy/build.sh --quiet         # the build's log only if it fails
+#   deploy/build.sh --tracking      # also the tracking service's image (fedavg-mnist-tracking:0.1.0:
+#                                   # mlflow server, deploy/tracking/), for `--profile tracking`
 #
 # Then the SuperLink host's proxy image (fedavg-mnist-proxy:0.1.0, Debian's nginx) from the same
-# base (debian:bookworm-slim when the app's base is python:3.11-slim).
+# base (debian:bookworm-slim when the app's base is python:3.11-slim), and with --tracking the
+# tracking image from the app's base and the same wheels.
 #
 # Docker 23+ with the buildx plugin builds with BuildKit by default; an older client needs
 # DOCKER_BUILDKIT=1, which this script sets. Extra arguments after -- go to `docker build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-torch=cuda offline=0 quiet=0 base="" tag=${FEDMNIST_IMAGE:-fedavg-mnist:0.1.0}
+torch=cuda offline=0 quiet=0 tracking=0 base="" tag=${FEDMNIST_IMAGE:-fedavg-mnist:0.1.0}
 extra=()
 while (($#)); do
     case $1 in
         --cpu) torch=cpu ;;
         --offline) offline=1 ;;
         --quiet) quiet=1 ;;
+        --tracking) tracking=1 ;;
         --base) base=$2; shift ;;
         --tag) tag=$2; shift ;;
         --) shift; extra=("$@"); break ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -120,3 +124,9 @@ build() {
 build "$tag" "${args[@]}"
 echo "build.sh: $proxy_tag from $proxy_base"
 build "$proxy_tag" "${proxy_args[@]}"
+if ((tracking)); then
+    tracking_tag=${FEDMNIST_TRACKING_IMAGE:-fedavg-mnist-tracking:0.1.0}
+    echo "build.sh: $tracking_tag from $base"
+    build "$tracking_tag" --tag "$tracking_tag" --build-arg "BASE_IMAGE=$base" --build-arg "OFFLINE=$offline" \
+        --build-arg "WHEELHOUSE_IMAGE=$wheelhouse_image" deploy/tracking
+fi

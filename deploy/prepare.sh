@@ -2,8 +2,10 @@
 # Everything the container test (tests/test_containers.py) needs, on a Debian/Ubuntu machine
 # without Docker Hub: a Docker engine (deploy/engine.sh), a local base image
 # (deploy/base-image.sh), the wheelhouse (deploy/wheelhouse.sh) and the image built offline
-# from them (deploy/build.sh --offline). Idempotent: each step keeps what is already there,
-# so a second run takes seconds. CI runs it before `make test` (.ci/run).
+# from them (deploy/build.sh --offline), with the tracking service's image that
+# tests/test_container_tracking.py runs (--tracking: no PyTorch, about a minute the first time).
+# Idempotent: each step keeps what is already there, so a second run takes seconds. CI runs it
+# before `make test` (.ci/run).
 #
 #   deploy/prepare.sh              # all four steps (installing the engine needs root)
 #   deploy/prepare.sh --no-engine  # the engine is already there: base image, wheels, image
@@ -25,4 +27,4 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 export PYTHON
 step deploy/wheelhouse.sh
-step deploy/build.sh --offline --quiet
+step deploy/build.sh --offline --quiet --tracking

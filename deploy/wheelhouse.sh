@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fill deploy/wheelhouse/ with every wheel the image installs (deploy/requirements*.txt), for
+# Fill deploy/wheelhouse/ with every wheel the images install (deploy/requirements*.txt, and
+# deploy/tracking/requirements.txt for the tracking service's image), for
 # Linux x86_64 and CPython 3.11, so that the image builds with no network at all
 # (`deploy/build.sh --offline`). Run it on any machine that reaches a package index, then
 # carry the folder to the build machine (it is not in git). Idempotent: wheels already
@@ -25,7 +26,8 @@ for minor in $(seq 36 -1 5); do target+=(--platform "manylinux_2_${minor}_x86_64
 target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 
 mkdir -p "$DEST"
-if "$PYTHON" deploy/requirements.py missing "$variant" "$DEST" deploy/requirements.txt deploy/requirements-build.txt >/dev/null; then
+if "$PYTHON" deploy/requirements.py missing "$variant" "$DEST" deploy/requirements.txt deploy/requirements-build.txt \
+    deploy/tracking/requirements.txt >/dev/null; then
     echo "$DEST: every pinned wheel is there ($variant)"
     exit 0
 fi
@@ -45,4 +47,7 @@ quiet() { grep -v "is ignored: it is neither" >&2 || true; }
 # The build backend goes in its own call: its pins may differ from the runtime's.
 "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps "${target[@]}" \
     -r deploy/requirements-build.txt -d "$DEST" 2> >(quiet)
+# So does the tracking image's (no PyTorch in it: the same list for both variants).
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps "${target[@]}" \
+    -r deploy/tracking/requirements.txt -d "$DEST" 2> >(quiet)
 echo "$DEST: $(find "$DEST" -name '*.whl' | wc -l) wheels, $(du -sh "$DEST" | cut -f1) ($variant)"
