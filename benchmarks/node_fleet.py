@@ -25,14 +25,15 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.sampling import Poller, cpu_seconds, memory_of, role_of
 from deploy.connection import write_connection
 from deploy.harness import ROOT, wait_healthy
 from deploy.neighbour import Neighbour
 from deploy.register import register
 from launcher.flower_home import FlowerHome, flower_home
-from launcher.processes import descendants, stop
+from launcher.forkserver import SOCKET_ENV
+from launcher.processes import stop
 from launcher.runtime import free_port, supernode_threads
+from launcher.warm import SOCKET_NAME, prepare, server_command, wait_ready
 
 NGINX_CONF_TOOL = ROOT / "deploy" / "bare-host" / "nginx_conf.py"
 NAMESPACE_PREFIX = "fedmnist-nodes-"  # + the benchmark's pid + node index
@@ -61,6 +62,8 @@ class Deployment:
     superlink: subprocess.Popen | None = None
     proxy: subprocess.Popen | None = None
     nodes: list[subprocess.Popen] = field(default_factory=list)
+    forkserver: subprocess.Popen | None = None
+    node_env: dict[str, str] = field(default_factory=dict)  # the fork server's, once it runs
 
     @property
     def certs(self) -> Path:
@@ -152,21 +155,34 @@ def register_keys(dep: Deployment, count: int) -> None:
         raise RuntimeError(f"{len(failed)} keys not registered, e.g. {failed[0]}")
 
 
+def start_fork_server(dep: Deployment) -> None:
+    """One fork server (launcher.warm's) for every node's ClientApp processes. On hosts of their own
+    each node has its own; here one process with PyTorch loaded (0.47 GB PSS) stands in for all of
+    them, so that the machine holds more nodes. Its children reach their node's Runtime API on the
+    node's own address; what the SuperLink and the proxy see is the same."""
+    folder = dep.folder / "warm"
+    folder.mkdir(mode=0o700)  # the server serves a private folder only
+    shim = prepare(folder)
+    dep.forkserver = server = dep.home.spawn("forkserver", server_command(folder))
+    if not wait_ready(server, folder / SOCKET_NAME):
+        raise RuntimeError(f"the fork server did not start:\n{dep.home.log_tail('forkserver')}")
+    shim_dir = shim["PATH"].split(os.pathsep)[0]
+    dep.node_env = {"PATH": f"{shim_dir}{os.pathsep}{dep.home.env['PATH']}", SOCKET_ENV: shim[SOCKET_ENV]}
+
+
 def start_nodes(dep: Deployment, namespaces: list[Neighbour], partitions: range, total: int) -> None:
-    """A SuperNode for each partition, in its own namespace, one PyTorch thread each."""
-    env = {**supernode_threads(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": NODE_POLL_S}
+    """A SuperNode for each partition, in its own namespace, its Runtime API on the namespace's
+    address, one PyTorch thread for its ClientApps (forked from the fork server when one runs)."""
+    env = {**supernode_threads(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": NODE_POLL_S, **dep.node_env}
     for p in partitions:
-        dep.nodes.append(
-            dep.home.spawn(
-                f"supernode-{p}",
-                ["ip", "netns", "exec", namespaces[p].name, "flower-supernode", "--superlink", dep.public,
-                 "--root-certificates", str(dep.certs / "ca.crt"),
-                 "--auth-supernode-private-key", str(dep.certs / f"supernode-{p}.key"),
-                 "--host", "127.0.0.1", "--port", str(NODE_RUNTIME_PORT),
-                 "--node-config", f"partition-id={p} num-partitions={total}"],
-                env=env,
-            )
-        )  # fmt: skip
+        command = [
+            "flower-supernode", "--superlink", dep.public, "--root-certificates", str(dep.certs / "ca.crt"),
+            "--auth-supernode-private-key", str(dep.certs / f"supernode-{p}.key"),
+            "--host", namespaces[p].address, "--port", str(NODE_RUNTIME_PORT),
+            "--node-config", f"partition-id={p} num-partitions={total}",
+        ]  # fmt: skip
+        inside = ["ip", "netns", "exec", namespaces[p].name, *command]
+        dep.nodes.append(dep.home.spawn(f"supernode-{p}", inside, env=env))
 
 
 def node_list(dep: Deployment) -> list[dict]:
@@ -198,9 +214,9 @@ def wait_online(dep: Deployment, count: int, timeout: float = 600) -> float:
 
 
 @contextmanager
-def fleet(count: int) -> Iterator[tuple[Deployment, list[Neighbour]]]:
-    """The SuperLink and its proxy up, ``count`` keys registered and a namespace for each node;
-    no node started yet. Everything stopped and removed on the way out."""
+def fleet(count: int, warm: bool) -> Iterator[tuple[Deployment, list[Neighbour]]]:
+    """The SuperLink and its proxy up, ``count`` keys registered, a namespace for each node and
+    (``warm``) the nodes' fork server; no node started yet. Everything stopped and removed on the way out."""
     folder = Path(tempfile.mkdtemp(prefix="fedmnist-nodes-"))
     folder.chmod(0o755)  # nginx's workers (www-data) reach its folder inside
     try:
@@ -209,97 +225,10 @@ def fleet(count: int) -> Iterator[tuple[Deployment, list[Neighbour]]]:
             try:
                 start_link(dep, count, san=namespaces[0].host_address)
                 register_keys(dep, count)
+                if warm:
+                    start_fork_server(dep)
                 yield dep, namespaces
             finally:
                 dep.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclass
-class Usage:
-    rss: int = 0  # bytes
-    pss: int = 0  # bytes
-    cpu: float = 0.0  # seconds
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(self.rss + other.rss, self.pss + other.pss, self.cpu + other.cpu)
-
-
-def usage(pids: list[int], pss: bool = True) -> Usage:
-    """Resident memory (and PSS: shared pages counted once) and CPU seconds summed over ``pids``."""
-    total = Usage()
-    for pid in pids:
-        rss, share = memory_of(pid) if pss else (_rss(pid), 0)
-        total += Usage(rss, share, cpu_seconds(pid) or 0.0)
-    return total
-
-
-def _rss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return 0
-
-
-def tree(proc: subprocess.Popen) -> list[int]:
-    return [proc.pid, *descendants(proc.pid)]
-
-
-def link_usage(dep: Deployment) -> dict[str, Usage]:
-    """The SuperLink alone (not the ServerApps it starts) and the proxy with its workers."""
-    return {"superlink": usage([dep.superlink.pid]), "proxy": usage(tree(dep.proxy))}
-
-
-def node_side(dep: Deployment) -> Usage:
-    """Every node's processes: the SuperNodes and whatever they started."""
-    return usage([pid for node in dep.nodes for pid in tree(node)])
-
-
-def proxy_connections(dep: Deployment) -> dict[str, int]:
-    """Open TCP connections of the proxy: from nodes to its public listener, and to the SuperLink."""
-    public = int(dep.public.rsplit(":", 1)[1])
-    upstream = int(dep.superlink.args[dep.superlink.args.index("--port") + 1])
-    found = {"from-nodes": 0, "to-superlink": 0}
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status != psutil.CONN_ESTABLISHED:
-            continue
-        if conn.laddr and conn.laddr.port == public:
-            found["from-nodes"] += 1
-        elif conn.raddr and conn.raddr.port == upstream and conn.pid in tree(dep.proxy):
-            found["to-superlink"] += 1
-    return found
-
-
-def database_bytes(dep: Deployment) -> int:
-    """The SuperLink's state database with its write-ahead log."""
-    files = [dep.database, dep.database.with_name(dep.database.name + "-wal")]
-    return sum(f.stat().st_size for f in files if f.exists())
-
-
-class RunPeaks(Poller):
-    """Peak resident memory of the SuperLink, the proxy and the ServerApp while a run goes, and the
-    ServerApp's CPU seconds (it is gone when the run ends), sampled every second."""
-
-    interval = 1.0
-
-    def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-        self.peak: dict[str, int] = {"superlink": 0, "proxy": 0, "serverapp": 0, "node-side": 0, "all": 0}
-        self.serverapp_cpu: dict[int, float] = {}
-        super().__init__()
-
-    def sample(self) -> None:
-        link = self.dep.superlink.pid
-        apps = [pid for pid in descendants(link) if role_of(pid) == "ServerApp process"]
-        found = {
-            "superlink": usage([link], pss=False).rss,
-            "proxy": usage(tree(self.dep.proxy), pss=False).rss,
-            "serverapp": usage(apps, pss=False).rss,
-            "node-side": usage([pid for node in self.dep.nodes for pid in tree(node)], pss=False).rss,
-        }
-        found["all"] = sum(found.values())
-        for key, value in found.items():
-            self.peak[key] = max(self.peak[key], value)
-        for pid in apps:
-            self.serverapp_cpu[pid] = cpu_seconds(pid) or self.serverapp_cpu.get(pid, 0.0)

@@ -18,20 +18,8 @@ from pathlib import Path
 import psutil
 
 import run_folder as rf
-from benchmarks.node_fleet import (
-    CONNECTION,
-    Deployment,
-    RunPeaks,
-    database_bytes,
-    fleet,
-    link_usage,
-    node_list,
-    node_side,
-    offline_events,
-    proxy_connections,
-    start_nodes,
-    wait_online,
-)
+from benchmarks.node_fleet import CONNECTION, Deployment, fleet, node_list, offline_events, start_nodes, wait_online
+from benchmarks.node_usage import RunPeaks, database_bytes, link_usage, node_side, proxy_connections
 from benchmarks.perf_results import Row, load1
 from benchmarks.perf_runs import RunWatch
 from launcher.flwr_cli import flwr_run
@@ -53,6 +41,7 @@ TINY = {
     "round-timeout": 900.0,
 }
 MB = 1e6
+WARM = True  # the nodes' ClientApp processes forked from a fork server (benchmarks/node_fleet.py)
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -126,15 +115,15 @@ def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dic
     }
 
 
-def measure(count: int, out: Path) -> tuple[list[dict], list[dict]]:
+def measure(count: int, out: Path, warm: bool = WARM) -> tuple[list[dict], list[dict]]:
     """The idle points at 0, N/2 and N nodes, then the two rounds."""
-    with fleet(count) as (dep, namespaces):
+    with fleet(count, warm) as (dep, namespaces):
         points = [idle_point(dep, 0)]
         for batch in (range(0, count // 2), range(count // 2, count)):
             start_nodes(dep, namespaces, batch, count)
-            points[-1]["online-after-s"] = wait_online(dep, batch.stop)
+            online_s = wait_online(dep, batch.stop)
             time.sleep(SETTLE_S)
-            points.append(idle_point(dep, batch.stop))
+            points.append({**idle_point(dep, batch.stop), "online-after-s": online_s})
         runs = [measured_run(dep, count, fraction, out) for fraction in (0.1, 1.0)]
     return points, runs
 
@@ -176,8 +165,8 @@ def idle_row(points: list[dict], load: tuple[float, float]) -> Row:
         f"per connected node: SuperLink {per['superlink-rss-mb']:.2f} MB RSS, "
         f"{per['superlink-cpu-per-min'] * 1e3:.0f} CPU ms a minute; proxy {per['proxy-rss-mb']:.3f} MB RSS, "
         f"{per['proxy-cpu-per-min'] * 1e3:.0f} CPU ms a minute; "
-        f"state database {per['database-kb']:.1f} kB; node side {last['node-side-pss-mb'] / count:.0f} MB PSS a node "
-        f"({last['node-side-rss-mb'] / count:.0f} MB RSS). SuperLink at 0 / {count // 2} / {count} nodes: "
+        f"state database {per['database-kb']:.1f} kB; node side {per['node-side-pss-mb']:.0f} MB PSS a node "
+        f"({per['node-side-rss-mb']:.0f} MB RSS). SuperLink at 0 / {count // 2} / {count} nodes: "
         + " / ".join(f"{p['superlink-rss-mb']:.0f}" for p in points)
         + " MB RSS, "
         + " / ".join(f"{p['superlink-cpu-per-min']:.2f}" for p in points)
@@ -199,7 +188,7 @@ def round_row(count: int, run: dict) -> Row:
     cpu, peak, beats = run["cpu-s"], run["peak-mb"], run["heartbeats"]
     share = "10% of them" if run["fraction"] < 1 else "all of them"
     notes = (
-        f"{run['trained']} nodes trained, {run['dropped']} replies dropped; every node answered the query "
+        f"nodes trained: {run['trained']}, replies dropped: {run['dropped']}; every node answered the query "
         f"{run['query-s']:.1f} s after the submission; CPU s during the run: SuperLink {cpu['superlink']:.1f}, "
         f"proxy {cpu['proxy']:.1f}, ServerApp {cpu['serverapp']:.1f}; peak RSS: SuperLink {peak['superlink']:.0f} MB, "
         f"proxy {peak['proxy']:.0f} MB, ServerApp {peak['serverapp']:.0f} MB, "
