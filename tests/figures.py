@@ -22,4 +22,4 @@ def report_figures(request, path: Path, found: dict, lines: list[str]) -> None:
 
 def phase_line(title: str, found: dict[str, float]) -> str:
     """``title: phase N s, phase N s, ...``"""
-    return f"{title}: " + ", ".join(f"{k} {v:.0f} s" for k, v in found.items())
+    return f"{title}: " + ", ".join(f"{k} {v:.1f} s" if v < 10 else f"{k} {v:.0f} s" for k, v in found.items())

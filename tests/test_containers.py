@@ -8,7 +8,10 @@
    port. A stranger on the node host's network (deploy/stranger.py), a SuperNode with an
    unregistered key, an insecure CLI connection and a missing certificate are each refused; a
    2-round run submitted on the operators' listener finishes; an uploaded app that looks for keys
-   and state finds none. What each refusal said is written to build/container-test-refusals.json.
+   and state finds none. Its nodes run their ClientApp processes warm (launcher/warm.py): each
+   node's messages ran as children of its own fork server, whose socket no other container can
+   reach; each round's time is printed. What each refusal said is written to
+   build/container-test-refusals.json.
 
 Both leave no container, network or volume of their own.
 
@@ -36,6 +39,7 @@ from launcher.flower_home import flower_home
 from launcher.flwr_cli import flwr_run
 from launcher.runtime import free_port
 from tests.figures import phase_line, report_figures
+from tests.warm_checks import check_warm_and_private
 
 pytestmark = pytest.mark.slow
 
@@ -395,7 +399,16 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
             except FlowerError as exc:
                 raise AssertionError(f"{exc}\n{link_host.logs('superexec')}") from None
             timings["run-two-hosts"] = time.monotonic() - t0
-            _check_run(outputs, "two-hosts", owner)
+            history = _check_run(outputs, "two-hosts", owner)
+            for record in history["rounds"][1:]:  # the nodes' ClientApp processes forked warm (default)
+                timings[f"warm round {record['round']}"] = record["wall-time-s"]
+            refusals.update(
+                check_warm_and_private(
+                    node_host,
+                    ["clientapp-0", "clientapp-1", "clientapp-2"],
+                    {"clientapp-0": ["clientapp-1", "supernode-0"]},
+                )
+            )
 
             # Uploaded code looks for keys and state where it runs: there are none to read.
             t0 = time.monotonic()
@@ -422,4 +435,4 @@ def test_two_hosts_behind_the_proxy_refuse_strangers_and_keep_keys_from_uploaded
             TIMINGS.parent.mkdir(exist_ok=True)
             (TIMINGS.parent / "container-test-refusals.json").write_text(json.dumps(refusals, indent=2) + "\n")
     assert node_host.leftovers() == {} and link_host.leftovers() == {}
-    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("warm round"))
