@@ -55,7 +55,10 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`RayClusterError` unless ``address`` answers as a gRPC (HTTP/2) server does."""
+    """Raise :class:`RayClusterError` unless ``address`` answers as a gRPC (HTTP/2) server does
+    (``auto``, Ray's word for the cluster started on this machine, is left to Ray)."""
+    if address == "auto":
+        return
     host, port = split_address(address)
     fix = "give the address `ray start --head` printed on the head (port 6379 unless --port was given)"
     try:
@@ -84,15 +87,13 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 def node_facts(data_dir: str) -> dict[str, object]:
     """What one node offers the app's clients (runs on that node, in a Ray worker)."""
-    import platform
-
     import ray
 
     context = ray.get_runtime_context()
     facts: dict[str, object] = {
         "node": context.get_node_id(),
         "host": socket.gethostname(),
-        "python": platform.python_version(),
+        "python": _python_version(),
         **local_versions(),
         "code": code_digests(),
     }
@@ -190,21 +191,20 @@ def check_cluster(address: str, data_dir: str = "", cpus_per_client: float = 1.0
     found = problems(here, nodes)
     if found:
         raise RayClusterError(found[0] + (f" ({len(found) - 1} more node(s) with problems)" if len(found) > 1 else ""))
-    slots = {node["ip"]: int(node["cpus"] // cpus_per_client) for node in nodes}
+    slots = {node["node"]: int(node["cpus"] // cpus_per_client) for node in nodes}
     if not any(slots.values()):
         raise RayClusterError(
             f"no node of the Ray cluster at {address} has {cpus_per_client:g} CPU(s) for a client: "
             "lower --cpus-per-client or give the nodes more (`ray start --num-cpus`)."
         )
     if echo:
-        shown = ", ".join(f"{n['host']} ({n['ip']}, {slots[n['ip']]} client(s) at a time)" for n in nodes)
+        shown = ", ".join(f"{n['host']} ({n['ip']}, {slots[n['node']]} client(s) at a time)" for n in nodes)
         print(f"Ray cluster at {address}: {len(nodes)} node(s) checked: {shown}.", flush=True)
 
 
 def _python_version() -> str:
-    import platform
-
-    return platform.python_version()
+    """major.minor: what pickles and wheels depend on."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def gather(address: str, data_dir: str) -> list[dict[str, object]]:

@@ -171,6 +171,7 @@ def test_nothing_listening_and_a_url_are_refused_with_the_fix():
         probe_address(f"127.0.0.1:{free_port()}")
     with pytest.raises(RayClusterError, match=r"is not HOST:PORT.*not a URL"):
         probe_address("http://10.0.0.5:8265")
+    assert probe_address("auto") is None  # Ray's own word for the cluster on this machine: left to Ray
 
 
 def test_a_grpc_server_passes_the_probe():

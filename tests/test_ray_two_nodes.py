@@ -156,11 +156,11 @@ def refused(head: Host, address: str, case: str) -> str:
     return err
 
 
-def trained_on(run: Path) -> dict[int, set[str]]:
-    """Partition -> the hosts its clients trained on, from the run's flower.log."""
-    found: dict[int, set[str]] = {}
-    for pid, _node, host in TRAINED_ON.findall((run / "flower.log").read_text(errors="replace")):
-        found.setdefault(int(pid), set()).add(host)
+def trained_on(run: Path) -> dict[int, set[tuple[str, str]]]:
+    """Partition -> the (host, Ray node id) pairs its clients trained on, from the run's flower.log."""
+    found: dict[int, set[tuple[str, str]]] = {}
+    for pid, node, host in TRAINED_ON.findall((run / "flower.log").read_text(errors="replace")):
+        found.setdefault(int(pid), set()).add((host, node))
     return found
 
 
@@ -189,9 +189,10 @@ def test_two_nodes_train_alike_refuse_bad_nodes_and_survive_a_dead_worker(hosts,
     timings["two-node run"] = time.monotonic() - t0
     assert f"Ray cluster at {address}: 2 node(s) checked" in done.stdout
     assert "ray-head (" in done.stdout and "ray-worker (" in done.stdout
-    hosts_used = set().union(*trained_on(out / "two-nodes").values())
-    assert hosts_used == {"ray-head", "ray-worker"}, trained_on(out / "two-nodes")
-    assert sorted(trained_on(out / "two-nodes")) == [0, 1, 2, 3]
+    placed = trained_on(out / "two-nodes")
+    assert sorted(placed) == [0, 1, 2, 3], placed  # every client's training names its node
+    nodes = set().union(*placed.values())
+    assert {host for host, _ in nodes} == {"ray-head", "ray-worker"} and len(nodes) == 2, placed
     # Bit for bit: the same floats in the history, the same bytes in the model file.
     assert server_values(out / "two-nodes") == server_values(out / "one-node")
     assert (out / "two-nodes" / "model.pt").read_bytes() == (out / "one-node" / "model.pt").read_bytes()
