@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,6 +42,10 @@ LINKS = "10.254.0.0/16"  # deploy/neighbour.py takes each node's /30 from here
 NODE_RUNTIME_PORT = 9094  # every node in its own namespace: the same port for all
 # Flower's default: here every node's SuperExec polls on the two cores the SuperLink needs too.
 NODE_POLL_S = "1"
+# The nodes run on hosts of their own in a real federation; here they yield the cores to the SuperLink,
+# the proxy and the ServerApp, so that a burst of ClientApp processes does not starve them.
+NICE = ("nice", "-n", "10")
+SUPERVISE = ROOT / "deploy" / "supervise.py"
 CONNECTION = "nodes-bench"
 
 
@@ -132,7 +137,7 @@ def start_link(dep: Deployment, nodes: int, san: str) -> None:
     nginx = dep.folder / "nginx"
     nginx.mkdir(mode=0o755)
     conf = subprocess.run(
-        [psutil.Process().exe(), NGINX_CONF_TOOL, "--certs", str(dep.certs), "--run-dir", str(nginx),
+        [sys.executable, NGINX_CONF_TOOL, "--certs", str(dep.certs), "--run-dir", str(nginx),
          "--superlink", f"127.0.0.1:{port}", "--public", str(public), "--control-port", str(control)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
@@ -163,7 +168,7 @@ def start_fork_server(dep: Deployment) -> None:
     folder = dep.folder / "warm"
     folder.mkdir(mode=0o700)  # the server serves a private folder only
     shim = prepare(folder)
-    dep.forkserver = server = dep.home.spawn("forkserver", server_command(folder))
+    dep.forkserver = server = dep.home.spawn("forkserver", [*NICE, *server_command(folder)])
     if not wait_ready(server, folder / SOCKET_NAME):
         raise RuntimeError(f"the fork server did not start:\n{dep.home.log_tail('forkserver')}")
     shim_dir = shim["PATH"].split(os.pathsep)[0]
@@ -171,18 +176,21 @@ def start_fork_server(dep: Deployment) -> None:
 
 
 def start_nodes(dep: Deployment, namespaces: list[Neighbour], partitions: range, total: int) -> None:
-    """A SuperNode for each partition, in its own namespace, its Runtime API on the namespace's
-    address, one PyTorch thread for its ClientApps (forked from the fork server when one runs)."""
+    """A SuperNode for each partition, in its own namespace and under deploy/supervise.py as deployed
+    (it starts a node that gave up its connection again), its Runtime API on the namespace's address,
+    one PyTorch thread for its ClientApps (forked from the fork server when one runs)."""
     env = {**supernode_threads(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": NODE_POLL_S, **dep.node_env}
     for p in partitions:
         command = [
-            "flower-supernode", "--superlink", dep.public, "--root-certificates", str(dep.certs / "ca.crt"),
+            *NICE, sys.executable, str(SUPERVISE), "flower-supernode", "--superlink", dep.public,
+            "--root-certificates", str(dep.certs / "ca.crt"),
             "--auth-supernode-private-key", str(dep.certs / f"supernode-{p}.key"),
             "--host", namespaces[p].address, "--port", str(NODE_RUNTIME_PORT),
             "--node-config", f"partition-id={p} num-partitions={total}",
         ]  # fmt: skip
         inside = ["ip", "netns", "exec", namespaces[p].name, *command]
-        dep.nodes.append(dep.home.spawn(f"supernode-{p}", inside, env=env))
+        state = {"FEDMNIST_SUPERNODE_STATE": str(dep.folder / f"supernode-{p}.json")}
+        dep.nodes.append(dep.home.spawn(f"supernode-{p}", inside, env={**env, **state}))
 
 
 def node_list(dep: Deployment) -> list[dict]:

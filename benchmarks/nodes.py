@@ -22,6 +22,7 @@ from benchmarks.node_fleet import CONNECTION, Deployment, fleet, node_list, offl
 from benchmarks.node_usage import RunPeaks, database_bytes, link_usage, node_side, proxy_connections
 from benchmarks.perf_results import Row, load1
 from benchmarks.perf_runs import RunWatch
+from launcher import FlowerError
 from launcher.flwr_cli import flwr_run
 
 SETTLE_S = 15.0  # after the last node of a batch came online, before its idle window
@@ -41,6 +42,18 @@ TINY = {
     "round-timeout": 900.0,
 }
 MB = 1e6
+RUN_TIMEOUT_S = 900.0
+# (log, words) of what went wrong, counted: the SuperLink's state database too busy to answer, a
+# node's heartbeat that did not arrive in time, a node the SuperLink let go, an answer a node gives
+# up on, a node its supervisor started again, a ClientApp task Flower stopped and started anew.
+LOG_EVENTS = {
+    "database-locked": ("superlink", "database is locked"),
+    "heartbeat-errors": ("superlink", "send-node-heartbeat][UnexpectedError"),
+    "nodes-deactivated": ("superlink", "[Fleet.DeactivateNode]"),
+    "http-500-at-nodes": ("nodes", "500 Internal Server Error"),
+    "node-restarts": ("nodes", "starting flower-supernode again"),
+    "tasks-restarted": ("nodes", "Task stopped."),
+}
 WARM = True  # the nodes' ClientApp processes forked from a fork server (benchmarks/node_fleet.py)
 
 
@@ -90,18 +103,36 @@ def idle_point(dep: Deployment, count: int) -> dict:
     }
 
 
+def count_events(superlink_log: str, node_logs: str) -> dict[str, int]:
+    """What went wrong, counted in the SuperLink's log and the nodes' logs (see :data:`LOG_EVENTS`)."""
+    logs = {"superlink": superlink_log, "nodes": node_logs}
+    return {event: logs[where].count(words) for event, (where, words) in LOG_EVENTS.items()}
+
+
+def log_events(dep: Deployment) -> dict[str, int]:
+    nodes = "".join(dep.home.log_tail(f"supernode-{p}", 10**6) for p in range(len(dep.nodes)))
+    return count_events(dep.home.log_tail("superlink", 10**6), nodes)
+
+
 def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dict:
-    """One round with ``fraction`` of ``count`` nodes training, watched from outside."""
+    """One round with ``fraction`` of ``count`` nodes training, watched from outside; a run that did
+    not complete within :data:`RUN_TIMEOUT_S` is recorded with what Flower said."""
     name = f"nodes-{count}-{fraction:g}"
-    before, l0 = link_usage(dep), load1()
-    start = time.perf_counter()
+    before, events, l0 = link_usage(dep), log_events(dep), load1()
+    start, error = time.perf_counter(), None
     with RunPeaks(dep) as peaks, RunWatch(out / name, start) as watch:
-        flwr_run(dep.home, CONNECTION, tiny_run_config(count, fraction, name, out), echo=False, timeout=1800)
-    total = time.perf_counter() - start
-    after = link_usage(dep)
-    last = rf.RunFolder(out / name).history()["rounds"][-1]
+        try:
+            flwr_run(
+                dep.home, CONNECTION, tiny_run_config(count, fraction, name, out), echo=False, timeout=RUN_TIMEOUT_S
+            )
+        except FlowerError as exc:
+            error = str(exc).splitlines()[0]
+    after, total = link_usage(dep), time.perf_counter() - start
+    rounds = rf.RunFolder(out / name).history()["rounds"] if not error else []
+    last = rounds[-1] if rounds else {"wall-time-s": None, "failures": []}
     return {
         "fraction": fraction,
+        "error": error,
         "trained": (last.get("clients-train") or {}).get("nodes"),
         "round-s": last["wall-time-s"],
         "query-s": watch.seen.get("config"),  # submitted until every node had answered the query
@@ -110,21 +141,24 @@ def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dic
         "cpu-s": {k: after[k].cpu - before[k].cpu for k in after} | {"serverapp": sum(peaks.serverapp_cpu.values())},
         "peak-mb": {k: v / MB for k, v in peaks.peak.items()},
         "heartbeats": offline_events(node_list(dep)),
+        "events": {k: v - events[k] for k, v in log_events(dep).items()},
         "load": (l0, load1()),
         "database-kb": database_bytes(dep) / 1e3,
     }
 
 
 def measure(count: int, out: Path, warm: bool = WARM) -> tuple[list[dict], list[dict]]:
-    """The idle points at 0, N/2 and N nodes, then the two rounds."""
+    """The idle points at 0, N/2 and N nodes, then the two rounds (the second only if the first ended)."""
     with fleet(count, warm) as (dep, namespaces):
         points = [idle_point(dep, 0)]
         for batch in (range(0, count // 2), range(count // 2, count)):
             start_nodes(dep, namespaces, batch, count)
             online_s = wait_online(dep, batch.stop)
             time.sleep(SETTLE_S)
-            points.append({**idle_point(dep, batch.stop), "online-after-s": online_s})
-        runs = [measured_run(dep, count, fraction, out) for fraction in (0.1, 1.0)]
+            points.append({**idle_point(dep, batch.stop), "online-after-s": online_s, "events": log_events(dep)})
+        runs = [measured_run(dep, count, 0.1, out)]
+        if not runs[0]["error"]:
+            runs.append(measured_run(dep, count, 1.0, out))
     return points, runs
 
 
@@ -173,7 +207,9 @@ def idle_row(points: list[dict], load: tuple[float, float]) -> Row:
         + " CPU s a minute; proxy "
         + " / ".join(f"{p['proxy-rss-mb']:.0f}" for p in points)
         + f" MB RSS; proxy connections at {count} nodes: {last['connections']['from-nodes']} from nodes, "
-        f"{last['connections']['to-superlink']} to the SuperLink (at 0: {first['connections']['from-nodes']})"
+        f"{last['connections']['to-superlink']} to the SuperLink (at 0: {first['connections']['from-nodes']}); "
+        f"all online {points[1]['online-after-s']:.0f} s after the first {count // 2} started, "
+        f"{last['online-after-s']:.0f} s after the rest; while they started and idled, {events_note(last['events'])}"
     )
     return Row(
         "nodes",
@@ -184,17 +220,28 @@ def idle_row(points: list[dict], load: tuple[float, float]) -> Row:
     )
 
 
+def events_note(events: dict[str, int]) -> str:
+    found = [f"{event} {n}" for event, n in events.items() if n]
+    return "logs: " + (", ".join(found) if found else "no errors")
+
+
 def round_row(count: int, run: dict) -> Row:
     cpu, peak, beats = run["cpu-s"], run["peak-mb"], run["heartbeats"]
     share = "10% of them" if run["fraction"] < 1 else "all of them"
+    if run["error"]:
+        outcome = f"not completed: {run['error']}; "
+    else:
+        outcome = (
+            f"nodes trained: {run['trained']}, replies dropped: {run['dropped']}; every node answered the query "
+            f"{run['query-s']:.1f} s after the submission; "
+        )
     notes = (
-        f"nodes trained: {run['trained']}, replies dropped: {run['dropped']}; every node answered the query "
-        f"{run['query-s']:.1f} s after the submission; CPU s during the run: SuperLink {cpu['superlink']:.1f}, "
+        f"{outcome}CPU s during the run: SuperLink {cpu['superlink']:.1f}, "
         f"proxy {cpu['proxy']:.1f}, ServerApp {cpu['serverapp']:.1f}; peak RSS: SuperLink {peak['superlink']:.0f} MB, "
         f"proxy {peak['proxy']:.0f} MB, ServerApp {peak['serverapp']:.0f} MB, "
         f"node side {peak['node-side'] / 1e3:.1f} GB; "
         f"heartbeats: {beats['ever-offline']} nodes ever marked offline, {beats['not-online']} not online at the end; "
-        f"run {run['run-s']:.0f} s from submission to end"
+        f"{events_note(run['events'])}; run {run['run-s']:.0f} s from submission to end"
     )
     return Row(
         "nodes",

@@ -223,3 +223,29 @@ def test_the_nodes_run_config_uses_only_keys_the_app_declares(tmp_path):
     assert set(config) <= set(declared)  # flwr run refuses any other key
     assert config["min-available-nodes"] == 40 and config["fraction-train"] == 0.1
     assert config["output-dir"] == str(tmp_path)
+
+
+def test_what_went_wrong_is_counted_in_the_superlink_and_node_logs():
+    from benchmarks.nodes import count_events, events_note
+
+    superlink = (
+        "ERROR: [/v1/fleet/pull-messages][UnexpectedError:OperationalError] (sqlite3.OperationalError) "
+        "database is locked\nERROR: [/v1/fleet/send-node-heartbeat][UnexpectedError:ClientDisconnect]\n"
+        "INFO: [Fleet.DeactivateNode] Deactivated node_id=1\nINFO: [Fleet.ActivateNode] Activated node_id=1\n"
+    )
+    nodes = (
+        "ERROR: Server error '500 Internal Server Error' for url 'https://10.254.0.1:8443/v1/fleet/pull-messages'\n"
+        "fedmnist-supervise: starting flower-supernode again in 2 s\nINFO: Task stopped.\nINFO: Task stopped.\n"
+    )
+    events = count_events(superlink, nodes)
+    assert events == {
+        "database-locked": 1,
+        "heartbeat-errors": 1,
+        "nodes-deactivated": 1,
+        "http-500-at-nodes": 1,
+        "node-restarts": 1,
+        "tasks-restarted": 2,
+    }
+    assert count_events("INFO: [Fleet.ActivateNode] Activated node_id=1\n", "") == dict.fromkeys(events, 0)
+    assert events_note(dict.fromkeys(events, 0)) == "logs: no errors"
+    assert events_note(events).startswith("logs: database-locked 1, heartbeat-errors 1,")
