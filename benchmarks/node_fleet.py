@@ -193,19 +193,26 @@ def start_nodes(dep: Deployment, namespaces: list[Neighbour], partitions: range,
         dep.nodes.append(dep.home.spawn(f"supernode-{p}", inside, env={**env, **state}))
 
 
-def node_list(dep: Deployment) -> list[dict]:
-    """Flower's own list of the nodes the SuperLink knows, with their state."""
-    listed = subprocess.run(
-        ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
-        env=dep.home.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    try:
-        return json.loads(listed.stdout)["nodes"]
-    except (ValueError, KeyError):
-        raise RuntimeError(f"flwr supernode list: {listed.stdout[-500:]}{listed.stderr[-500:]}") from None
+def node_list(dep: Deployment, tries: int = 6) -> list[dict]:
+    """Flower's own list of the nodes the SuperLink knows, with their state. Asked again, every 5 s,
+    while the Control API does not answer in time (the CLI gives up first while the nodes start)."""
+    for attempt in range(tries):
+        listed = subprocess.run(
+            ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
+            env=dep.home.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        try:
+            answer = json.loads(listed.stdout)
+        except ValueError:
+            answer = {}
+        if "nodes" in answer:
+            return answer["nodes"]
+        if attempt < tries - 1:
+            time.sleep(5)
+    raise RuntimeError(f"flwr supernode list: {listed.stdout[-500:]}{listed.stderr[-500:]}")
 
 
 def wait_online(dep: Deployment, count: int, timeout: float = 600) -> float:
