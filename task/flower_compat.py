@@ -182,9 +182,10 @@ PIECES: dict[str, Piece] = {
         "ray._private.parameter",
         "RayParams.__init__",
         "the parameters of the Ray that ray.init() starts; ray.init() has no switch for its autoscaler "
-        "monitor and log monitor, so task/ray_lean.py sets no_monitor and include_log_monitor=False here",
+        "monitor and log monitor, so task/ray_lean.py sets no_monitor and include_log_monitor=False here, "
+        "and the system config of a Ray it starts (no gcs_address) inlines objects up to 8 MB",
         ("task/ray_lean.py",),
-        ("include_log_monitor", "no_monitor"),
+        ("gcs_address", "include_log_monitor", "_system_config", "no_monitor"),
     ),
     "start_api_server": Piece(
         "ray._private.node",

@@ -1,5 +1,6 @@
 """task.ray_lean: the Ray that Flower's simulation starts comes up without its monitor, log monitor
-and API server. Checked on the installed Ray's own functions (task/flower_compat.py lists them,
+and API server, passes a model in its messages rather than its shared-memory store, and malloc hands
+freed buffers back. Checked on the installed Ray's own functions (task/flower_compat.py lists them,
 tests/test_flower_compat.py checks their parameters); the slow test starts a real Ray."""
 
 from __future__ import annotations
@@ -54,6 +55,68 @@ def test_install_wraps_rays_own_functions_and_keeps_their_parameters(restored, c
         NODE.start_api_server(_NodeUpToItsLogFiles(), include_dashboard=True, raise_on_failure=True)
 
 
+def test_a_ray_of_its_own_passes_objects_in_messages_and_a_joined_cluster_keeps_its_settings(restored):
+    restored.setattr(ray_lean, "lean_memory", lambda: True)  # this test process keeps its own malloc
+    assert ray_lean.install() is True
+    started = RAY_PARAMS(include_dashboard=False, _system_config={})  # ray.init starting a Ray
+    assert started._system_config == {"max_direct_call_object_size": ray_lean.INLINE_BYTES}
+    chosen = RAY_PARAMS(_system_config={"max_direct_call_object_size": 1000})  # the caller's value wins
+    assert chosen._system_config == {"max_direct_call_object_size": 1000}
+    joined = RAY_PARAMS(gcs_address="10.0.0.1:6379", _system_config={})  # ray.init joining a cluster
+    assert joined._system_config == {}
+
+
+_MALLOC = """
+import ctypes, json, sys
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+class Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2: hblks counts the blocks mapped on their own
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+libc.mallinfo2.restype = Mallinfo2
+
+
+def mapped_blocks_for_a_second_block_of(size):  # glibc maps the first; after its free, the threshold moves
+    libc.free(libc.malloc(size))
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(size)
+    blocks = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return blocks
+
+
+if sys.argv[1] == "lean":
+    from task import ray_lean
+    assert ray_lean.lean_memory()
+import os
+print(json.dumps([mapped_blocks_for_a_second_block_of(512 * 1024), os.environ.get("MALLOC_ARENA_MAX")]))
+"""
+
+
+def _malloc_in_a_fresh_process(how: str) -> list:
+    env = {k: v for k, v in os.environ.items() if k not in ray_lean.MALLOC_SETTINGS}
+    done = subprocess.run(
+        [sys.executable, "-c", _MALLOC, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_lean_memory_keeps_half_a_megabyte_buffers_mapped_and_tells_the_processes_ray_starts():
+    # glibc's own: once a mapped 512 KB block is freed, the next one comes from the arena and stays resident
+    assert _malloc_in_a_fresh_process("glibc") == [0, None]
+    assert _malloc_in_a_fresh_process("lean") == [1, "2"]  # mapped, so freeing it hands its pages back
+
+
 def test_the_environment_keeps_rays_own_set_and_the_log_says_so(restored, caplog):
     restored.setenv(ray_lean.DISABLE_ENV, "1")
     assert ray_lean.install() is False
@@ -94,19 +157,31 @@ def test_a_ray_already_running_is_left_alone_with_a_warning(restored, caplog):
 
 
 _START_RAY = """
-import json, sys
+import json, os, sys
 import psutil, ray
 from task import ray_lean
 if sys.argv[1] == "lean":
     assert ray_lean.install()
 ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-print(json.dumps([" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]))
+
+
+@ray.remote
+def shared_memory_after_reading(model):  # a worker handed a model of 1 MB: how much of Ray's store it mapped
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssShmem"].split()[0]), len(model), os.environ.get("MALLOC_ARENA_MAX")
+
+
+worker = ray.get(shared_memory_after_reading.remote(bytes(1024 * 1024)))
+processes = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+print(json.dumps({"processes": processes, "worker": worker}))
 ray.shutdown()
 """
 
 
-def _processes_ray_starts(how: str) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", ray_lean.DISABLE_ENV)}
+def _ray_started(how: str) -> dict:
+    """The command lines of the processes a fresh Ray starts, and what its worker saw of a 1 MB argument."""
+    unset = ("RAY_ADDRESS", ray_lean.DISABLE_ENV, *ray_lean.MALLOC_SETTINGS)
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     done = subprocess.run(
         [sys.executable, "-c", _START_RAY, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -116,7 +191,7 @@ def _processes_ray_starts(how: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_real_ray_started_after_install_has_no_monitor_log_monitor_or_api_server():
+def test_a_real_ray_started_after_install_runs_lean_and_keeps_a_model_out_of_shared_memory():
     def left_out(cmdlines: list[str]) -> dict[str, bool]:
         return {
             "monitor": any("autoscaler/_private/monitor.py" in c for c in cmdlines),
@@ -124,7 +199,12 @@ def test_a_real_ray_started_after_install_has_no_monitor_log_monitor_or_api_serv
             "API server": any("dashboard/dashboard.py" in c for c in cmdlines),
         }
 
-    assert left_out(_processes_ray_starts("full")) == {"monitor": True, "log monitor": True, "API server": True}
-    lean = _processes_ray_starts("lean")
-    assert left_out(lean) == {"monitor": False, "log monitor": False, "API server": False}
-    assert any("gcs_server" in c for c in lean) and any("raylet" in c for c in lean)  # what Ray needs stays
+    full, lean = _ray_started("full"), _ray_started("lean")
+    assert left_out(full["processes"]) == {"monitor": True, "log monitor": True, "API server": True}
+    assert left_out(lean["processes"]) == {"monitor": False, "log monitor": False, "API server": False}
+    assert any("gcs_server" in c for c in lean["processes"]) and any("raylet" in c for c in lean["processes"])
+    # Ray's own way: the argument goes through its object store, whose pages the worker keeps resident
+    shm_kb, size, arenas = full["worker"]
+    assert shm_kb >= 1024 and size == 1024 * 1024 and arenas is None
+    shm_kb, size, arenas = lean["worker"]  # in the task's own message: nothing of the store mapped
+    assert shm_kb < 64 and size == 1024 * 1024 and arenas == "2"
