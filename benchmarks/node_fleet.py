@@ -44,7 +44,7 @@ NODE_RUNTIME_PORT = 9094  # every node in its own namespace: the same port for a
 NODE_POLL_S = "1"
 # The nodes run on hosts of their own in a real federation; here they yield the cores to the SuperLink,
 # the proxy and the ServerApp, so that a burst of ClientApp processes does not starve them.
-NICE = ("nice", "-n", "10")
+NICE = ("nice", "-n", "19")
 SUPERVISE = ROOT / "deploy" / "supervise.py"
 CONNECTION = "nodes-bench"
 

@@ -82,7 +82,9 @@ def database_bytes(dep: Deployment) -> int:
 
 class RunPeaks(Poller):
     """Peak resident memory of the SuperLink, the proxy and the ServerApp while a run goes, and the
-    ServerApp's CPU seconds (it is gone when the run ends), sampled every second."""
+        ServerApp's CPU seconds (it is gone when the run ends), sampled every second. The nodes' RSS sums
+    count the pages their forked ClientApp processes share once per process: the machine's available
+    memory at its lowest says what they really took."""
 
     interval = 1.0
 
@@ -90,6 +92,7 @@ class RunPeaks(Poller):
         self.dep = dep
         self.peak: dict[str, int] = {"superlink": 0, "proxy": 0, "serverapp": 0, "node-side": 0, "all": 0}
         self.serverapp_cpu: dict[int, float] = {}
+        self.least_available = psutil.virtual_memory().available  # the machine's, at its lowest
         super().__init__()
 
     def sample(self) -> None:
@@ -104,5 +107,6 @@ class RunPeaks(Poller):
         found["all"] = sum(found.values())
         for key, value in found.items():
             self.peak[key] = max(self.peak[key], value)
+        self.least_available = min(self.least_available, psutil.virtual_memory().available)
         for pid in apps:
             self.serverapp_cpu[pid] = cpu_seconds(pid) or self.serverapp_cpu.get(pid, 0.0)

@@ -140,6 +140,7 @@ def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dic
         "dropped": len(last["failures"]),
         "cpu-s": {k: after[k].cpu - before[k].cpu for k in after} | {"serverapp": sum(peaks.serverapp_cpu.values())},
         "peak-mb": {k: v / MB for k, v in peaks.peak.items()},
+        "least-available-gb": peaks.least_available / 1e9,
         "heartbeats": offline_events(node_list(dep)),
         "events": {k: v - events[k] for k, v in log_events(dep).items()},
         "load": (l0, load1()),
@@ -239,7 +240,8 @@ def round_row(count: int, run: dict) -> Row:
         f"{outcome}CPU s during the run: SuperLink {cpu['superlink']:.1f}, "
         f"proxy {cpu['proxy']:.1f}, ServerApp {cpu['serverapp']:.1f}; peak RSS: SuperLink {peak['superlink']:.0f} MB, "
         f"proxy {peak['proxy']:.0f} MB, ServerApp {peak['serverapp']:.0f} MB, "
-        f"node side {peak['node-side'] / 1e3:.1f} GB; "
+        f"node side {peak['node-side'] / 1e3:.1f} GB (shared pages counted per process; the machine's available "
+        f"memory at its lowest {run['least-available-gb']:.1f} GB); "
         f"heartbeats: {beats['ever-offline']} nodes ever marked offline, {beats['not-online']} not online at the end; "
         f"{events_note(run['events'])}; run {run['run-s']:.0f} s from submission to end"
     )
