@@ -177,6 +177,24 @@ PIECES: dict[str, Piece] = {
         "the loop a `time` whose 3 s sleep is shorter",
         ("launcher/prompt_supernode.py", "tests/test_prompt_supernode.py"),
     ),
+    "actor_pool_submit": Piece(
+        "flwr.simulation.ray_transport.ray_actor",
+        "BasicActorPool.submit",
+        "hands a message to an idle actor of the simulation's pool and raises when none is idle; "
+        "task/ray_pool.py makes it wait for one, since actors that died with their Ray machine leave the pool",
+        ("task/ray_pool.py", "tests/test_ray_pool.py"),
+        ("self", "actor_fn", "job"),
+        replaced=True,
+    ),
+    "actor_pool_add_back": Piece(
+        "flwr.simulation.ray_transport.ray_actor",
+        "BasicActorPool.add_actor_back_to_pool",
+        "puts an actor back into the pool after its message, even when the actor died with its Ray "
+        "machine (every later message sent to it would fail); task/ray_pool.py leaves a dead one out",
+        ("task/ray_pool.py", "tests/test_ray_pool.py"),
+        ("self", "future"),
+        replaced=True,
+    ),
     # ---- Ray's, patched in the simulation's own Ray (task/ray_lean.py) ----
     "ray_params_init": Piece(
         "ray._private.parameter",
@@ -298,6 +316,14 @@ ATTRIBUTES: tuple[Attributes, ...] = (
         ("should_giveup",),
         "the give-up test of a SuperNode's retry policy, wrapped so that broken connections are retried",
         ("deploy/supervise.py",),
+    ),
+    Attributes(
+        "flwr.simulation.ray_transport.ray_actor",
+        "BasicActorPool",
+        ("pool", "num_actors", "_future_to_actor"),
+        "the idle actors, how many there are in all, and which actor runs which call: an actor that "
+        "died with its Ray machine is taken out of them",
+        ("task/ray_pool.py",),
     ),
     Attributes(
         "flwr.server.superlink.linkstate.in_memory_linkstate",

@@ -1,4 +1,4 @@
-"""The two changes this project makes to Flower's simulation runtime, installed by the ServerApp.
+"""The three changes this project makes to Flower's simulation runtime, installed by the ServerApp.
 
 With ``flwr run`` in simulation, the SuperLink starts one ``flwr-simulation`` process per run.
 That process runs the ServerApp in a thread of its own and, in its main thread, loads the
@@ -12,6 +12,7 @@ parameters of its Ray, and 5 s before the delivery thread started.
 
 - :mod:`task.ray_lean`: the Ray starts without its monitor, log monitor and API server.
 - :mod:`task.simulation_queue`: messages reach the virtual clients in one pass over the queue.
+- :mod:`task.ray_pool`: actors that die with their Ray machine leave Flower's pool.
 
 Each says in the log (the run folder's ``flower.log``) whether it is in place, or why not.
 Anywhere else (a deployment's ServerApp process, tests that call ``main`` with a grid of their
@@ -22,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from task import flower_compat, ray_lean, simulation_queue
+from task import flower_compat, ray_lean, ray_pool, simulation_queue
 
 
 def install(grid: Any) -> None:
-    """Install both changes if this ServerApp runs inside Flower's simulation (its ``grid`` is the
+    """Install the three changes if this ServerApp runs inside Flower's simulation (its ``grid`` is the
     simulation's in-memory grid, and the simulation runtime is loaded in this process)."""
     if flower_compat.loaded(simulation_queue.PIECE) is None:
         return  # not Flower's simulation process (asking does not load the runtime)
@@ -34,3 +35,4 @@ def install(grid: Any) -> None:
         return
     ray_lean.install()  # first: Ray starts before the delivery thread does
     simulation_queue.install()
+    ray_pool.install()

@@ -8,7 +8,7 @@ import sys
 import pytest
 from flwr.app import Context, RecordDict
 
-from task import flower_compat, ray_lean, simulation_patches, simulation_queue
+from task import flower_compat, ray_lean, ray_pool, simulation_patches, simulation_queue
 from task.flower_compat import (
     FLWR_IN_MEMORY_DB_NAME,
     InMemoryGrid,
@@ -19,9 +19,11 @@ from task.flower_compat import (
 )
 
 (RAY_PARAMS, _), (NODE, _) = (flower_compat.owner(name) for name in ray_lean.PIECES)
+POOL, _ = flower_compat.owner(ray_pool.PIECES[0])
 LINES = (
     "Simulation: Ray starts without its monitor, log monitor and API server",
     "Simulation: messages reach the virtual clients in one pass over the queue",
+    "Simulation: actors that die with their Ray machine leave the pool",
 )
 
 
@@ -31,6 +33,8 @@ def untouched(monkeypatch):
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
     monkeypatch.setattr(RAY_PARAMS, "__init__", RAY_PARAMS.__init__)
     monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
+    monkeypatch.setattr(POOL, "submit", POOL.submit)
+    monkeypatch.setattr(POOL, "add_actor_back_to_pool", POOL.add_actor_back_to_pool)
     monkeypatch.setitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module, vce_api)
     for env in (ray_lean.DISABLE_ENV, simulation_queue.DISABLE_ENV):
         monkeypatch.delenv(env, raising=False)
@@ -46,22 +50,23 @@ def _installed() -> list[bool]:
     return [
         getattr(RAY_PARAMS.__init__, "__wrapped__", None) is not None,
         vce_api.add_messages_to_queue is simulation_queue.add_messages_to_queue,
+        getattr(POOL.submit, "_fedmnist_drops_dead", False),
     ]
 
 
-def test_in_the_simulation_both_are_installed_ray_first_and_each_says_so_once(untouched, caplog):
+def test_in_the_simulation_all_three_are_installed_ray_first_and_each_says_so_once(untouched, caplog):
     grid = _simulation_grid()
     caplog.clear()
     simulation_patches.install(grid)
     simulation_patches.install(grid)
-    assert _installed() == [True, True]
+    assert _installed() == [True, True, True]
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2 and all(m.startswith(line) for m, line in zip(messages, LINES))
+    assert len(messages) == 3 and all(m.startswith(line) for m, line in zip(messages, LINES))
 
 
 def test_a_serverapp_given_another_grid_changes_nothing(untouched, caplog):
     simulation_patches.install(object())  # a deployment's grid, or a test's
-    assert _installed() == [False, False] and caplog.text == ""
+    assert _installed() == [False, False, False] and caplog.text == ""
 
 
 def test_a_process_without_the_simulation_runtime_changes_nothing(untouched, caplog):
@@ -69,7 +74,7 @@ def test_a_process_without_the_simulation_runtime_changes_nothing(untouched, cap
     untouched.delitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module)
     caplog.clear()
     simulation_patches.install(grid)
-    assert _installed() == [False, False] and caplog.text == ""
+    assert _installed() == [False, False, False] and caplog.text == ""
 
 
 def test_the_serverapp_installs_them_before_anything_else(monkeypatch):
