@@ -1,4 +1,5 @@
-"""The Ray that Flower 1.41's simulation starts for a run, without the processes it does not use.
+"""The Ray that Flower 1.41's simulation starts for a run, without the processes it does not use,
+and the memory that its processes keep resident for no use.
 
 ``ray.init()`` on a machine with no Ray cluster starts, next to the two it needs (``gcs_server``
 and ``raylet``, which starts the runtime-environment and dashboard agents the workers rely on),
@@ -29,7 +30,7 @@ shared-memory object store, and keeps glibc from holding on to freed memory (:fu
   messages go that way twice per client, and every page of the store that a process once read or
   wrote stays in its resident set: 55-80 MB in each of the three PyTorch processes by the end of a
   1,000-client run. Up to :data:`INLINE_BYTES` an object now travels inside Ray's own request and is
-  freed with it; a bigger model still uses the store.
+  freed with it; a bigger model still uses the store, and a cluster that is joined keeps its own setting.
 - glibc's ``malloc`` gives threads that allocate at the same time arenas of their own (up to eight
   per core) and, after the first large block is freed, raises the size above which it maps blocks
   on their own (up to 32 MB), so that the messages' buffers are cut from the arenas and their pages
@@ -55,7 +56,7 @@ from flwr.common import log
 
 from task import flower_compat
 
-DISABLE_ENV = "FEDMNIST_RAY_FULL"  # =1: Ray's own set of processes
+DISABLE_ENV = "FEDMNIST_RAY_FULL"  # =1: Ray's own set of processes and settings, glibc's malloc settings
 PIECES = ("ray_params_init", "start_api_server")  # the pieces of task.flower_compat wrapped here
 _MARK = "_fedmnist_lean"
 INLINE_BYTES = 8 * 1024 * 1024  # objects up to this size travel in Ray's messages (Ray's own limit per task: 10 MB)

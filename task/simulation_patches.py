@@ -10,7 +10,8 @@ then waits for the ServerApp's imports. Measured on 2 cores (10 and 100 nodes): 
 5-25 ms before the ClientApp's module had loaded, 0.6-0.8 s before ``ray.init`` built the
 parameters of its Ray, and 5 s before the delivery thread started.
 
-- :mod:`task.ray_lean`: the Ray starts without its monitor, log monitor and API server.
+- :mod:`task.ray_lean`: the Ray starts without its monitor, log monitor and API server, passes the
+  model in its messages, and malloc hands freed buffers back.
 - :mod:`task.simulation_queue`: messages reach the virtual clients in one pass over the queue.
 - :mod:`task.ray_pool`: actors that die with their Ray machine leave Flower's pool.
 
