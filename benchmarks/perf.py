@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PyTorch threads of the plain loop, e.g. 1,2 for both (default 1: one process, one thread)",
     )
     parser.add_argument("--scale", default="10,100,1000,10000", help="client counts of the scale rows")
-    parser.add_argument("--nodes", type=int, default=60, help="SuperNodes of the nodes rows (default 60)")
+    parser.add_argument("--nodes", type=int, default=30, help="SuperNodes of the nodes rows (default 30)")
     parser.add_argument("--models", default="mlp,autoencoder", help="models of the overhead rows")
     parser.add_argument("--results", type=Path, default=RESULTS_MD, help="Markdown file the table is appended to")
     parser.add_argument("--jsonl", type=Path, default=RESULTS_JSONL, help="file every row is appended to as JSON")
