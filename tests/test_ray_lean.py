@@ -74,30 +74,21 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 
 
-class Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2: hblks counts the blocks mapped on their own
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-    ]
-
-
-libc.mallinfo2.restype = Mallinfo2
-
-
-def mapped_blocks_for_a_second_block_of(size):  # glibc maps the first; after its free, the threshold moves
+def second_block_is_mapped(size):  # glibc maps the first; after its free, the threshold moves
     libc.free(libc.malloc(size))
-    before = libc.mallinfo2().hblks
     block = libc.malloc(size)
-    blocks = libc.mallinfo2().hblks - before
+    # The chunk's size field, just before the block: glibc's IS_MMAPPED bit (0x2) says whether this very
+    # block was mapped on its own (a count of mapped blocks would also see other threads' blocks).
+    size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
     libc.free(block)
-    return blocks
+    return int(bool(size_field & 0x2))
 
 
 if sys.argv[1] == "lean":
     from task import ray_lean
     assert ray_lean.lean_memory()
 import os
-print(json.dumps([mapped_blocks_for_a_second_block_of(512 * 1024), os.environ.get("MALLOC_ARENA_MAX")]))
+print(json.dumps([second_block_is_mapped(512 * 1024), os.environ.get("MALLOC_ARENA_MAX")]))
 """
 
 
