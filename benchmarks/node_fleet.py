@@ -29,7 +29,7 @@ import psutil
 from deploy.connection import write_connection
 from deploy.harness import ROOT, wait_healthy
 from deploy.neighbour import Neighbour
-from deploy.register import register
+from deploy.register import flwr_command, register
 from launcher.flower_home import FlowerHome, flower_home
 from launcher.forkserver import SOCKET_ENV
 from launcher.processes import stop
@@ -79,7 +79,7 @@ class Deployment:
         return self.folder / "state.db"
 
     def stop(self) -> None:
-        """Every process started here, the nodes first, several at a time."""
+        """Every process started here with what it started, several at a time."""
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(stop, self.home.processes))
         self.home.processes.clear()
@@ -198,7 +198,7 @@ def node_list(dep: Deployment, tries: int = 6) -> list[dict]:
     while the Control API does not answer in time (the CLI gives up first while the nodes start)."""
     for attempt in range(tries):
         listed = subprocess.run(
-            ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
+            [flwr_command(), "supernode", "list", CONNECTION, "--format", "json"],
             env=dep.home.env,
             capture_output=True,
             text=True,

@@ -24,20 +24,24 @@ class Usage:
         return Usage(self.rss + other.rss, self.pss + other.pss, self.cpu + other.cpu)
 
 
-def usage(pids: list[int], pss: bool = True) -> Usage:
-    """Resident memory (and PSS: shared pages counted once) and CPU seconds summed over ``pids``."""
+def usage(pids: list[int]) -> Usage:
+    """Resident memory, PSS (shared pages counted once) and CPU seconds summed over ``pids``."""
     total = Usage()
     for pid in pids:
-        rss, share = memory_of(pid) if pss else (_rss(pid), 0)
-        total += Usage(rss, share, cpu_seconds(pid) or 0.0)
+        rss, pss = memory_of(pid)
+        total += Usage(rss, pss, cpu_seconds(pid) or 0.0)
     return total
 
 
-def _rss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return 0
+def rss_of(pids: list[int]) -> int:
+    """Resident memory summed over ``pids``: no PSS and no CPU, cheap enough to read every second."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass  # gone since the tree was read
+    return total
 
 
 def tree(proc: subprocess.Popen) -> list[int]:
@@ -51,8 +55,8 @@ def link_usage(dep: Deployment) -> dict[str, Usage]:
 
 def node_pids(dep: Deployment) -> list[int]:
     """Every node's processes: the SuperNodes, what they started, and the fork server with its children."""
-    roots = [*dep.nodes, *([dep.forkserver] if dep.forkserver else [])]
-    return [pid for root in roots for pid in tree(root)]
+    roots = [proc.pid for proc in (*dep.nodes, dep.forkserver) if proc is not None]
+    return [*roots, *descendants(*roots)]
 
 
 def node_side(dep: Deployment) -> Usage:
@@ -82,7 +86,7 @@ def database_bytes(dep: Deployment) -> int:
 
 class RunPeaks(Poller):
     """Peak resident memory of the SuperLink, the proxy and the ServerApp while a run goes, and the
-        ServerApp's CPU seconds (it is gone when the run ends), sampled every second. The nodes' RSS sums
+    ServerApp's CPU seconds (it is gone when the run ends), sampled every second. The nodes' RSS sums
     count the pages their forked ClientApp processes share once per process: the machine's available
     memory at its lowest says what they really took."""
 
@@ -99,10 +103,10 @@ class RunPeaks(Poller):
         link = self.dep.superlink.pid
         apps = [pid for pid in descendants(link) if role_of(pid) == "ServerApp process"]
         found = {
-            "superlink": usage([link], pss=False).rss,
-            "proxy": usage(tree(self.dep.proxy), pss=False).rss,
-            "serverapp": usage(apps, pss=False).rss,
-            "node-side": usage(node_pids(self.dep), pss=False).rss,
+            "superlink": rss_of([link]),
+            "proxy": rss_of(tree(self.dep.proxy)),
+            "serverapp": rss_of(apps),
+            "node-side": rss_of(node_pids(self.dep)),
         }
         found["all"] = sum(found.values())
         for key, value in found.items():

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 
-import run_folder as rf
 from benchmarks.node_fleet import CONNECTION, Deployment, fleet, node_list, offline_events, start_nodes, wait_online
 from benchmarks.node_usage import RunPeaks, database_bytes, link_usage, node_side, proxy_connections
 from benchmarks.perf_results import Row, load1
@@ -128,7 +127,7 @@ def measured_run(dep: Deployment, count: int, fraction: float, out: Path) -> dic
         except FlowerError as exc:
             error = str(exc).splitlines()[0]
     after, total = link_usage(dep), time.perf_counter() - start
-    rounds = rf.RunFolder(out / name).history()["rounds"] if not error else []
+    rounds = watch.folder.history()["rounds"] if not error else []
     last = rounds[-1] if rounds else {"wall-time-s": None, "failures": []}
     return {
         "fraction": fraction,
@@ -172,10 +171,10 @@ def unmet_needs(count: int, available: float) -> str | None:
         return f"{' and '.join(missing)} missing: run deploy/bare-host/host-packages.sh as root"
     if count < 2:
         return f"--nodes {count}: give at least 2 (the slope needs 0, N/2 and N nodes)"
-    if count > nodes_that_fit(available):
+    if count > (fit := nodes_that_fit(available)):
         return (
             f"--nodes {count}: about {(count * NODE_BYTES + RESERVE_BYTES) / 1e9:.0f} GB needed, "
-            f"{available / 1e9:.1f} GB available: give --nodes {nodes_that_fit(available)} or fewer"
+            f"{available / 1e9:.1f} GB available: give --nodes {fit} or fewer"
         )
     return None
 
@@ -193,8 +192,9 @@ def nodes(count: int, work_dir: Path) -> list[Row]:
 
 def idle_row(points: list[dict], load: tuple[float, float]) -> Row:
     count = points[-1]["nodes"]
-    per = {key: slope([(p["nodes"], p[key]) for p in points]) for key in points[0] if key.endswith(("-mb", "-min"))}
-    per["database-kb"] = slope([(p["nodes"], p["database-kb"]) for p in points])
+    per = {
+        key: slope([(p["nodes"], p[key]) for p in points]) for key in points[0] if key.endswith(("-mb", "-kb", "-min"))
+    }
     first, last = points[0], points[-1]
     notes = (
         f"per connected node: SuperLink {per['superlink-rss-mb']:.2f} MB RSS, "

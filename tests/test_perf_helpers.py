@@ -249,3 +249,34 @@ def test_what_went_wrong_is_counted_in_the_superlink_and_node_logs():
     assert count_events("INFO: [Fleet.ActivateNode] Activated node_id=1\n", "") == dict.fromkeys(events, 0)
     assert events_note(dict.fromkeys(events, 0)) == "logs: no errors"
     assert events_note(events).startswith("logs: database-locked 1, heartbeat-errors 1,")
+
+
+def test_the_nodes_usage_sums_each_process_tree_and_the_run_peaks_keep_the_highest(tmp_path):
+    from benchmarks.node_fleet import Deployment
+    from benchmarks.node_usage import RunPeaks, node_pids, node_side, rss_of
+    from launcher.flower_home import FlowerHome
+    from launcher.processes import stop
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    parent = "import subprocess, sys, time; x = bytearray(150_000_000); subprocess.Popen(sys.argv[1:]); time.sleep(30)"
+    dep = Deployment(FlowerHome(tmp_path), tmp_path)
+    dep.superlink, dep.proxy = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+    dep.nodes = [subprocess.Popen([sys.executable, "-c", parent, *sleeper])]
+    try:
+        deadline = time.monotonic() + 30
+        while (len(descendants(dep.nodes[0].pid)) < 1 or rss_of([dep.nodes[0].pid]) < 150_000_000) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        pids = node_pids(dep)
+        assert pids[0] == dep.nodes[0].pid and len(pids) == 2  # the node and what it started
+        side = node_side(dep)
+        assert side.rss >= 150_000_000 and 0 < side.pss <= side.rss and side.cpu > 0
+        with RunPeaks(dep) as peaks:
+            time.sleep(0.2)
+        assert peaks.peak["node-side"] >= 150_000_000 and peaks.peak["superlink"] > 0 and peaks.peak["proxy"] > 0
+        assert peaks.peak["all"] >= peaks.peak["node-side"] + peaks.peak["superlink"] and peaks.serverapp_cpu == {}
+        assert rss_of([dep.superlink.pid, 2**22 + 1]) == rss_of([dep.superlink.pid])  # a gone pid adds nothing
+    finally:
+        for proc in (*dep.nodes, dep.proxy, dep.superlink):
+            stop(proc, grace=0)
