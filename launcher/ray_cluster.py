@@ -28,6 +28,7 @@ import sys
 
 from launcher import PROJECT_ROOT
 from task.errors import UserError
+from task.host import versions
 
 # What a client runs on a node (the ClientApp's own imports); their code must match everywhere.
 CLIENT_PACKAGES = ("client_app", "task", "partitioning")
@@ -90,13 +91,7 @@ def node_facts(data_dir: str) -> dict[str, object]:
     import ray
 
     context = ray.get_runtime_context()
-    facts: dict[str, object] = {
-        "node": context.get_node_id(),
-        "host": socket.gethostname(),
-        "python": _python_version(),
-        **local_versions(),
-        "code": code_digests(),
-    }
+    facts: dict[str, object] = {"node": context.get_node_id(), "host": socket.gethostname(), **client_facts()}
     try:
         from task.data import load_mnist, release_mnist
 
@@ -108,16 +103,11 @@ def node_facts(data_dir: str) -> dict[str, object]:
     return facts
 
 
-def local_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    found: dict[str, str | None] = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
+def client_facts() -> dict[str, object]:
+    """What decides whether this process runs the clients as another would: Python (major.minor:
+    what pickles and wheels depend on), Flower, PyTorch and the project, and the project's code."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return {**versions(DISTRIBUTIONS), "python": python, "code": code_digests()}
 
 
 def code_digests() -> dict[str, str]:
@@ -187,8 +177,7 @@ def check_cluster(address: str, data_dir: str = "", cpus_per_client: float = 1.0
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RayClusterError(f"joining the Ray cluster at {address} failed: {last}")
     nodes = json.loads(done.stdout.strip().splitlines()[-1])
-    here = {"python": _python_version(), **local_versions(), "code": code_digests()}
-    found = problems(here, nodes)
+    found = problems(client_facts(), nodes)
     if found:
         raise RayClusterError(found[0] + (f" ({len(found) - 1} more node(s) with problems)" if len(found) > 1 else ""))
     slots = {node["node"]: int(node["cpus"] // cpus_per_client) for node in nodes}
@@ -200,11 +189,6 @@ def check_cluster(address: str, data_dir: str = "", cpus_per_client: float = 1.0
     if echo:
         shown = ", ".join(f"{n['host']} ({n['ip']}, {slots[n['node']]} client(s) at a time)" for n in nodes)
         print(f"Ray cluster at {address}: {len(nodes)} node(s) checked: {shown}.", flush=True)
-
-
-def _python_version() -> str:
-    """major.minor: what pickles and wheels depend on."""
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def gather(address: str, data_dir: str) -> list[dict[str, object]]:

@@ -14,12 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher import PROJECT_ROOT
 from launcher.forkserver import NOTED_FILE, SOCKET_ENV, check_private
 from launcher.warm import SOCKET_NAME, prepare, server_command
 from launcher.warm_clientapp import HANDSHAKE_S, WARM_ENV
+from tests.warm_checks import children_cpu_s
 
 ENTRY = """
 import json, os, sys, time
@@ -129,9 +131,8 @@ def test_what_a_message_cost_counts_as_the_servers_children_and_no_waiter_linger
     assert clientapp(folder, entry_dir, "spin", "0.4").returncode == 0
     deadline = time.monotonic() + 10
     while True:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children_cpu = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-        left = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        children_cpu = children_cpu_s(proc.pid)
+        left = psutil.Process(proc.pid).children()
         if (children_cpu >= 0.35 and not left) or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -24,7 +24,7 @@ import pytest
 
 import run_folder as rf
 from launcher.processes import descendants
-from launcher.ray_cluster import RayClusterError, code_digests, local_versions, probe_address, problems
+from launcher.ray_cluster import RayClusterError, client_facts, probe_address, problems
 from launcher.runtime import free_port
 from launcher.simulate import main
 
@@ -193,7 +193,7 @@ def test_a_grpc_server_passes_the_probe():
 
 
 def _node(**changes) -> dict:
-    here = {"python": "3.11.2", **local_versions(), "code": code_digests()}
+    here = {**client_facts(), "python": "3.11.2"}
     return {"node": "f" * 56, "ip": "10.0.0.6", "host": "gpu-2", "mnist": None, **here, **changes}
 
 

