@@ -31,6 +31,33 @@ from launcher.simulate import main
 RAY = Path(sys.executable).parent / "ray"
 
 
+WORKER_PORTS = 200
+
+
+def _distinct_ports(count: int) -> list[int]:
+    """``count`` free ports, all different, the last one the start of a free-looking block of
+    WORKER_PORTS ports that holds none of the others. Every socket stays bound until all are
+    chosen, so the kernel cannot hand out one port twice (``ray start`` refuses a worker range
+    that holds another of its ports)."""
+    held: list[socket.socket] = []
+    try:
+        while True:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            ports = [h.getsockname()[1] for h in held]
+            if len(ports) < count:
+                continue
+            low = ports[-1]
+            others = ports[: count - 1]
+            if low + WORKER_PORTS <= 65535 and not any(low <= p < low + WORKER_PORTS for p in others):
+                return [*others, low]
+            held.pop().close()  # a worker block that would hold another port: draw again
+    finally:
+        for s in held:
+            s.close()
+
+
 def _kill(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -44,8 +71,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     """A one-node Ray cluster on 127.0.0.1 with every port chosen free (so it cannot
     meet another cluster on this machine); yields its address and its temp dir."""
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    port = free_port()
-    worker_low = free_port()
+    port, client, node_manager, objects, agent, agent_grpc, metrics, runtime_env, worker_low = _distinct_ports(9)
     args = [
         str(RAY),
         "start",
@@ -58,15 +84,15 @@ def ray_head() -> Iterator[tuple[str, Path]]:
         f"--temp-dir={temp}",
         "--include-dashboard=false",
         "--disable-usage-stats",
-        f"--ray-client-server-port={free_port()}",
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={objects}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
         f"--min-worker-port={worker_low}",
-        f"--max-worker-port={worker_low + 200}",
+        f"--max-worker-port={worker_low + WORKER_PORTS - 1}",
     ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
