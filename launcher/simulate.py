@@ -43,6 +43,7 @@ from launcher.timings import mark
 from task.config import ConfigError, Settings
 from task.errors import run_cli
 from task.flower_compat import get_project_config, parse_config_args
+from task.ray_lean import malloc_env
 
 CONNECTION = "local-simulation"
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -194,8 +195,9 @@ def run_simulation(
         check_cluster(ray_address, settings.data_dir, cpus_per_client, echo)
     mark("checks done")
     env, gpus_per_client, note = where_clients_run(ray_address, gpus_per_client, settings.device)
-    if verbose:  # the workers' output in flower.log needs Ray's log monitor (see task/ray_lean.py)
-        env = {**env, "FEDMNIST_RAY_FULL": "1"}
+    # --verbose: the workers' output in flower.log needs Ray's log monitor (task/ray_lean.py); otherwise the
+    # SuperLink, the SuperExec and the simulation process allocate the lean way from their start
+    env = {**env, "FEDMNIST_RAY_FULL": "1"} if verbose else {**malloc_env(), **env}
     if note and echo:
         print(note, flush=True)
     names: dict[str, str] = {}

@@ -213,6 +213,21 @@ PIECES: dict[str, Piece] = {
         ("task/ray_lean.py",),
         ("include_dashboard",),
     ),
+    "arrow_serializers": Piece(
+        "ray._private.arrow_serialization",
+        "_register_custom_datasets_serializers",
+        "Ray calls it in every process that deserializes an object and imports pyarrow there when it is "
+        "installed (about 28 MB resident); task/ray_lean.py lets it run only where pyarrow is already loaded",
+        ("task/ray_lean.py", "task/ray_worker.py"),
+        ("serialization_context",),
+        replaced=True,
+    ),
+    "ray_default_worker": Piece(
+        "ray._private.workers.default_worker",
+        None,
+        "the program Ray's workers run; task/ray_worker.py runs it after leaving out the Arrow serializers",
+        ("task/ray_lean.py", "task/ray_worker.py"),
+    ),
     # ---- used by tests only ----
     "TaskIdentity": Piece(
         "flwr.supercore.task_identity",

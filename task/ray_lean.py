@@ -38,9 +38,15 @@ shared-memory object store, and keeps glibc from holding on to freed memory (:fu
   those pages back on ``free``: set in the simulation process with ``mallopt`` and in the
   environment of the Ray processes it starts (a value already in the environment is kept).
 
-The two functions wrapped here are not Ray's public API: they are listed in
-:mod:`task.flower_compat` (pieces ``ray_params_init`` and ``start_api_server``), where
-tests/test_flower_compat.py resolves them against the installed Ray.
+- Ray imports ``pyarrow`` (when installed: the ``test`` extra's ``mlflow`` brings it) in every process
+  that deserializes an object, to register Ray Data's Arrow serializers: about 28 MB resident in each
+  of the three PyTorch processes, for types no message of a simulation holds. The simulation process
+  registers them only where ``pyarrow`` is already loaded (:func:`without_arrow_serializers`), and the
+  workers run :mod:`task.ray_worker`, Ray's own worker after the same step.
+
+The functions wrapped here and Ray's worker program are not Ray's public API: they are listed in
+:mod:`task.flower_compat` (pieces ``ray_params_init``, ``start_api_server``, ``arrow_serializers``
+and ``ray_default_worker``), where tests/test_flower_compat.py resolves them against the installed Ray.
 """
 
 from __future__ import annotations
@@ -48,9 +54,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.util
 import inspect
 import os
+import sys
 from logging import INFO, WARNING
+from pathlib import Path
 
 from flwr.common import log
 
@@ -58,11 +67,13 @@ from task import flower_compat
 
 DISABLE_ENV = "FEDMNIST_RAY_FULL"  # =1: Ray's own set of processes and settings, glibc's malloc settings
 PIECES = ("ray_params_init", "start_api_server")  # the pieces of task.flower_compat wrapped here
+ARROW_PIECE, WORKER_PIECE = "arrow_serializers", "ray_default_worker"
+WORKER_PROGRAM = Path(__file__).with_name("ray_worker.py")
 _MARK = "_fedmnist_lean"
 INLINE_BYTES = 8 * 1024 * 1024  # objects up to this size travel in Ray's messages (Ray's own limit per task: 10 MB)
 SYSTEM_CONFIG = {"max_direct_call_object_size": INLINE_BYTES}
 # glibc's environment names, and mallopt's parameter numbers (malloc.h) for this process
-MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 128 * 1024}
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": 1, "MALLOC_MMAP_THRESHOLD_": 128 * 1024}
 _MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3}
 _KEPT = "Simulation: Ray starts with its monitor, log monitor and API server"
 
@@ -90,10 +101,11 @@ def install() -> bool:
     setattr(params_class, init, lean_params)
     setattr(node_class, start, api_server_if_dashboard)
     lean_memory()
+    without_arrow_serializers()
     log(
         INFO,
-        "Simulation: Ray starts without its monitor, log monitor and API server, passes objects up to "
-        "%d MB in its messages, and malloc runs with %s (task/ray_lean.py)",
+        "Simulation: Ray starts without its monitor, log monitor and API server and its workers without "
+        "pyarrow, passes objects up to %d MB in its messages, and malloc runs with %s (task/ray_lean.py)",
         INLINE_BYTES >> 20,
         ", ".join(f"{k}={v}" for k, v in MALLOC_SETTINGS.items()),
     )
@@ -114,6 +126,41 @@ def lean_memory() -> bool:
     return True
 
 
+def malloc_env() -> dict[str, str]:
+    """:data:`MALLOC_SETTINGS` as environment variables, less those the environment already names: for
+    processes started with them from the first allocation (glibc reads them once, at start)."""
+    return {name: str(value) for name, value in MALLOC_SETTINGS.items() if name not in os.environ}
+
+
+def without_arrow_serializers() -> bool:
+    """Ray registers its Arrow serializers in this process only if ``pyarrow`` is already loaded, instead of
+    importing it (piece ``arrow_serializers``). False, and Ray's own way kept, on a Ray this was not checked with."""
+    try:
+        holder, name = flower_compat.owner(ARROW_PIECE)
+    except flower_compat.MissingFlowerPiece:
+        return False
+    register = getattr(holder, name)
+    if getattr(register, _MARK, False) or flower_compat.version_mismatch("ray", ARROW_PIECE):
+        return getattr(register, _MARK, False)
+
+    @functools.wraps(register)
+    def if_arrow_loaded(serialization_context):  # type: ignore[no-untyped-def]
+        if "pyarrow" in sys.modules:
+            register(serialization_context)
+
+    setattr(if_arrow_loaded, _MARK, True)
+    setattr(holder, name, if_arrow_loaded)
+    return True
+
+
+def default_worker_path() -> str:
+    """Where Ray's own worker program is (piece ``ray_default_worker``), found without running it."""
+    spec = importlib.util.find_spec(flower_compat.PIECES[WORKER_PIECE].module)
+    if spec is None or spec.origin is None:
+        raise flower_compat.MissingFlowerPiece(f"Ray has no {flower_compat.PIECES[WORKER_PIECE].module}")
+    return spec.origin
+
+
 def _lean(params_init, start_api_server):  # type: ignore[no-untyped-def]
     """The two wrappers: Ray's own functions, called with the same arguments, less what is left out."""
 
@@ -123,6 +170,7 @@ def _lean(params_init, start_api_server):  # type: ignore[no-untyped-def]
         kwargs["include_log_monitor"] = False
         if not kwargs.get("gcs_address"):  # a Ray of our own: a cluster we join keeps its settings
             kwargs["_system_config"] = {**SYSTEM_CONFIG, **(kwargs.get("_system_config") or {})}
+            kwargs.setdefault("worker_path", str(WORKER_PROGRAM))
         params_init(self, *args, **kwargs)
 
     api_server_args = inspect.signature(start_api_server)

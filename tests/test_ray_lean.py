@@ -19,6 +19,7 @@ from task import flower_compat, ray_lean
 
 ROOT = Path(__file__).resolve().parent.parent
 (RAY_PARAMS, _), (NODE, _) = (flower_compat.owner(name) for name in ray_lean.PIECES)
+ARROW, ARROW_NAME = flower_compat.owner(ray_lean.ARROW_PIECE)
 
 
 @pytest.fixture
@@ -26,6 +27,7 @@ def restored(monkeypatch):
     """Ray's own functions put back after the test (install replaces them)."""
     monkeypatch.setattr(RAY_PARAMS, "__init__", RAY_PARAMS.__init__)
     monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
+    monkeypatch.setattr(ARROW, ARROW_NAME, getattr(ARROW, ARROW_NAME))
     monkeypatch.delenv(ray_lean.DISABLE_ENV, raising=False)
     return monkeypatch
 
@@ -105,7 +107,29 @@ def _malloc_in_a_fresh_process(how: str) -> list:
 def test_lean_memory_keeps_half_a_megabyte_buffers_mapped_and_tells_the_processes_ray_starts():
     # glibc's own: once a mapped 512 KB block is freed, the next one comes from the arena and stays resident
     assert _malloc_in_a_fresh_process("glibc") == [0, None]
-    assert _malloc_in_a_fresh_process("lean") == [1, "2"]  # mapped, so freeing it hands its pages back
+    assert _malloc_in_a_fresh_process("lean") == [1, "1"]  # mapped, so freeing it hands its pages back
+
+
+def test_malloc_env_names_the_settings_the_environment_does_not_already_give(monkeypatch):
+    for name in ray_lean.MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert ray_lean.malloc_env() == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # a value given by the user stays theirs
+    assert ray_lean.malloc_env() == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def test_rays_arrow_serializers_are_registered_only_where_pyarrow_is_already_loaded(restored):
+    calls = []
+    restored.setattr(ARROW, ARROW_NAME, lambda serialization_context: calls.append(serialization_context))
+    assert ray_lean.without_arrow_serializers() is True
+    assert ray_lean.without_arrow_serializers() is True  # twice wraps once
+    register = getattr(ARROW, ARROW_NAME)
+    restored.delitem(sys.modules, "pyarrow", raising=False)
+    register("context 1")
+    assert calls == []  # Ray's own function (which imports pyarrow) was not called
+    restored.setitem(sys.modules, "pyarrow", object())
+    register("context 2")
+    assert calls == ["context 2"]
 
 
 def test_the_environment_keeps_rays_own_set_and_the_log_says_so(restored, caplog):
@@ -159,7 +183,14 @@ ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driv
 @ray.remote
 def shared_memory_after_reading(model):  # a worker handed a model of 1 MB: how much of Ray's store it mapped
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return int(status["RssShmem"].split()[0]), len(model), os.environ.get("MALLOC_ARENA_MAX")
+    from ray._private import arrow_serialization  # wrapped by this project's worker program only
+    wrapped = hasattr(arrow_serialization._register_custom_datasets_serializers, "__wrapped__")
+    program = "ray_worker.py" if wrapped else "Ray's"
+    task_dir_on_path = any(os.path.basename(p) == "task" for p in sys.path)
+    return (
+        int(status["RssShmem"].split()[0]), len(model), os.environ.get("MALLOC_ARENA_MAX"),
+        "pyarrow" in sys.modules, program, task_dir_on_path,
+    )
 
 
 worker = ray.get(shared_memory_after_reading.remote(bytes(1024 * 1024)))
@@ -194,8 +225,12 @@ def test_a_real_ray_started_after_install_runs_lean_and_keeps_a_model_out_of_sha
     assert left_out(full["processes"]) == {"monitor": True, "log monitor": True, "API server": True}
     assert left_out(lean["processes"]) == {"monitor": False, "log monitor": False, "API server": False}
     assert any("gcs_server" in c for c in lean["processes"]) and any("raylet" in c for c in lean["processes"])
-    # Ray's own way: the argument goes through its object store, whose pages the worker keeps resident
-    shm_kb, size, arenas = full["worker"]
+    # Ray's own way: the argument goes through its object store, whose pages the worker keeps resident;
+    # Ray's own worker program imports pyarrow (installed with the test extra's mlflow) to deserialize it
+    shm_kb, size, arenas, arrow, program, _ = full["worker"]
     assert shm_kb >= 1024 and size == 1024 * 1024 and arenas is None
-    shm_kb, size, arenas = lean["worker"]  # in the task's own message: nothing of the store mapped
-    assert shm_kb < 64 and size == 1024 * 1024 and arenas == "2"
+    assert arrow is True and program == "Ray's"
+    shm_kb, size, arenas, arrow, program, task_dir_on_path = lean["worker"]  # in the task's own message
+    assert shm_kb < 64 and size == 1024 * 1024 and arenas == "1"
+    # this project's worker program ran Ray's worker without pyarrow, and without task/ on its path
+    assert arrow is False and program == "ray_worker.py" and task_dir_on_path is False
