@@ -7,6 +7,7 @@ The modules, one job each:
 - ``processes``: process trees (psutil): what a process started, directly or not, and stopping it all;
 - ``runtime``: ``flower-superlink`` and ``flower-supernode`` on free loopback ports, up once they answer;
 - ``flwr_cli``: ``flwr run`` / ``log`` / ``list``: submitting the app, following its log, its status;
+- ``log_stream``: a run's log read in this process over Flower's Control API (no ``flwr log`` beside it);
 - ``staging``: the copy of the app that ``flwr run`` bundles, without what ``.gitignore`` leaves out;
 - ``gpus``: the NVIDIA GPUs this machine shows, without importing torch;
 - ``timings``: the ``[timing]`` lines the speed benchmark times the launcher's phases by;

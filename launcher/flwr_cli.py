@@ -1,6 +1,7 @@
-"""The ``flwr`` command line as a client: ``flwr run`` submits the app, ``flwr log --stream``
-follows its log, ``flwr list`` tells how the run ended. Run configs reach ``flwr run`` as TOML
-(written with tomlkit)."""
+"""The ``flwr`` command line as a client: ``flwr run`` submits the app, ``flwr list`` tells how
+the run ended. Its log is followed in this process over the Control API where the connection is
+the launcher's own (:mod:`launcher.log_stream`), else with ``flwr log --stream``. Run configs
+reach ``flwr run`` as TOML (written with tomlkit)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import tomlkit
 
 from launcher import PROJECT_ROOT, FlowerError
 from launcher.flower_home import FlowerHome
+from launcher.log_stream import LogStream, plain_address
 from launcher.processes import stop
 from launcher.staging import staged_app
 from launcher.timings import mark
@@ -51,11 +53,10 @@ def flwr_run(
     on_line: Callable[[str], None] | None = None,
     ended: Callable[[], bool] | None = None,
 ) -> int:
-    """Submit the app with ``flwr run``, follow its log with ``flwr log --stream`` (echoed
-    when ``echo``), and return the run id once the run has finished. Raises
-    :class:`FlowerError` unless it completed within ``timeout`` seconds; at the deadline
-    the CLI is stopped even if it has gone quiet, and leaving ``flower_home`` stops the
-    rest (SuperLink, Ray).
+    """Submit the app with ``flwr run``, follow its log (:func:`followed_log`, echoed when
+    ``echo``), and return the run id once the run has finished. Raises :class:`FlowerError`
+    unless it completed within ``timeout`` seconds; at the deadline following stops even if
+    the log has gone quiet, and leaving ``flower_home`` stops the rest (SuperLink, Ray).
 
     ``ended`` (asked about twice a second) ends the wait early once it returns True: the
     run is over by the caller's account (its ServerApp has written how it ended) although
@@ -65,15 +66,6 @@ def flwr_run(
     run_config_args = [str(write_toml(home.path / "run-config.toml", run_config))] if run_config else []
     run_id = submit_run(home, connection, run_config_args, federation_config, app_dir, timeout)
     mark("run submitted")
-    follow = subprocess.Popen(
-        ["flwr", "log", str(run_id), connection, "--stream"],
-        env=home.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert follow.stdout is not None
     cut_short: list[bool] = []
 
     def over() -> bool:
@@ -83,27 +75,57 @@ def flwr_run(
         return False
 
     try:
-        for line in lines_until(follow.stdout, deadline, stop_when=over if ended is not None else None):
-            if on_line is not None:
-                on_line(line)
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        if not cut_short:
-            follow.wait()
+        with followed_log(home, connection, run_id) as log:
+            for line in lines_until(log, deadline, stop_when=over if ended is not None else None):
+                if on_line is not None:
+                    on_line(line)
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
     except TimeoutError:
         raise FlowerError(
             f"Run {run_id} did not finish within {timeout:g} s, so it was stopped: "
             "give a larger --timeout for longer runs."
         ) from None
-    finally:
-        stop(follow)
     if cut_short:
         return run_id
     status, details = wait_for_run(home, connection, run_id, timeout=max(30.0, deadline - time.monotonic()))
     if status != "finished:completed":
         raise FlowerError(f"Run {run_id} ended as '{status}': {details}")
     return run_id
+
+
+@contextmanager
+def followed_log(home: FlowerHome, connection: str, run_id: int) -> Iterator[Iterable[str]]:
+    """The lines of run ``run_id``'s log as they come, until the run has finished; stopped on
+    the way out, however that comes. Read in this process where the connection is a plain one
+    of the launcher's own (see :mod:`launcher.log_stream`), else by ``flwr log --stream``."""
+    address = plain_address(home, connection)
+    if address is not None:
+
+        def still_running() -> bool:
+            found = run_status(home, connection, run_id)
+            return found.status is not None and not found.finished
+
+        stream = LogStream(address, run_id, still_running)
+        try:
+            yield stream.lines()
+        finally:
+            stream.close()
+        return
+    follow = subprocess.Popen(
+        ["flwr", "log", str(run_id), connection, "--stream"],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert follow.stdout is not None
+    try:
+        yield follow.stdout
+    finally:
+        stop(follow)
 
 
 def submit_run(
@@ -132,7 +154,7 @@ def submit_run(
 
 
 def lines_until(
-    stream: IO[str], deadline: float, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.5
+    stream: Iterable[str], deadline: float, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.5
 ) -> Iterator[str]:
     """The lines of ``stream`` until it ends, or until ``stop_when()`` (asked every ``poll_s``
     seconds, printing or not) returns True; :class:`TimeoutError` once ``deadline``
@@ -146,7 +168,8 @@ def lines_until(
                 received.put(line)
         except (OSError, ValueError):  # the stream was closed under us
             pass
-        received.put(None)
+        finally:  # whatever ended the reading, the wait ends
+            received.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
     next_check = time.monotonic()

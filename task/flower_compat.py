@@ -91,6 +91,16 @@ _TEST_LINKSTATE = (
 )
 _LINKSTATE_WHY = "the test builds Flower's own in-memory SuperLink state as the simulation does, to feed it messages"
 
+_LOG_USERS = ("launcher/log_stream.py", "tests/test_log_stream.py")
+_LOG_WHY = (
+    "the Control API's client and its log request, which `flwr log --stream` uses; the launcher follows a "
+    "run's log with them in its own process instead of keeping a `flwr log` process (about 100 MB) beside it"
+)
+_VERSION_HEADERS_WHY = (
+    "the headers, and their values, by which `flwr` tells the SuperLink its Flower version; the launcher "
+    "sends them when it follows a log itself (Flower's interceptor that sends them imports its web server)"
+)
+
 PIECES: dict[str, Piece] = {
     # ---- used by the app, the launcher and the deploy scripts ----
     "add_exit_handler": Piece(
@@ -195,6 +205,26 @@ PIECES: dict[str, Piece] = {
         ("self", "future"),
         replaced=True,
     ),
+    # ---- the launcher follows a run's log over the Control API, as `flwr log --stream` does ----
+    "ControlHttpClient": Piece("flwr.supercore.control", "ControlHttpClient", _LOG_WHY, _LOG_USERS),
+    "StreamLogsRequest": Piece("flwr.proto.control_pb2", "StreamLogsRequest", _LOG_WHY, _LOG_USERS),
+    "StreamLogsResponse": Piece(
+        "flwr.proto.control_pb2",
+        "StreamLogsResponse",
+        "what the SuperLink streams back; the test's stand-in SuperLink sends it",
+        ("tests/test_log_stream.py",),
+    ),
+    "FLWR_PACKAGE_NAME_METADATA_KEY": Piece(
+        "flwr.supercore.constant", "FLWR_PACKAGE_NAME_METADATA_KEY", _VERSION_HEADERS_WHY, _LOG_USERS
+    ),
+    "FLWR_PACKAGE_VERSION_METADATA_KEY": Piece(
+        "flwr.supercore.constant", "FLWR_PACKAGE_VERSION_METADATA_KEY", _VERSION_HEADERS_WHY, _LOG_USERS
+    ),
+    "FLWR_COMPONENT_NAME_METADATA_KEY": Piece(
+        "flwr.supercore.constant", "FLWR_COMPONENT_NAME_METADATA_KEY", _VERSION_HEADERS_WHY, _LOG_USERS
+    ),
+    "flwr_package_name": Piece("flwr.supercore.version", "package_name", _VERSION_HEADERS_WHY, _LOG_USERS),
+    "flwr_package_version": Piece("flwr.supercore.version", "package_version", _VERSION_HEADERS_WHY, _LOG_USERS),
     # ---- Ray's, patched in the simulation's own Ray (task/ray_lean.py) ----
     "ray_params_init": Piece(
         "ray._private.parameter",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 import run_folder as rf
@@ -55,6 +56,38 @@ def test_a_bad_value_fails_the_run_with_its_message(tmp_path):
                 echo=False,
             )
     assert not list(tmp_path.iterdir())  # nothing written for a run that never started
+
+
+def _is_flwr_log(cmdline: list[str]) -> bool:
+    return any(part.endswith("flwr") for part in cmdline[:2]) and "log" in cmdline
+
+
+def test_the_launcher_follows_the_log_itself_and_echoes_it(tmp_path):
+    """--verbose prints Flower's log as it comes; the launcher reads it over the Control API,
+    so no `flwr log` process runs beside it."""
+    out = tmp_path / "out.txt"
+    argv = ["--num-supernodes", "2", "--output-dir", str(tmp_path), "--verbose"]
+    with out.open("w") as stdout:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "launcher.simulate", *argv, "--run-config", "num-server-rounds=1 run-name='v'"],
+            cwd=PROJECT_ROOT,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+        seen: dict[int, list[str]] = {}
+        while launcher.poll() is None:
+            for child in psutil.Process(launcher.pid).children(recursive=True):
+                try:
+                    seen.setdefault(child.pid, child.cmdline())
+                except psutil.Error:  # gone meanwhile
+                    pass
+            time.sleep(0.2)
+    text = out.read_text()
+    assert launcher.returncode == 0, text
+    assert any("flower-superlink" in " ".join(cmd) for cmd in seen.values())  # the watch saw the run's processes
+    assert [cmd for cmd in seen.values() if _is_flwr_log(cmd)] == []
+    assert "Round 1/1: server test accuracy" in text  # the ServerApp's log, echoed by the launcher
+    assert "Round 1/1: server test accuracy" in (tmp_path / "v" / rf.FLOWER_LOG).read_text()
 
 
 def test_a_launcher_stopped_with_sigterm_stops_flower_and_marks_the_run_interrupted(tmp_path):
