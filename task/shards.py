@@ -30,11 +30,14 @@ class NodeData:
 
     @classmethod
     def cut(cls, mnist: Mnist, train_idx: np.ndarray, test_idx: np.ndarray) -> NodeData:
-        """The training images at ``train_idx`` and the test images at ``test_idx``."""
-        return cls(
+        """The training images at ``train_idx`` and the test images at ``test_idx`` (copies: the
+        pages of MNIST read for them are let go)."""
+        cut = cls(
             train=Batchable.from_uint8(mnist.train_images[train_idx], mnist.train_labels[train_idx]),
             test=Batchable.from_uint8(mnist.test_images[test_idx], mnist.test_labels[test_idx]),
         )
+        mnist.drop_pages()
+        return cut
 
 
 def check_partition(partition_id: int, num_partitions: int) -> None:
