@@ -24,6 +24,10 @@ from launcher.simulate import check_nodes, check_run_config, main, parse_run_con
 from launcher.staging import staged_app
 from task.config import ConfigError, Settings
 from task.data import DataError
+from task.ray_lean import MALLOC_SETTINGS
+
+# what the SuperLink (and the SuperExec and simulation process it starts) gets besides Ray's settings
+LEAN_MALLOC = {name: str(value) for name, value in MALLOC_SETTINGS.items()}
 
 TUTORIAL = PROJECT_ROOT / "presets" / "tutorial.toml"
 
@@ -586,7 +590,7 @@ def test_visible_gpus_is_empty_when_nvidia_smi_fails_or_is_missing(tmp_path, mon
 def test_ray_address_reaches_the_simulation_and_no_gpu_is_guessed(fake_flower, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(simulate, "visible_gpus", lambda: ["NVIDIA H100"])  # this machine's GPU is not the cluster's
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path), "--ray-address", "10.0.0.5:6379"]) == 0
-    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.5:6379", "RAY_DEDUP_LOGS": "0"}
+    assert fake_flower[0]["superlink_env"] == {**LEAN_MALLOC, "RAY_ADDRESS": "10.0.0.5:6379", "RAY_DEDUP_LOGS": "0"}
     assert fake_flower[0]["federation"]["client-resources-num-gpus"] == 0
     assert "Virtual clients run on the Ray cluster at 10.0.0.5:6379." in capsys.readouterr().out
 
@@ -594,13 +598,22 @@ def test_ray_address_reaches_the_simulation_and_no_gpu_is_guessed(fake_flower, t
 def test_ray_address_defaults_to_the_environment(fake_flower, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
     assert main(["--num-supernodes", "2", "--output-dir", str(tmp_path)]) == 0
-    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": "10.0.0.7:6379", "RAY_DEDUP_LOGS": "0"}
+    assert fake_flower[0]["superlink_env"] == {**LEAN_MALLOC, "RAY_ADDRESS": "10.0.0.7:6379", "RAY_DEDUP_LOGS": "0"}
 
 
 def test_without_an_address_the_simulation_starts_its_own_ray(fake_flower, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")  # inherited, but not asked for
     run_simulation({}, 2, tmp_path, echo=False)
-    assert fake_flower[0]["superlink_env"] == {"RAY_ADDRESS": None}
+    assert fake_flower[0]["superlink_env"] == {**LEAN_MALLOC, "RAY_ADDRESS": None}
+
+
+def test_malloc_settings_given_by_the_user_stay_theirs_and_verbose_keeps_glibcs_own(fake_flower, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")  # the SuperLink inherits the user's own value
+    run_simulation({}, 2, tmp_path / "a", echo=False)
+    assert fake_flower[0]["superlink_env"] == {"MALLOC_MMAP_THRESHOLD_": "131072", "RAY_ADDRESS": None}
+    run_simulation({}, 2, tmp_path / "b", echo=False, verbose=True)
+    assert fake_flower[1]["superlink_env"] == {"RAY_ADDRESS": None, "FEDMNIST_RAY_FULL": "1"}
 
 
 def test_a_none_in_spawn_env_removes_the_variable(tmp_path, monkeypatch):
