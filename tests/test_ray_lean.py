@@ -69,7 +69,7 @@ def test_a_ray_of_its_own_passes_objects_in_messages_and_a_joined_cluster_keeps_
 
 
 _MALLOC = """
-import ctypes, json, sys
+import ctypes, json, os, sys
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -86,28 +86,32 @@ def second_block_is_mapped(size):  # glibc maps the first; after its free, the t
     return int(bool(size_field & 0x2))
 
 
-if sys.argv[1] == "lean":
+mapped = second_block_is_mapped(8 * 1024 * 1024)  # a message's buffer, before anything else could reuse a free one
+if sys.argv[1] == "in-process":
     from task import ray_lean
     assert ray_lean.lean_memory()
-import os
-print(json.dumps([second_block_is_mapped(512 * 1024), os.environ.get("MALLOC_ARENA_MAX")]))
+print(json.dumps([mapped, os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_MMAP_THRESHOLD_")]))
 """
 
 
-def _malloc_in_a_fresh_process(how: str) -> list:
-    env = {k: v for k, v in os.environ.items() if k not in ray_lean.MALLOC_SETTINGS}
+def _malloc_in_a_fresh_process(how: str, env: dict[str, str]) -> list:
+    base = {k: v for k, v in os.environ.items() if k not in ray_lean.MALLOC_SETTINGS}
     done = subprocess.run(
-        [sys.executable, "-c", _MALLOC, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _MALLOC, how], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_lean_memory_keeps_half_a_megabyte_buffers_mapped_and_tells_the_processes_ray_starts():
-    # glibc's own: once a mapped 512 KB block is freed, the next one comes from the arena and stays resident
-    assert _malloc_in_a_fresh_process("glibc") == [0, None]
-    assert _malloc_in_a_fresh_process("lean") == [1, "1"]  # mapped, so freeing it hands its pages back
+def test_processes_started_with_the_lean_settings_map_big_buffers_so_freeing_them_hands_pages_back():
+    # glibc's own: once a mapped 8 MB block is freed, the threshold moves above it, and the next one
+    # comes from the heap and stays resident after its free
+    assert _malloc_in_a_fresh_process("started", {}) == [0, None, None]
+    # started with malloc_env(), as the SuperLink, SuperExec, simulation process and Ray's processes are
+    assert _malloc_in_a_fresh_process("started", ray_lean.malloc_env()) == [1, "1", "131072"]
+    # lean_memory() in a running process passes the settings on to the processes it starts
+    assert _malloc_in_a_fresh_process("in-process", {}) == [0, "1", "131072"]
 
 
 def test_malloc_env_names_the_settings_the_environment_does_not_already_give(monkeypatch):
