@@ -25,6 +25,8 @@ from launcher.processes import stop
 from launcher.staging import staged_app
 from launcher.timings import mark
 
+READER_THREAD = "launcher-log-reader"  # the thread that reads a run's log (lines_until)
+
 
 def _scalar(value: object) -> bool | int | float | str:
     return value if isinstance(value, (bool, int, float, str)) else str(value)
@@ -171,7 +173,7 @@ def lines_until(
         finally:  # whatever ended the reading, the wait ends
             received.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    threading.Thread(target=pump, daemon=True, name=READER_THREAD).start()
     next_check = time.monotonic()
     while True:
         now = time.monotonic()

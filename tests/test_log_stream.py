@@ -17,7 +17,7 @@ import pytest
 
 from launcher import FlowerError
 from launcher.flower_home import FlowerHome
-from launcher.flwr_cli import flwr_run
+from launcher.flwr_cli import READER_THREAD, flwr_run
 from launcher.log_stream import LogStream, plain_address
 from task.flower_compat import StreamLogsRequest, StreamLogsResponse
 
@@ -211,7 +211,8 @@ def _home(tmp_path: Path, address: str, status: str = "finished:completed") -> _
 
 
 def _log_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t is not threading.current_thread() and t.name != "MainThread"]
+    """The launcher's log readers alive now (the stand-in server's own threads, and other tests', are not)."""
+    return [t for t in threading.enumerate() if t.name == READER_THREAD]
 
 
 def test_flwr_run_echoes_the_log_read_in_process_and_starts_no_flwr_log(api, tmp_path, capsys):
