@@ -34,9 +34,11 @@ shared-memory object store, and keeps glibc from holding on to freed memory (:fu
 - glibc's ``malloc`` gives threads that allocate at the same time arenas of their own (up to eight
   per core) and, after the first large block is freed, raises the size above which it maps blocks
   on their own (up to 32 MB), so that the messages' buffers are cut from the arenas and their pages
-  stay resident once freed. Two arenas and a fixed 128 KB threshold (:data:`MALLOC_SETTINGS`) hand
-  those pages back on ``free``: set in the simulation process with ``mallopt`` and in the
-  environment of the Ray processes it starts (a value already in the environment is kept).
+  stay resident once freed. One arena and a fixed 128 KB threshold (:data:`MALLOC_SETTINGS`) hand
+  those pages back on ``free``. glibc reads them once, when a process starts: the launcher starts the
+  SuperLink, and so the SuperExec and the simulation process, with them (:func:`malloc_env`), and
+  :func:`lean_memory` sets them with ``mallopt`` in a simulation process started without them and in
+  the environment of the Ray processes it starts (a value already in the environment is kept).
 
 - Ray imports ``pyarrow`` (when installed: the ``test`` extra's ``mlflow`` brings it) in every process
   that deserializes an object, to register Ray Data's Arrow serializers: about 28 MB resident in each
