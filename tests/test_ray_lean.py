@@ -29,6 +29,9 @@ def restored(monkeypatch):
     monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
     monkeypatch.setattr(ARROW, ARROW_NAME, getattr(ARROW, ARROW_NAME))
     monkeypatch.delenv(ray_lean.DISABLE_ENV, raising=False)
+    for name in ray_lean.MALLOC_SETTINGS:  # install() sets them in this process: what was there comes back
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
@@ -109,7 +112,8 @@ def test_processes_started_with_the_lean_settings_map_big_buffers_so_freeing_the
     # comes from the heap and stays resident after its free
     assert _malloc_in_a_fresh_process("started", {}) == [0, None, None]
     # started with malloc_env(), as the SuperLink, SuperExec, simulation process and Ray's processes are
-    assert _malloc_in_a_fresh_process("started", ray_lean.malloc_env()) == [1, "1", "131072"]
+    lean = {name: str(value) for name, value in ray_lean.MALLOC_SETTINGS.items()}
+    assert _malloc_in_a_fresh_process("started", lean) == [1, "1", "131072"]
     # lean_memory() in a running process passes the settings on to the processes it starts
     assert _malloc_in_a_fresh_process("in-process", {}) == [0, "1", "131072"]
 

@@ -36,8 +36,13 @@ def untouched(monkeypatch):
     monkeypatch.setattr(POOL, "submit", POOL.submit)
     monkeypatch.setattr(POOL, "add_actor_back_to_pool", POOL.add_actor_back_to_pool)
     monkeypatch.setitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module, vce_api)
+    arrow, arrow_name = flower_compat.owner(ray_lean.ARROW_PIECE)
+    monkeypatch.setattr(arrow, arrow_name, getattr(arrow, arrow_name))
     for env in (ray_lean.DISABLE_ENV, simulation_queue.DISABLE_ENV):
         monkeypatch.delenv(env, raising=False)
+    for name in ray_lean.MALLOC_SETTINGS:  # install() sets them in this process: what was there comes back
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
