@@ -121,10 +121,9 @@ def lean_memory() -> bool:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):  # musl, macOS: no mallopt, and none of glibc's arenas
         return False
-    for name, value in MALLOC_SETTINGS.items():
-        if name not in os.environ:  # a value given at start is in force here already (glibc read it)
-            os.environ[name] = str(value)
-            mallopt(_MALLOPT[name], value)
+    for name, value in malloc_env().items():  # a value given at start is in force here already (glibc read it)
+        os.environ[name] = value
+        mallopt(_MALLOPT[name], MALLOC_SETTINGS[name])
     return True
 
 

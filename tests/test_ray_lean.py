@@ -23,16 +23,9 @@ ARROW, ARROW_NAME = flower_compat.owner(ray_lean.ARROW_PIECE)
 
 
 @pytest.fixture
-def restored(monkeypatch):
+def restored(ray_lean_undone):
     """Ray's own functions put back after the test (install replaces them)."""
-    monkeypatch.setattr(RAY_PARAMS, "__init__", RAY_PARAMS.__init__)
-    monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
-    monkeypatch.setattr(ARROW, ARROW_NAME, getattr(ARROW, ARROW_NAME))
-    monkeypatch.delenv(ray_lean.DISABLE_ENV, raising=False)
-    for name in ray_lean.MALLOC_SETTINGS:  # install() sets them in this process: what was there comes back
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    return monkeypatch
+    return ray_lean_undone
 
 
 class _NodeUpToItsLogFiles:

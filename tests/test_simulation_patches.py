@@ -28,21 +28,14 @@ LINES = (
 
 
 @pytest.fixture
-def untouched(monkeypatch):
+def untouched(ray_lean_undone):
     """Flower's loop and Ray's functions put back after the test; the simulation runtime loaded."""
+    monkeypatch = ray_lean_undone
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
-    monkeypatch.setattr(RAY_PARAMS, "__init__", RAY_PARAMS.__init__)
-    monkeypatch.setattr(NODE, "start_api_server", NODE.start_api_server)
     monkeypatch.setattr(POOL, "submit", POOL.submit)
     monkeypatch.setattr(POOL, "add_actor_back_to_pool", POOL.add_actor_back_to_pool)
     monkeypatch.setitem(sys.modules, flower_compat.PIECES[simulation_queue.PIECE].module, vce_api)
-    arrow, arrow_name = flower_compat.owner(ray_lean.ARROW_PIECE)
-    monkeypatch.setattr(arrow, arrow_name, getattr(arrow, arrow_name))
-    for env in (ray_lean.DISABLE_ENV, simulation_queue.DISABLE_ENV):
-        monkeypatch.delenv(env, raising=False)
-    for name in ray_lean.MALLOC_SETTINGS:  # install() sets them in this process: what was there comes back
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
+    monkeypatch.delenv(simulation_queue.DISABLE_ENV, raising=False)
     return monkeypatch
 
 
