@@ -18,7 +18,7 @@ from task.flower_compat import (
     vce_api,
 )
 
-(RAY_PARAMS, _), (NODE, _) = (flower_compat.owner(name) for name in ray_lean.PIECES)
+RAY_PARAMS, _ = flower_compat.owner(ray_lean.PIECES[0])
 POOL, _ = flower_compat.owner(ray_pool.PIECES[0])
 LINES = (
     "Simulation: Ray starts without its monitor, log monitor and API server",
